@@ -1,0 +1,213 @@
+//! Endpoints named on the command line: `redis://[[user]:password@]host:port` and `rdb:PATH`.
+//!
+//! Passwords live in [`Secret`], whose `Debug` and `Display` print `***`, so an endpoint can be logged or
+//! put in an error message as is.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A secret string (password). Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that must send it (AUTH).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Credentials for AUTH: a legacy password (`AUTH password`) or an ACL user (`AUTH user password`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Auth {
+    pub user: Option<String>,
+    pub password: Secret,
+}
+
+/// A Redis server address with optional credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAddr {
+    pub host: String,
+    pub port: u16,
+    pub auth: Option<Auth>,
+}
+
+impl RedisAddr {
+    /// `host:port`, for messages and TCP connect.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Debug for RedisAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Shows `redis://user@host:port` (or `redis://host:port`); the password is never shown.
+impl fmt::Display for RedisAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.auth {
+            Some(Auth { user: Some(u), .. }) => write!(f, "redis://{}@{}", u, self.host_port()),
+            _ => write!(f, "redis://{}", self.host_port()),
+        }
+    }
+}
+
+/// A source of data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A live master (or a replica, which serves PSYNC too).
+    Redis(RedisAddr),
+    /// An RDB file: load it and finish.
+    RdbFile(PathBuf),
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Redis(a) => fmt::Display::fmt(a, f),
+            SourceSpec::RdbFile(p) => write!(f, "rdb:{}", p.display()),
+        }
+    }
+}
+
+/// Why an endpoint string was refused. Never contains the password.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error("{0}: expected redis://[[user]:password@]host:port or rdb:PATH")]
+    Scheme(String),
+    #[error("{0}: missing host")]
+    NoHost(String),
+    #[error("{0}: missing or invalid port (expected 1-65535)")]
+    Port(String),
+    #[error("rdb: needs a file path")]
+    NoPath,
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = EndpointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("rdb:") {
+            if path.is_empty() {
+                return Err(EndpointError::NoPath);
+            }
+            return Ok(SourceSpec::RdbFile(PathBuf::from(path)));
+        }
+        s.parse::<RedisAddr>().map(SourceSpec::Redis)
+    }
+}
+
+impl std::str::FromStr for RedisAddr {
+    type Err = EndpointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The shown form of the input drops everything before '@' so no password reaches an error.
+        let shown = match s.rfind('@') {
+            Some(i) => format!("redis://…@{}", &s[i + 1..]),
+            None => s.to_string(),
+        };
+        let rest = s
+            .strip_prefix("redis://")
+            .ok_or_else(|| EndpointError::Scheme(shown.clone()))?;
+        let (creds, hostport) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
+        };
+        let hostport = hostport.trim_end_matches('/');
+        let auth = creds.map(|c| match c.split_once(':') {
+            Some((u, p)) => Auth {
+                user: if u.is_empty() { None } else { Some(u.to_string()) },
+                password: Secret::new(p),
+            },
+            None => Auth {
+                user: None,
+                password: Secret::new(c),
+            },
+        });
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, p) = h
+                .split_once("]:")
+                .ok_or_else(|| EndpointError::Port(shown.clone()))?;
+            (h, p)
+        } else {
+            hostport
+                .rsplit_once(':')
+                .ok_or_else(|| EndpointError::Port(shown.clone()))?
+        };
+        if host.is_empty() {
+            return Err(EndpointError::NoHost(shown));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| EndpointError::Port(shown.clone()))?;
+        Ok(RedisAddr {
+            host: host.to_string(),
+            port,
+            auth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forms() {
+        let a: RedisAddr = "redis://127.0.0.1:6379".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.auth.is_none()), ("127.0.0.1", 6379, true));
+        let a: RedisAddr = "redis://:pw@h:1".parse().unwrap();
+        let auth = a.auth.unwrap();
+        assert_eq!((auth.user, auth.password.expose()), (None, "pw"));
+        let a: RedisAddr = "redis://bob:p:w@h:2".parse().unwrap();
+        let auth = a.auth.unwrap();
+        assert_eq!((auth.user.as_deref(), auth.password.expose()), (Some("bob"), "p:w"));
+        let a: RedisAddr = "redis://[::1]:7000".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.host_port()), ("::1", "[::1]:7000".to_string()));
+        assert_eq!(
+            "rdb:/x/y.rdb".parse::<SourceSpec>().unwrap(),
+            SourceSpec::RdbFile("/x/y.rdb".into())
+        );
+    }
+
+    #[test]
+    fn never_prints_password() {
+        let a: RedisAddr = "redis://bob:hunter2@h:2".parse().unwrap();
+        assert_eq!(format!("{a} {a:?}"), "redis://bob@h:2 redis://bob@h:2");
+        assert!(!format!("{:?}", a.auth).contains("hunter2"));
+        let e = "redis://bob:hunter2@h:0".parse::<RedisAddr>().unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = "http://bob:hunter2@h:1".parse::<RedisAddr>().unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad() {
+        assert!("redis://h".parse::<RedisAddr>().is_err());
+        assert!("redis://h:99999".parse::<RedisAddr>().is_err());
+        assert!("redis://:1".parse::<RedisAddr>().is_err());
+        assert!("rdb:".parse::<SourceSpec>().is_err());
+    }
+}

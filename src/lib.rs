@@ -1,0 +1,35 @@
+//! ferry moves live Redis data.
+//!
+//! It presents itself to each source master as a replica (`PSYNC`), receives the RDB snapshot and then the
+//! replication command stream, and applies both to one or more targets through a pipelined writer pool.
+//!
+//! # Layout
+//! One module per layer of the data path (see `docs/architecture.md`):
+//!
+//! - [`resp`]: RESP2 wire format — the zero-copy command decoder used on the replication stream (exact byte
+//!   spans), the reply parser used by every client connection, and command encoding.
+//! - [`rdb`]: the streaming RDB decoder (fed with chunks, yields entries with their raw serialized bytes),
+//!   value decoding for the re-encode path, DUMP-payload framing, CRC64 and LZF.
+//! - [`repl`]: the replication link to one source master: handshake, `PSYNC`, RDB transfer (disk and
+//!   diskless), command stream, `REPLCONF ACK`. It knows nothing about targets.
+//! - [`spool`]: the byte spool between the link and the consumer: memory first, then disk, so the master is
+//!   never made to wait for the target.
+//! - [`source`]: source kinds (`redis://` master, `rdb:` file) turned into one stream of events.
+//! - [`apply`]: the only place that knows what a write means: RESTORE vs native re-encoding, big-key
+//!   chunking, db tracking, expiry handling.
+//! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting.
+//! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
+//! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod cli;
+pub mod endpoint;
+pub mod rdb;
+pub mod repl;
+pub mod resp;
+pub mod source;
+pub mod spool;
+pub mod sync;
+pub mod target;
