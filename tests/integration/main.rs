@@ -1,1 +1,6 @@
-//! Integration tests: one binary, modules per area.
+//! Integration tests: one binary (link time on two cores), one module per area, real servers throughout.
+
+mod support;
+
+mod link;
+mod smoke;

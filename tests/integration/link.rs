@@ -1,0 +1,1 @@
+//! Replication link tests against real masters.

@@ -1,0 +1,301 @@
+//! Test support: real `redis-server` processes on free loopback ports, killed by PID on drop, and a tiny
+//! synchronous RESP client that is independent of ferry's own code (so it can judge it).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago (bind to 0, read it, release).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("ferry-test-{}-{}-{}", tag, std::process::id(), n));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The redis-server binary to use: `FERRY_REDIS_SERVER` or `redis-server` on PATH.
+pub fn redis_server_bin() -> PathBuf {
+    std::env::var_os("FERRY_REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into())
+}
+
+/// A running redis-server, killed by PID when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: TempDir,
+    child: Child,
+    pub bin: PathBuf,
+}
+
+impl RedisServer {
+    /// Start the default redis-server with extra `--name value` config arguments.
+    pub fn start(extra: &[&str]) -> RedisServer {
+        Self::start_bin(&redis_server_bin(), extra)
+    }
+
+    pub fn start_bin(bin: &Path, extra: &[&str]) -> RedisServer {
+        let mut dir = TempDir::new("redis");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let log = dir.path().join("redis.log");
+            let mut args: Vec<String> = vec![
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
+                "--logfile".into(),
+                log.display().to_string(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--daemonize".into(),
+                "no".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let child = Command::new(bin)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut server = RedisServer { port, dir, child, bin: bin.to_path_buf() };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // exited: port taken or bad config; retry with another port
+                }
+                if let Ok(mut c) = Client::connect_quiet(port) {
+                    if c.try_cmd(&["PING"]).is_ok() {
+                        return server;
+                    }
+                }
+                if Instant::now() > deadline {
+                    panic!("redis-server on port {port} not ready in 10s; log:\n{}", server.log());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let log = server.log();
+            if !log.contains("Address already in use") {
+                panic!("redis-server exited at start; log:\n{log}");
+            }
+            dir = std::mem::replace(&mut server.dir, TempDir::new("unused"));
+        }
+        panic!("could not start redis-server on a free port after 5 attempts");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop the server now (SIGKILL by PID).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A RESP2 reply, as the test client sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Reply::Bulk(Some(b)) => Some(b),
+            Reply::Status(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+    pub fn as_string(&self) -> String {
+        match self {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            Reply::Status(s) | Reply::Error(s) => s.clone(),
+            Reply::Int(i) => i.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+    pub fn as_int(&self) -> i64 {
+        match self {
+            Reply::Int(i) => *i,
+            Reply::Bulk(Some(b)) => std::str::from_utf8(b).unwrap().parse().unwrap(),
+            other => panic!("not an integer reply: {other:?}"),
+        }
+    }
+    pub fn as_array(&self) -> &[Reply] {
+        match self {
+            Reply::Array(Some(v)) => v,
+            other => panic!("not an array reply: {other:?}"),
+        }
+    }
+}
+
+/// A tiny blocking RESP2 client for tests.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        Self::connect_quiet(port).unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"))
+    }
+
+    pub fn connect_quiet(port: u16) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client { r: BufReader::new(s.try_clone()?), w: s })
+    }
+
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            let a = a.as_ref();
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.w.write_all(&out).unwrap();
+    }
+
+    pub fn read(&mut self) -> std::io::Result<Reply> {
+        let mut line = Vec::new();
+        self.r.read_until(b'\n', &mut line)?;
+        if line.len() < 3 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+        Ok(match line[0] {
+            b'+' => Reply::Status(body),
+            b'-' => Reply::Error(body),
+            b':' => Reply::Int(body.parse().unwrap()),
+            b'$' => {
+                let n: i64 = body.parse().unwrap();
+                if n < 0 {
+                    Reply::Bulk(None)
+                } else {
+                    let mut b = vec![0; n as usize + 2];
+                    self.r.read_exact(&mut b)?;
+                    b.truncate(n as usize);
+                    Reply::Bulk(Some(b))
+                }
+            }
+            b'*' => {
+                let n: i64 = body.parse().unwrap();
+                if n < 0 {
+                    Reply::Array(None)
+                } else {
+                    let mut v = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        v.push(self.read()?);
+                    }
+                    Reply::Array(Some(v))
+                }
+            }
+            other => panic!("unexpected reply byte {other:?}"),
+        })
+    }
+
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Reply> {
+        self.send(args);
+        self.read()
+    }
+
+    /// Run a command; panics on I/O error (not on an error reply, which is returned).
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        self.try_cmd(args).unwrap()
+    }
+
+    /// Run a command that must not fail.
+    pub fn ok<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        let r = self.cmd(args);
+        if let Reply::Error(e) = &r {
+            let shown: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect();
+            panic!("command {shown:?} failed: {e}");
+        }
+        r
+    }
+
+    /// A field of `INFO section`, e.g. `info_field("stats", "sync_full")`.
+    pub fn info_field(&mut self, section: &str, field: &str) -> Option<String> {
+        let info = self.ok(&["INFO", section]).as_string();
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+    }
+
+    pub fn dbsize(&mut self) -> i64 {
+        self.ok(&["DBSIZE"]).as_int()
+    }
+}
+
+/// Path of a shared fixture, or `None` (with a printed reason) when the fixtures folder is absent.
+pub fn fixtures_dir() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipping: fixtures folder {} is absent", p.display());
+        None
+    }
+}
+
+/// Path of the built `ferry` binary.
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
