@@ -299,3 +299,161 @@ pub fn fixtures_dir() -> Option<PathBuf> {
 pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
+
+pub mod versions;
+
+/// Options of a [`Nutcracker`] pool beyond its servers.
+#[derive(Clone, Debug, Default)]
+pub struct NutcrackerOpts {
+    /// Pool name in the YAML (default `ferry`).
+    pub pool: Option<String>,
+    /// `redis_auth:` — the password nutcracker sends to every server and requires from its clients.
+    pub redis_auth: Option<String>,
+    /// `hash_tag:` — two characters, e.g. `"{}"`.
+    pub hash_tag: Option<String>,
+}
+
+/// The YAML of a one-pool twemproxy config as ferry must read it: `listen` on 127.0.0.1:`port`,
+/// `hash: fnv1a_64`, `distribution: ketama`, `redis: true`, and one `127.0.0.1:<port>:1 <name>` line per
+/// `(port, name)` in `servers`.
+pub fn nutcracker_yaml(port: u16, servers: &[(u16, &str)], opts: &NutcrackerOpts) -> String {
+    let mut y = format!(
+        "{}:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  timeout: 5000\n",
+        opts.pool.as_deref().unwrap_or("ferry")
+    );
+    if let Some(a) = &opts.redis_auth {
+        y.push_str(&format!("  redis_auth: {a}\n"));
+    }
+    if let Some(t) = &opts.hash_tag {
+        y.push_str(&format!("  hash_tag: \"{t}\"\n"));
+    }
+    y.push_str("  servers:\n");
+    for (p, name) in servers {
+        y.push_str(&format!("   - 127.0.0.1:{p}:1 {name}\n"));
+    }
+    y
+}
+
+/// A running nutcracker (twemproxy) in front of the given servers, killed by PID when dropped.
+///
+/// Started in the foreground as `nutcracker -c <conf> -o <log> -s <stats port> -a 127.0.0.1` (a stats
+/// port of its own: the default 22222 on 0.0.0.0 would collide between tests). nutcracker 0.5.0 writes
+/// its `-p` pidfile only when daemonized, so none is used: the child's PID is the handle. Ready when a
+/// PING through the proxy answers PONG (nutcracker answers PING itself; with `redis_auth` it first
+/// wants `AUTH <password>` from its clients, as yours must too). Note that nutcracker refuses
+/// keyless and multi-key-across-servers commands (e.g. DBSIZE, KEYS, INFO, SELECT): it closes the
+/// connection; count keys on the servers themselves.
+pub struct Nutcracker {
+    pub port: u16,
+    pub stats_port: u16,
+    pub config_path: PathBuf,
+    pub dir: TempDir,
+    child: Child,
+}
+
+impl Nutcracker {
+    /// Start in front of `servers` = `(port, name)` pairs with default options.
+    pub fn start(servers: &[(u16, &str)]) -> Nutcracker {
+        Self::start_with(servers, &NutcrackerOpts::default())
+    }
+
+    pub fn start_with(servers: &[(u16, &str)], opts: &NutcrackerOpts) -> Nutcracker {
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let dir = TempDir::new("nutcracker");
+            let config_path = dir.path().join("nutcracker.yml");
+            let log = dir.path().join("nutcracker.log");
+            let (port, stats_port) = (free_port(), free_port());
+            std::fs::write(&config_path, nutcracker_yaml(port, servers, opts)).unwrap();
+            let test = Command::new("nutcracker")
+                .arg("-t")
+                .arg("-c")
+                .arg(&config_path)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run nutcracker (apt-get install nutcracker): {e}")
+                });
+            if !test.status.success() {
+                panic!(
+                    "nutcracker -t rejects the config:\n{}\n{}",
+                    String::from_utf8_lossy(&test.stderr),
+                    std::fs::read_to_string(&config_path).unwrap()
+                );
+            }
+            let child = Command::new("nutcracker")
+                .arg("-c")
+                .arg(&config_path)
+                .arg("-o")
+                .arg(&log)
+                .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start nutcracker: {e}"));
+            let mut nc = Nutcracker {
+                port,
+                stats_port,
+                config_path,
+                dir,
+                child,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = nc.child.try_wait() {
+                    break; // exited: a port was taken meanwhile; retry with others
+                }
+                if let Ok(mut c) = Client::connect_quiet(port) {
+                    // With redis_auth, nutcracker wants AUTH from its clients before anything else.
+                    let authed = match &opts.redis_auth {
+                        Some(pw) => {
+                            matches!(c.try_cmd(&["AUTH", pw.as_str()]), Ok(Reply::Status(_)))
+                        }
+                        None => true,
+                    };
+                    if authed && matches!(c.try_cmd(&["PING"]), Ok(Reply::Status(s)) if s == "PONG")
+                    {
+                        return nc;
+                    }
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "nutcracker on port {port} not ready in 10s; log:\n{}",
+                        nc.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            last_log = nc.log();
+            if !last_log.contains("in use") {
+                panic!("nutcracker exited at start; log:\n{last_log}");
+            }
+        }
+        panic!("could not start nutcracker on free ports after 5 attempts; log:\n{last_log}");
+    }
+
+    /// nutcracker's log file (`-o`), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nutcracker.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop nutcracker now (SIGKILL by PID).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nutcracker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
