@@ -28,37 +28,8 @@ t0=$SECONDS
 step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - t0))" "$*"; }
 
 # --- 1. system packages -----------------------------------------------------------------------------
-need=()
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-cli >/dev/null || need+=(redis-tools)
-command -v nutcracker >/dev/null || need+=(nutcracker)
-if ((${#need[@]})); then
-  step "installing ${need[*]} with apt-get (missing on this machine)"
-  if [[ $(id -u) != 0 ]]; then
-    echo "error: ${need[*]} missing and not root: install them (apt-get install ${need[*]})" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # The packages start system services (redis on :6379, nutcracker on its default config). The suite
-  # uses its own servers on free ports; stop those so they don't hold memory and ports. systemd may be
-  # absent (CI containers): try service, then the pidfiles, quietly.
-  for svc in redis-server nutcracker; do
-    [[ " ${need[*]} " == *" $svc "* ]] || continue # only services we just installed
-    echo "    stopping the $svc system service that apt started"
-    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-      systemctl disable --now "$svc" >/dev/null 2>&1 || true
-    else
-      service "$svc" stop >/dev/null 2>&1 || true
-    fi
-    pf=/run/redis/redis-server.pid
-    [[ $svc == nutcracker ]] && pf=/run/nutcracker/nutcracker.pid
-    if [[ -f "$pf" ]]; then kill "$(cat "$pf")" 2>/dev/null || true; fi
-  done
-else
-  step "redis-server, redis-cli, nutcracker present ($(redis-server --version | grep -o 'v=[0-9.]*'), nutcracker $(nutcracker -V 2>&1 | grep -o '[0-9][0-9.]*' | head -1))"
-fi
+step "system packages (scripts/install-deps.sh)"
+bash scripts/install-deps.sh
 for tool in cargo python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 1; }
 done
