@@ -48,8 +48,15 @@ log() { printf '[redis-versions] %s\n' "$*" >&2; }
 env_name() { local n="${1^^}"; n="${n//[.-]/_}"; printf 'FERRY_REDIS_%s' "$n"; }
 
 PY=$(command -v python3 || true)
-if [[ -z "$PY" ]]; then
-  log "WARNING: python3 not found: cannot download any extra version"
+if [[ -n "$PY" ]] && ! "$PY" -m pip --version >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  log "python3 has no pip: installing python3-pip with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip </dev/null >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip </dev/null >/dev/null; } || true
+fi
+PY3=$PY # runs the checks; PY (with pip) downloads
+if [[ -z "$PY" ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
+  log "WARNING: python3 with pip not found: cannot download any extra version"
+  PY=""
 fi
 
 required() { # is version $1 required by FERRY_REQUIRE_VERSIONS?
@@ -61,7 +68,8 @@ required() { # is version $1 required by FERRY_REQUIRE_VERSIONS?
 # Start $1 on a free loopback port; check PING and that INFO server reports a version starting with $2.
 # Prints the version on success.
 verify() {
-  "$PY" - "$1" "$2" <<'EOF'
+  [[ -n "$PY3" ]] || { echo "python3 not found: cannot check"; return 1; }
+  "$PY3" - "$1" "$2" <<'EOF'
 import os, socket, subprocess, sys, tempfile, time
 bin_, want = sys.argv[1], sys.argv[2]
 def cmd(s, *args):
@@ -203,7 +211,7 @@ envfile="$CACHE/versions.env.new"
 } >"$envfile"
 
 if sys_bin=$(command -v redis-server); then
-  if [[ -n "$PY" ]] && v=$(verify "$sys_bin" "7.0." 2>&1); then
+  if v=$(verify "$sys_bin" "7.0." 2>&1); then
     echo "$(env_name 7.0)=$sys_bin" >>"$envfile"
     log "ok    7.0       $v  ($sys_bin, Debian package)"
   else

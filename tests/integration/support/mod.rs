@@ -457,3 +457,52 @@ impl Drop for Nutcracker {
         self.kill();
     }
 }
+
+/// Smoke check for a `#[test]`: a [`Nutcracker`] in front of two real servers spreads 500 keys over
+/// both, and is gone (port closed) after drop; with `redis_auth` and `hash_tag`, tagged keys stay together.
+pub fn check_nutcracker() {
+    let (a, b) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    let nc = Nutcracker::start(&[(a.port, "m1"), (b.port, "m2")]);
+    let mut c = nc.client();
+    for i in 0..500 {
+        c.ok(&["SET", &format!("k:{i}"), "v"]);
+    }
+    let (na, nb) = (a.client().dbsize(), b.client().dbsize());
+    assert_eq!(na + nb, 500);
+    assert!(
+        na > 0 && nb > 0,
+        "ketama put every key on one server: {na}+{nb}"
+    );
+    let port = nc.port;
+    drop(nc);
+    assert!(
+        Client::connect_quiet(port).is_err(),
+        "nutcracker still answering after drop"
+    );
+
+    let (a, b) = (
+        RedisServer::start(&["--requirepass", "pw"]),
+        RedisServer::start(&["--requirepass", "pw"]),
+    );
+    let opts = NutcrackerOpts {
+        redis_auth: Some("pw".into()),
+        hash_tag: Some("{}".into()),
+        pool: None,
+    };
+    let nc = Nutcracker::start_with(&[(a.port, "m1"), (b.port, "m2")], &opts);
+    let mut c = nc.client();
+    c.ok(&["AUTH", "pw"]);
+    for i in 0..100 {
+        c.ok(&["SET", &format!("{{user7}}:{i}"), "v"]);
+    }
+    let count = |s: &RedisServer| {
+        let mut c = s.client();
+        c.ok(&["AUTH", "pw"]);
+        c.dbsize()
+    };
+    let (na, nb) = (count(&a), count(&b));
+    assert!(
+        na == 100 || nb == 100,
+        "hash_tag did not keep {{user7}} keys together: {na}+{nb}"
+    );
+}

@@ -160,3 +160,36 @@ pub fn rdb_version(c: &mut Client) -> u16 {
 pub fn accepts_config(c: &mut Client, name: &str) -> bool {
     !c.ok(&["CONFIG", "GET", name]).as_array().is_empty()
 }
+
+/// Smoke check for a `#[test]`: every provisioned version starts on a free port, reports the version
+/// it is named after, and DUMPs with the RDB version it is known to write. Absent versions skip
+/// (or panic under `FERRY_REQUIRE_VERSIONS`). Returns the versions it checked.
+pub fn check_every_version() -> Vec<&'static str> {
+    let mut checked = Vec::new();
+    for (v, bin) in available() {
+        let s = RedisServer::start_bin(&bin, &[]);
+        let mut c = s.client();
+        let (name, ver) = server_identity(&mut c);
+        assert!(
+            ver.starts_with(v.trim_start_matches("valkey-")),
+            "{v} at {} reports {name} {ver}",
+            bin.display()
+        );
+        assert_eq!(
+            name == "valkey",
+            v.starts_with("valkey-"),
+            "{v} reports server_name {name}"
+        );
+        let want_rdb = match v {
+            "5.0" | "6.0" | "6.2" => 9,
+            "7.0" => 10,
+            "valkey-8" => 11,
+            "7.4" | "8.2" => 12,
+            "valkey-9" => 80,
+            _ => unreachable!(),
+        };
+        assert_eq!(rdb_version(&mut c), want_rdb, "{v}: RDB version of DUMP");
+        checked.push(v);
+    }
+    checked
+}
