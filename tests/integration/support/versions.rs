@@ -7,18 +7,18 @@
 //! the version is absent and a skip reason was printed. When `FERRY_REQUIRE_VERSIONS` is `1`/`all` or a
 //! comma list naming the version (CI sets it), absence panics instead, so CI can't pass by skipping.
 //!
-//! What the versions are (see the README): `5.0` (5.0.10), `6.0` (6.0.9), `6.2` (6.2.14), `7.0` (Debian's
-//! 7.0.15), `7.4` (7.4.1), `8.2` (8.2.3), `valkey-8` (Valkey 8.1.8), `valkey-9` (Valkey 9.1.2, writes
-//! `VALKEY080` RDB files).
+//! What the versions are (see the README): `5.0` (5.0.10), `6.0` (6.0.9), `6.2` (6.2.14), `7.0`
+//! (Debian's 7.0.15), `7.2` (7.2.4), `7.4` (7.4.1), `8.2` (8.2.3), `valkey-8` (Valkey 8.1.8),
+//! `valkey-9` (Valkey 9.1.2, writes `VALKEY080` RDB files).
 //!
 //! Config flags differ between versions; [`RedisServer::start_bin`] only passes flags every version since
 //! 5.0 accepts. Checked by starting each provisioned binary (an unknown flag makes it exit at start):
 //! - `--enable-debug-command`, `--enable-protected-configs`, `--repl-diskless-sync-max-replicas`,
 //!   `--hash-max-listpack-*`: 7.0+ (5.0–6.2 refuse to start; DEBUG is simply allowed there, and the
 //!   `--hash-max-ziplist-*` names work on every version).
-//! - `--hide-user-data-from-log`: 7.4+ and Valkey 8+ (not 7.0).
+//! - `--hide-user-data-from-log`: 7.4+ and Valkey 8+ (not 7.0, 7.2).
 //! - `--repl-diskless-load`, `--io-threads`, ACL (`--user`, `--aclfile`): 6.0+.
-//! - `HEXPIRE` (hash field TTLs, RDB types 22–25): Redis 7.4+, Valkey 9 (not Valkey 8).
+//! - `HEXPIRE` (hash field TTLs, RDB types 22–25): Redis 7.4+, Valkey 9 (not 7.2, not Valkey 8).
 //!
 //! Use [`accepts_config`] to decide at run time.
 use super::{Client, RedisServer};
@@ -27,7 +27,7 @@ use std::process::Command;
 
 /// Every version name the provisioning knows, oldest first.
 pub const ALL: &[&str] = &[
-    "5.0", "6.0", "6.2", "7.0", "7.4", "8.2", "valkey-8", "valkey-9",
+    "5.0", "6.0", "6.2", "7.0", "7.2", "7.4", "8.2", "valkey-8", "valkey-9",
 ];
 
 /// `FERRY_REDIS_<NAME>` for a version name.
@@ -144,8 +144,8 @@ pub fn server_identity(c: &mut Client) -> (String, String) {
 }
 
 /// The RDB format version a server writes, read from a `DUMP` payload (its last 10 bytes are the RDB
-/// version, little-endian u16, then the CRC64). Observed: 9 for 5.0/6.0/6.2, 10 for 7.0, 12 for 7.4 and
-/// 8.2, 11 for Valkey 8, 80 for Valkey 9 (whose RDB files start `VALKEY080`). Writes and deletes one key.
+/// version, little-endian u16, then the CRC64). Observed: 9 for 5.0/6.0/6.2, 10 for 7.0, 11 for 7.2,
+/// 12 for 7.4 and 8.2, 11 for Valkey 8, 80 for Valkey 9 (whose RDB files start `VALKEY080`). Writes and deletes one key.
 pub fn rdb_version(c: &mut Client) -> u16 {
     c.ok(&["SET", "__ferry_rdb_version_probe", "x"]);
     let dump = c.ok(&["DUMP", "__ferry_rdb_version_probe"]);
@@ -183,7 +183,7 @@ pub fn check_every_version() -> Vec<&'static str> {
         let want_rdb = match v {
             "5.0" | "6.0" | "6.2" => 9,
             "7.0" => 10,
-            "valkey-8" => 11,
+            "7.2" | "valkey-8" => 11,
             "7.4" | "8.2" => 12,
             "valkey-9" => 80,
             _ => unreachable!(),
