@@ -50,13 +50,22 @@ env | grep '^FERRY_REDIS_' | sort | sed 's/^/    /'
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if [[ "$QUICK" != 1 ]]; then
   step "cargo fmt --all -- --check"
-  cargo fmt --all -- --check
+  cargo fmt --all -- --check || {
+    echo "FAILED: formatting differs (diff above); run: cargo fmt --all" >&2
+    exit 1
+  }
   step "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets -- -D warnings
+  cargo clippy --all-targets -- -D warnings || {
+    echo "FAILED: clippy warnings (above)" >&2
+    exit 1
+  }
 else
   step "FERRY_TEST_QUICK=1: skipping fmt and clippy"
 fi
 step "cargo test --all-targets $*"
-cargo test --all-targets "$@"
+cargo test --all-targets "$@" || {
+  echo "FAILED: cargo test (above)" >&2
+  exit 1
+}
 
 step "all passed in $((SECONDS - t0))s"
