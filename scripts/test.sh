@@ -44,7 +44,7 @@ set -a
 # shellcheck disable=SC1091
 source .cache/redis/versions.env
 set +a
-env | grep '^FERRY_REDIS_' | sort | sed 's/^/    /'
+env | grep '^FERRY_REDIS_' | sort | sed 's/^/    /' || echo "    (no extra server version available)"
 
 # --- 3. lints and tests -----------------------------------------------------------------------------
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
