@@ -9,13 +9,14 @@
 #   FERRY_TEST_QUICK=1        skip fmt and clippy (developer loop); `--quick` does the same
 #   FERRY_REQUIRE_VERSIONS    `1`/`all` or a comma list: those versions must be provisioned and tests that
 #                             need them panic instead of skipping. Defaults, when CI=true, to every version
-#                             proven to provision on Debian 12 (see REQUIRED_IN_CI below).
+#                             proven to provision on Debian 12 (REQUIRED_IN_CI below).
 #   CARGO_TARGET_DIR          honoured as usual.
 #   Extra arguments after the options are passed to `cargo test` (e.g. `bash scripts/test.sh -- smoke`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Every version scripts/redis-versions.sh provisioned and verified on a fresh Debian 12 (see README).
+# Every version scripts/redis-versions.sh provisioned and verified on Debian 12 from a fresh clone with an
+# empty pip cache (see README).
 REQUIRED_IN_CI="5.0,6.0,6.2,7.0,7.2,7.4,8.2,valkey-8,valkey-9"
 
 QUICK="${FERRY_TEST_QUICK:-0}"
