@@ -136,7 +136,11 @@ impl std::str::FromStr for RedisAddr {
         let hostport = hostport.trim_end_matches('/');
         let auth = creds.map(|c| match c.split_once(':') {
             Some((u, p)) => Auth {
-                user: if u.is_empty() { None } else { Some(u.to_string()) },
+                user: if u.is_empty() {
+                    None
+                } else {
+                    Some(u.to_string())
+                },
                 password: Secret::new(p),
             },
             None => Auth {
@@ -177,15 +181,24 @@ mod tests {
     #[test]
     fn parses_forms() {
         let a: RedisAddr = "redis://127.0.0.1:6379".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.auth.is_none()), ("127.0.0.1", 6379, true));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.auth.is_none()),
+            ("127.0.0.1", 6379, true)
+        );
         let a: RedisAddr = "redis://:pw@h:1".parse().unwrap();
         let auth = a.auth.unwrap();
         assert_eq!((auth.user, auth.password.expose()), (None, "pw"));
         let a: RedisAddr = "redis://bob:p:w@h:2".parse().unwrap();
         let auth = a.auth.unwrap();
-        assert_eq!((auth.user.as_deref(), auth.password.expose()), (Some("bob"), "p:w"));
+        assert_eq!(
+            (auth.user.as_deref(), auth.password.expose()),
+            (Some("bob"), "p:w")
+        );
         let a: RedisAddr = "redis://[::1]:7000".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.host_port()), ("::1", "[::1]:7000".to_string()));
+        assert_eq!(
+            (a.host.as_str(), a.host_port()),
+            ("::1", "[::1]:7000".to_string())
+        );
         assert_eq!(
             "rdb:/x/y.rdb".parse::<SourceSpec>().unwrap(),
             SourceSpec::RdbFile("/x/y.rdb".into())

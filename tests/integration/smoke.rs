@@ -11,5 +11,8 @@ fn harness_starts_and_stops_a_real_server() {
         c.ok(&["SET", "k", "v"]);
         assert_eq!(c.ok(&["GET", "k"]).as_string(), "v");
     }
-    assert!(Client::connect_quiet(port).is_err(), "server still answering after drop");
+    assert!(
+        Client::connect_quiet(port).is_err(),
+        "server still answering after drop"
+    );
 }

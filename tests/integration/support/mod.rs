@@ -10,14 +10,21 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago (bind to 0, read it, release).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `cond` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -28,7 +35,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("ferry-test-{}-{}-{}", tag, std::process::id(), n));
+        let p =
+            std::env::temp_dir().join(format!("ferry-test-{}-{}-{}", tag, std::process::id(), n));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -45,7 +53,9 @@ impl Drop for TempDir {
 
 /// The redis-server binary to use: `FERRY_REDIS_SERVER` or `redis-server` on PATH.
 pub fn redis_server_bin() -> PathBuf {
-    std::env::var_os("FERRY_REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into())
+    std::env::var_os("FERRY_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "redis-server".into())
 }
 
 /// A running redis-server, killed by PID when dropped.
@@ -91,7 +101,12 @@ impl RedisServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let mut server = RedisServer { port, dir, child, bin: bin.to_path_buf() };
+            let mut server = RedisServer {
+                port,
+                dir,
+                child,
+                bin: bin.to_path_buf(),
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(_)) = server.child.try_wait() {
@@ -103,7 +118,10 @@ impl RedisServer {
                     }
                 }
                 if Instant::now() > deadline {
-                    panic!("redis-server on port {port} not ready in 10s; log:\n{}", server.log());
+                    panic!(
+                        "redis-server on port {port} not ready in 10s; log:\n{}",
+                        server.log()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -200,7 +218,10 @@ impl Client {
     pub fn connect_quiet(port: u16) -> std::io::Result<Client> {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Client { r: BufReader::new(s.try_clone()?), w: s })
+        Ok(Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
     }
 
     pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
@@ -218,7 +239,10 @@ impl Client {
         let mut line = Vec::new();
         self.r.read_until(b'\n', &mut line)?;
         if line.len() < 3 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
         Ok(match line[0] {
@@ -266,7 +290,10 @@ impl Client {
     pub fn ok<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
         let r = self.cmd(args);
         if let Reply::Error(e) = &r {
-            let shown: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect();
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+                .collect();
             panic!("command {shown:?} failed: {e}");
         }
         r
@@ -275,8 +302,10 @@ impl Client {
     /// A field of `INFO section`, e.g. `info_field("stats", "sync_full")`.
     pub fn info_field(&mut self, section: &str, field: &str) -> Option<String> {
         let info = self.ok(&["INFO", section]).as_string();
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        info.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
     }
 
     pub fn dbsize(&mut self) -> i64 {
