@@ -33,3 +33,4 @@ pub mod source;
 pub mod spool;
 pub mod sync;
 pub mod target;
+pub mod twemproxy;
