@@ -562,3 +562,79 @@ fn load_errors_name_the_file_pool_key_and_value() {
     assert!(matches!(e, TwemproxyError::Io { .. }));
     assert!(e.to_string().contains("missing.yml"), "{e}");
 }
+
+/// A redis-server on the fixed port 11211 (the support servers take free ports), killed on drop.
+struct FixedPortRedis {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Drop for FixedPortRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nutcracker leaves the port out of an unnamed server's ketama name when it is 11211
+/// (`conf_add_server`): the continuum points are MD5("127.0.0.1-i"), not MD5("127.0.0.1:11211-i").
+#[test]
+fn port_11211_is_left_out_of_the_ketama_name() {
+    if std::net::TcpListener::bind(("127.0.0.1", 11211)).is_err() {
+        eprintln!("skipping: 127.0.0.1:11211 is in use");
+        return;
+    }
+    let dir = TempDir::new("redis-11211");
+    let mut child = Command::new(redis_server_bin())
+        .args(["--port", "11211", "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let mut exited = false;
+    wait_until("redis-server on 11211", Duration::from_secs(10), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            exited = true;
+            return true;
+        }
+        Client::connect_quiet(11211)
+            .and_then(|mut c| c.try_cmd(&["PING"]))
+            .is_ok_and(|r| r == Reply::Status("PONG".into()))
+    });
+    if exited {
+        eprintln!("skipping: redis-server could not take port 11211 (taken meanwhile)");
+        return;
+    }
+    let _guard = FixedPortRedis { child, _dir: dir };
+    let others = [RedisServer::start(&[]), RedisServer::start(&[])];
+    let proxy = Proxy::start(|port| {
+        format!(
+            "p11211:\n  listen: 127.0.0.1:{port}\n  hash: md5\n  distribution: ketama\n  redis: true\n  servers:\n   - 127.0.0.1:11211:1\n   - 127.0.0.1:{}:1\n   - 127.0.0.1:{}:1\n",
+            others[0].port, others[1].port
+        )
+    });
+    let config = TwemproxyConfig::load(&proxy.config_path).unwrap();
+    let pool = config.select_pool(None).unwrap();
+    assert_eq!(pool.servers[0].key_name(), "127.0.0.1");
+    let keys = test_keys();
+    let mut c = Client::connect(proxy.port);
+    for (i, k) in keys.iter().enumerate() {
+        c.send(&[b"SET".as_slice(), k, i.to_string().as_bytes()]);
+    }
+    for _ in &keys {
+        assert_eq!(c.read().unwrap(), Reply::Status("OK".into()));
+    }
+    let mut actual = HashMap::new();
+    for port in [11211, others[0].port, others[1].port] {
+        let mut bc = Client::connect(port);
+        for k in bc.ok(&["KEYS", "*"]).as_array() {
+            actual.insert(k.as_bytes().unwrap().to_vec(), port);
+        }
+    }
+    assert_eq!(actual.len(), keys.len());
+    assert!(actual.values().any(|&p| p == 11211), "no key on 11211");
+    check_router(pool, &keys, &actual, "unnamed server on port 11211");
+}
