@@ -16,6 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use redis_protocol::resp2::{decode::decode_range, types::RangeFrame};
 
 type Cmd = (Vec<u8>, Vec<Vec<u8>>);
+type First = Result<Option<(usize, Vec<Vec<u8>>)>, RespError>;
 
 /// Decode commands from `stream` fed in `chunks` (cycled): the commands, then the final error if any.
 fn run(stream: &[u8], chunks: &[usize]) -> (Vec<Cmd>, Option<RespError>) {
@@ -57,7 +58,7 @@ fn run(stream: &[u8], chunks: &[usize]) -> (Vec<Cmd>, Option<RespError>) {
     (out, None)
 }
 
-fn decode_one(input: &[u8]) -> Result<Option<(usize, Vec<Vec<u8>>)>, RespError> {
+fn decode_one(input: &[u8]) -> First {
     let mut d = CommandDecoder::new();
     Ok(d.decode(input)?.map(|n| {
         (
