@@ -11,7 +11,11 @@ pub struct DecoderOptions {
 
 impl Default for DecoderOptions {
     fn default() -> Self {
-        DecoderOptions { max_entry_bytes: 16 << 20, chunk_elements: 1024, verify_checksum: true }
+        DecoderOptions {
+            max_entry_bytes: 16 << 20,
+            chunk_elements: 1024,
+            verify_checksum: true,
+        }
     }
 }
 
@@ -26,6 +30,9 @@ impl Decoder {
     }
     pub fn decode(&mut self, _buf: &mut BytesMut) -> Result<Option<Event>, RdbError> {
         Ok(None)
+    }
+    pub fn finish(&self) -> Result<(), RdbError> {
+        Ok(())
     }
     pub fn needed(&self) -> usize {
         1

@@ -21,7 +21,9 @@ pub mod lzf;
 mod value;
 
 pub use decoder::{Decoder, DecoderOptions};
-pub use value::{decode_value, Value};
+pub use value::{
+    decode_value, PendingEntry, Stream, StreamConsumer, StreamEntry, StreamGroup, StreamId, Value,
+};
 
 use bytes::Bytes;
 
@@ -75,8 +77,14 @@ impl Kind {
             LIST | LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => Kind::List,
             SET | SET_INTSET | SET_LISTPACK => Kind::Set,
             ZSET | ZSET_2 | ZSET_ZIPLIST | ZSET_LISTPACK => Kind::ZSet,
-            HASH | HASH_ZIPMAP | HASH_ZIPLIST | HASH_LISTPACK | HASH_METADATA_PRE_GA
-            | HASH_LISTPACK_EX_PRE_GA | HASH_METADATA | HASH_LISTPACK_EX => Kind::Hash,
+            HASH
+            | HASH_ZIPMAP
+            | HASH_ZIPLIST
+            | HASH_LISTPACK
+            | HASH_METADATA_PRE_GA
+            | HASH_LISTPACK_EX_PRE_GA
+            | HASH_METADATA
+            | HASH_LISTPACK_EX => Kind::Hash,
             STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => Kind::Stream,
             MODULE_PRE_GA | MODULE_2 => Kind::Module,
             _ => return None,
@@ -139,17 +147,35 @@ pub enum Chunk {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The first event: file format version. For Valkey's `VALKEY080` header `version` is 80.
-    Header { magic: Magic, version: u16 },
+    Header {
+        magic: Magic,
+        version: u16,
+    },
     /// An AUX field (`redis-ver`, `repl-id`, `repl-offset`, `lua` scripts, ...).
-    Aux { key: Bytes, value: Bytes },
+    Aux {
+        key: Bytes,
+        value: Bytes,
+    },
     SelectDb(u32),
-    ResizeDb { db_size: u64, expires_size: u64 },
+    ResizeDb {
+        db_size: u64,
+        expires_size: u64,
+    },
     /// `RDB_OPCODE_SLOT_INFO` (Redis 7.4+ cluster files).
-    SlotInfo { slot: u64, slot_size: u64, expires_slot_size: u64 },
+    SlotInfo {
+        slot: u64,
+        slot_size: u64,
+        expires_slot_size: u64,
+    },
     /// `RDB_OPCODE_MODULE_AUX`: module id and the raw bytes of its body (carried, not interpreted).
-    ModuleAux { module_id: u64, raw: Bytes },
+    ModuleAux {
+        module_id: u64,
+        raw: Bytes,
+    },
     /// `RDB_OPCODE_FUNCTION2` (or the pre-GA `FUNCTION`): the library source, for `FUNCTION LOAD`.
-    Function { code: Bytes },
+    Function {
+        code: Bytes,
+    },
     /// A whole key.
     Entry(Entry),
     /// A big key begins.
@@ -160,7 +186,9 @@ pub enum Event {
     BigEnd,
     /// `RDB_OPCODE_EOF` reached and the checksum, when non-zero, verified. `checksum` is the file's value
     /// (`None` for versions < 5 which have none, `Some(0)` when checksumming was disabled).
-    End { checksum: Option<u64> },
+    End {
+        checksum: Option<u64>,
+    },
 }
 
 /// Why the decoder stopped. Every variant names the byte offset in the input where the problem is.
@@ -173,15 +201,42 @@ pub enum RdbError {
     #[error("unknown RDB opcode or value type 0x{byte:02x} at offset {offset}")]
     UnknownType { byte: u8, offset: u64 },
     #[error("unknown {what} encoding 0x{byte:02x} at offset {offset}")]
-    UnknownEncoding { what: &'static str, byte: u8, offset: u64 },
+    UnknownEncoding {
+        what: &'static str,
+        byte: u8,
+        offset: u64,
+    },
     #[error("corrupt {what} at offset {offset}: {detail}")]
-    Corrupt { what: &'static str, offset: u64, detail: String },
+    Corrupt {
+        what: &'static str,
+        offset: u64,
+        detail: String,
+    },
     #[error("RDB checksum mismatch at offset {offset}: file says {expected:016x}, computed {computed:016x}")]
-    Checksum { offset: u64, expected: u64, computed: u64 },
+    Checksum {
+        offset: u64,
+        expected: u64,
+        computed: u64,
+    },
     #[error("RDB truncated at offset {offset}: input ended inside {inside}")]
     Truncated { offset: u64, inside: &'static str },
     #[error("data after the RDB EOF marker at offset {offset}")]
     TrailingData { offset: u64 },
     #[error("element of {len} bytes at offset {offset} exceeds the limit of {limit} bytes")]
     TooLarge { len: u64, offset: u64, limit: u64 },
+}
+
+/// The 10-byte footer that makes `type byte + payload` a DUMP payload: the RDB version (u16 LE) and the
+/// CRC-64 (u64 LE) of everything before it, as `createDumpPayload` in cluster.c writes it.
+pub fn dump_footer(rdb_type: u8, payload: &[u8], version: u16) -> [u8; 10] {
+    let mut d = crc64::digest();
+    d.update(&[rdb_type]);
+    d.update(payload);
+    let v = version.to_le_bytes();
+    d.update(&v);
+    let crc = d.finalize().to_le_bytes();
+    let mut out = [0u8; 10];
+    out[..2].copy_from_slice(&v);
+    out[2..].copy_from_slice(&crc);
+    out
 }
