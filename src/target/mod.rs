@@ -1,1 +1,215 @@
-//! placeholder
+//! Targets: connections, pipelined writing, reply checking in order, reconnects, error accounting.
+//!
+//! - [`client::Client`]: one request/response connection, for prechecks and administrative commands.
+//! - [`pool::WriterPool`]: several pipelined connections to one target. Work arrives as [`pool::Batch`]es
+//!   of encoded commands; each connection writes them in order and checks every reply in order. In-flight
+//!   bytes are bounded by a semaphore, so a slow target slows the producer instead of filling memory.
+//! - [`stats::TargetStats`]: counters and rejected-write accounting, read by status.
+
+pub mod client;
+pub mod pool;
+pub mod stats;
+
+use crate::endpoint::RedisAddr;
+
+/// Why talking to a target failed. Says which target (never its password) and whether a retry can help.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target {addr}: cannot connect: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("target {addr}: connection lost: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("target {addr}: authentication failed: {msg} (check the user and password in the target URL)")]
+    Auth { addr: String, msg: String },
+    #[error("target {addr}: {what} answered {msg}")]
+    Command {
+        addr: String,
+        what: String,
+        msg: String,
+    },
+    #[error("target {addr}: protocol error: {detail}")]
+    Protocol { addr: String, detail: String },
+    #[error("target {addr}: no answer within {secs} s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("target {addr}: the writer pool stopped")]
+    Closed { addr: String },
+}
+
+impl TargetError {
+    /// Whether reconnecting and retrying can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Connect { .. } | TargetError::Io { .. } | TargetError::Timeout { .. }
+        )
+    }
+}
+
+/// What ferry needs to know about a target server before writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `redis_version` from INFO (Valkey reports a Redis-compatible one there too).
+    pub redis_version: (u32, u32, u32),
+    /// `valkey_version`, when the server is Valkey.
+    pub valkey_version: Option<(u32, u32, u32)>,
+    /// The highest RDB version the server can load (DUMP payload versions it accepts).
+    pub rdb_version: u16,
+    /// Keys per db from INFO keyspace, only dbs holding keys.
+    pub keyspace: Vec<(u32, u64)>,
+    pub maxmemory: u64,
+    pub maxmemory_policy: String,
+    pub used_memory: u64,
+    /// `cluster_enabled:1`.
+    pub cluster: bool,
+}
+
+impl ServerInfo {
+    /// Parse the text of `INFO` (all sections, or at least server/memory/keyspace/cluster).
+    pub fn parse(info: &str) -> ServerInfo {
+        let mut s = ServerInfo {
+            redis_version: (0, 0, 0),
+            valkey_version: None,
+            rdb_version: 0,
+            keyspace: Vec::new(),
+            maxmemory: 0,
+            maxmemory_policy: String::new(),
+            used_memory: 0,
+            cluster: false,
+        };
+        for line in info.lines() {
+            let Some((k, v)) = line.trim_end().split_once(':') else {
+                continue;
+            };
+            match k {
+                "redis_version" => s.redis_version = parse_version(v),
+                "valkey_version" => s.valkey_version = Some(parse_version(v)),
+                "maxmemory" => s.maxmemory = v.parse().unwrap_or(0),
+                "maxmemory_policy" => s.maxmemory_policy = v.to_string(),
+                "used_memory" => s.used_memory = v.parse().unwrap_or(0),
+                "cluster_enabled" => s.cluster = v == "1",
+                _ if k.starts_with("db") => {
+                    if let (Ok(db), Some(keys)) = (
+                        k[2..].parse::<u32>(),
+                        v.split(',')
+                            .find_map(|p| p.strip_prefix("keys="))
+                            .and_then(|n| n.parse().ok()),
+                    ) {
+                        if keys > 0 {
+                            s.keyspace.push((db, keys));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s.rdb_version = rdb_version_for(s.redis_version, s.valkey_version);
+        s
+    }
+
+    /// RESTORE ... ABSTTL exists from Redis 5.0.
+    pub fn has_absttl(&self) -> bool {
+        self.redis_version >= (5, 0, 0)
+    }
+
+    /// HSET with several field/value pairs exists from Redis 4.0 (HMSET before).
+    pub fn has_multi_hset(&self) -> bool {
+        self.redis_version >= (4, 0, 0)
+    }
+
+    /// Per-field hash expiry (HPEXPIREAT) exists from Redis 7.4 and Valkey 9.0.
+    pub fn has_hash_field_expiry(&self) -> bool {
+        match self.valkey_version {
+            Some(v) => v >= (9, 0, 0),
+            None => self.redis_version >= (7, 4, 0),
+        }
+    }
+
+    pub fn version_string(&self) -> String {
+        match self.valkey_version {
+            Some((a, b, c)) => format!("Valkey {a}.{b}.{c}"),
+            None => {
+                let (a, b, c) = self.redis_version;
+                format!("Redis {a}.{b}.{c}")
+            }
+        }
+    }
+}
+
+fn parse_version(v: &str) -> (u32, u32, u32) {
+    let mut it = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
+/// The RDB version a server writes and loads, from its version (rdb.h `RDB_VERSION` per release).
+pub fn rdb_version_for(redis: (u32, u32, u32), valkey: Option<(u32, u32, u32)>) -> u16 {
+    if let Some(v) = valkey {
+        // Valkey 7.2 and 8.x keep Redis 7.2's RDB 11; Valkey 9 writes its own format 80.
+        return if v >= (9, 0, 0) { 80 } else { 11 };
+    }
+    match redis {
+        v if v >= (7, 4, 0) => 12,
+        v if v >= (7, 2, 0) => 11,
+        v if v >= (7, 0, 0) => 10,
+        v if v >= (5, 0, 0) => 9,
+        v if v >= (4, 0, 0) => 8,
+        v if v >= (3, 2, 0) => 7,
+        v if v >= (2, 6, 0) => 6,
+        _ => 5,
+    }
+}
+
+/// Whether a DUMP payload written with `src` RDB version can be RESTOREd on a target loading `dst`.
+/// Valkey 9 (80) does not load Redis' own formats 12..=79, and Redis does not load Valkey's 80+.
+pub fn restore_compatible(src: u16, dst: u16) -> bool {
+    if src > dst {
+        return false;
+    }
+    !(dst >= 80 && (12..80).contains(&src))
+}
+
+/// `host:port` of a target, for messages.
+pub fn shown(addr: &RedisAddr) -> String {
+    addr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_info() {
+        let info =
+            "# Server\r\nredis_version:7.0.15\r\n# Memory\r\nused_memory:1000\r\nmaxmemory:0\r\n\
+                    maxmemory_policy:noeviction\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n\
+                    db2:keys=10,expires=1,avg_ttl=5\r\n";
+        let s = ServerInfo::parse(info);
+        assert_eq!(s.redis_version, (7, 0, 15));
+        assert_eq!(s.rdb_version, 10);
+        assert_eq!(s.keyspace, vec![(0, 3), (2, 10)]);
+        assert_eq!(s.maxmemory_policy, "noeviction");
+        assert!(s.has_absttl() && !s.has_hash_field_expiry());
+        let v = ServerInfo::parse("redis_version:7.2.4\r\nvalkey_version:9.0.0\r\n");
+        assert_eq!(v.rdb_version, 80);
+        assert!(v.has_hash_field_expiry());
+    }
+
+    #[test]
+    fn restore_compatibility() {
+        assert!(restore_compatible(9, 10));
+        assert!(restore_compatible(10, 10));
+        assert!(!restore_compatible(11, 10));
+        assert!(restore_compatible(11, 80));
+        assert!(!restore_compatible(12, 80));
+        assert!(!restore_compatible(80, 12));
+    }
+}
