@@ -1,0 +1,385 @@
+//! Applying an RDB snapshot to a target.
+//!
+//! Fast path: `RESTORE key ttl payload ABSTTL [REPLACE] [IDLETIME s | FREQ f]` where the payload is the
+//! value's own serialized bytes from the source plus the DUMP footer (source RDB version, CRC64): nothing
+//! is re-encoded. Re-encode path, when the target cannot load the source's RDB version: the value is
+//! decoded and written with native commands inside one `MULTI … EXEC`, so no reader sees half a key.
+//! Big values (larger than the decoder's entry limit) arrive in chunks and are built under a temporary
+//! key with idempotent commands, then `RENAME`d into place.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::encode::{self, Caps, Mode, Progress};
+use super::{ApplyError, ApplyStats};
+use crate::rdb::{self, BigHeader, Entry, Event, Kind};
+use crate::resp;
+use crate::target::pool::{Batch, ResendRule, WriterPool};
+use crate::target::{restore_compatible, ServerInfo};
+
+/// How a snapshot is applied.
+#[derive(Clone, Debug)]
+pub struct SnapshotOptions {
+    /// Source values replace existing target keys (`RESTORE … REPLACE`); otherwise an existing key is a
+    /// rejected write.
+    pub overwrite: bool,
+    /// What the target is (version, RDB version, capabilities).
+    pub target: ServerInfo,
+    /// A batch is handed to its connection when it reaches this many bytes. Default 64 KiB.
+    pub batch_bytes: usize,
+    /// Elements per native command. Default 512.
+    pub chunk_elements: usize,
+    /// Prefix of temporary keys for big values; a sequence number follows. Unique per source.
+    pub tmp_prefix: String,
+    /// Always re-encode (never RESTORE), e.g. for targets that refuse RESTORE.
+    pub force_reencode: bool,
+}
+
+impl SnapshotOptions {
+    pub fn new(target: ServerInfo, tmp_prefix: impl Into<String>) -> Self {
+        SnapshotOptions {
+            overwrite: false,
+            target,
+            batch_bytes: 64 * 1024,
+            chunk_elements: 512,
+            tmp_prefix: tmp_prefix.into(),
+            force_reencode: false,
+        }
+    }
+}
+
+struct Big {
+    header: BigHeader,
+    tmp: Bytes,
+    conn: usize,
+    progress: Progress,
+    /// Already expired: its chunks are dropped.
+    skip: bool,
+}
+
+/// Applies the events of one RDB to the target through the writer pool.
+pub struct SnapshotApplier {
+    pool: Arc<WriterPool>,
+    opts: SnapshotOptions,
+    caps: Caps,
+    open: Vec<Batch>,
+    src_version: u16,
+    restore: bool,
+    big: Option<Big>,
+    tmp_seq: u64,
+    stats: Arc<ApplyStats>,
+    /// Lua script bodies from `lua` AUX fields, kept for EVALSHA on the target.
+    pub scripts: Vec<Bytes>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SnapshotApplier {
+    pub fn new(pool: Arc<WriterPool>, opts: SnapshotOptions, stats: Arc<ApplyStats>) -> Self {
+        let caps = Caps {
+            multi_hset: opts.target.has_multi_hset(),
+            field_expiry: opts.target.has_hash_field_expiry(),
+            stream_meta: opts.target.redis_version >= (7, 0, 0),
+            create_consumer: opts.target.redis_version >= (6, 2, 0),
+            chunk: opts.chunk_elements,
+        };
+        let open = (0..pool.len()).map(|_| Batch::new(None)).collect();
+        SnapshotApplier {
+            pool,
+            opts,
+            caps,
+            open,
+            src_version: 0,
+            restore: true,
+            big: None,
+            tmp_seq: 0,
+            stats,
+            scripts: Vec::new(),
+        }
+    }
+
+    /// Whether values go by RESTORE (known after the header).
+    pub fn uses_restore(&self) -> bool {
+        self.restore
+    }
+
+    /// Apply one event.
+    pub async fn apply(&mut self, ev: Event) -> Result<(), ApplyError> {
+        match ev {
+            Event::Header { version, .. } => {
+                self.src_version = version;
+                self.restore = !self.opts.force_reencode
+                    && restore_compatible(version, self.opts.target.rdb_version);
+                if !self.restore {
+                    tracing::info!(source_rdb = version, target_rdb = self.opts.target.rdb_version,
+                        target = %self.opts.target.version_string(),
+                        "target cannot load this RDB version: values are re-encoded as native commands");
+                }
+            }
+            Event::Aux { key, value } => {
+                if &key[..] == b"lua" {
+                    self.scripts.push(value);
+                }
+            }
+            Event::Function { code } => self.load_function(code).await?,
+            Event::ModuleAux { module_id, .. } => {
+                tracing::warn!(
+                    module_id,
+                    "module AUX data cannot be applied with commands; it is not copied \
+                    (module values themselves are copied with RESTORE)"
+                );
+            }
+            Event::Entry(e) => self.entry(e).await?,
+            Event::BigStart(h) => self.big_start(h).await?,
+            Event::BigChunk(c) => self.big_chunk(c).await?,
+            Event::BigEnd => self.big_end().await?,
+            Event::SelectDb(_)
+            | Event::ResizeDb { .. }
+            | Event::SlotInfo { .. }
+            | Event::End { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Hand every open batch to its connection and wait until the target answered everything.
+    pub async fn finish(&mut self) -> Result<(), ApplyError> {
+        for i in 0..self.open.len() {
+            self.send_open(i).await?;
+        }
+        self.pool.flush().await?;
+        Ok(())
+    }
+
+    async fn send_open(&mut self, i: usize) -> Result<(), ApplyError> {
+        if !self.open[i].is_empty() {
+            let b = std::mem::replace(&mut self.open[i], Batch::new(None));
+            self.pool.send(i, b).await?;
+        }
+        Ok(())
+    }
+
+    /// The open batch of connection `i`, for db `db`: a batch holds one db, so a change sends it first.
+    async fn batch_for(&mut self, i: usize, db: Option<u32>) -> Result<&mut Batch, ApplyError> {
+        let b = &self.open[i];
+        if !b.cmds.is_empty() && b.db != db {
+            self.send_open(i).await?;
+        }
+        self.open[i].db = db;
+        Ok(&mut self.open[i])
+    }
+
+    async fn maybe_send(&mut self, i: usize) -> Result<(), ApplyError> {
+        if self.open[i].len() >= self.opts.batch_bytes {
+            self.send_open(i).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_function(&mut self, code: Bytes) -> Result<(), ApplyError> {
+        let replace = self.opts.overwrite;
+        let b = self.batch_for(0, None).await?;
+        let key = Bytes::from_static(b"(function library)");
+        if replace {
+            b.push(
+                "FUNCTION LOAD",
+                &key,
+                &[b"FUNCTION", b"LOAD", b"REPLACE", &code],
+                ResendRule::Strict,
+            );
+        } else {
+            b.push(
+                "FUNCTION LOAD",
+                &key,
+                &[b"FUNCTION", b"LOAD", &code],
+                ResendRule::Strict,
+            );
+        }
+        self.stats.functions.fetch_add(1, Ordering::Relaxed);
+        self.send_open(0).await
+    }
+
+    fn expired(&self, expire_ms: Option<i64>) -> bool {
+        matches!(expire_ms, Some(ms) if ms <= now_ms())
+    }
+
+    async fn entry(&mut self, e: Entry) -> Result<(), ApplyError> {
+        if self.expired(e.expire_ms) {
+            self.stats
+                .keys_expired_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let i = self.pool.conn_for_key(&e.key);
+        let module = Kind::of(e.rdb_type) == Some(Kind::Module);
+        if self.restore || module {
+            self.restore_entry(i, &e).await?;
+            self.stats.keys_restored.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.reencode_entry(i, e).await?;
+            self.stats.keys_reencoded.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.keys_applied.fetch_add(1, Ordering::Relaxed);
+        self.maybe_send(i).await
+    }
+
+    async fn restore_entry(&mut self, i: usize, e: &Entry) -> Result<(), ApplyError> {
+        let absttl = self.opts.target.has_absttl();
+        let ttl = match e.expire_ms {
+            None => 0,
+            Some(ms) if absttl => ms,
+            Some(ms) => (ms - now_ms()).max(1),
+        };
+        let replace = self.opts.overwrite;
+        // IDLETIME / FREQ exist from 5.0, like ABSTTL.
+        let meta = if absttl {
+            match (e.freq, e.idle) {
+                (Some(f), _) => Some((&b"FREQ"[..], f as u64)),
+                (None, Some(idle)) => Some((&b"IDLETIME"[..], idle)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let version = self.src_version;
+        let b = self.batch_for(i, Some(e.db)).await?;
+        let nargs = 4
+            + usize::from(replace)
+            + usize::from(absttl && e.expire_ms.is_some())
+            + 2 * usize::from(meta.is_some());
+        let out = &mut b.bytes;
+        resp::write_array_header(out, nargs);
+        resp::write_bulk(out, b"RESTORE");
+        resp::write_bulk(out, &e.key);
+        resp::write_bulk_int(out, ttl);
+        resp::write_bulk_header(out, 1 + e.payload.len() + 10);
+        out.extend_from_slice(&[e.rdb_type]);
+        out.extend_from_slice(&e.payload);
+        out.extend_from_slice(&rdb::dump_footer(e.rdb_type, &e.payload, version));
+        resp::write_bulk_end(out);
+        if replace {
+            resp::write_bulk(out, b"REPLACE");
+        }
+        if absttl && e.expire_ms.is_some() {
+            resp::write_bulk(out, b"ABSTTL");
+        }
+        if let Some((name, v)) = meta {
+            resp::write_bulk(out, name);
+            resp::write_bulk_int(out, v as i64);
+        }
+        let rule = if replace {
+            ResendRule::Strict
+        } else {
+            ResendRule::BusyKey
+        };
+        b.finish_cmd("RESTORE", e.key.clone(), 1, rule);
+        Ok(())
+    }
+
+    async fn reencode_entry(&mut self, i: usize, e: Entry) -> Result<(), ApplyError> {
+        let value = rdb::decode_value(e.rdb_type, &e.payload)?;
+        let caps = self.caps;
+        let key = e.key.clone();
+        let b = self.batch_for(i, Some(e.db)).await?;
+        // MULTI, DEL key, the value's commands, PEXPIREAT, EXEC: atomic, and idempotent if sent again.
+        resp::encode_command(&mut b.bytes, &[b"MULTI"]);
+        resp::encode_command(&mut b.bytes, &[b"DEL", &key]);
+        let mut n = 2u32;
+        match encode::value_chunks(value, caps.chunk) {
+            Ok(chunks) => {
+                let mut p = Progress::default();
+                for c in &chunks {
+                    n += encode::write_chunk(b, &key, c, &mut p, &caps, Mode::InGroup);
+                }
+            }
+            Err(other) => {
+                n += super::encode::write_value_commands(b, &key, &other, &caps)?;
+            }
+        }
+        if let Some(ms) = e.expire_ms {
+            let ms = ms.to_string();
+            resp::encode_command(&mut b.bytes, &[b"PEXPIREAT", &key, ms.as_bytes()]);
+            n += 1;
+        }
+        resp::encode_command(&mut b.bytes, &[b"EXEC"]);
+        b.finish_cmd("MULTI(re-encoded value)", key, n + 1, ResendRule::Strict);
+        Ok(())
+    }
+
+    async fn big_start(&mut self, h: BigHeader) -> Result<(), ApplyError> {
+        self.tmp_seq += 1;
+        let tmp = Bytes::from(format!("{}{}", self.opts.tmp_prefix, self.tmp_seq));
+        let conn = self.pool.conn_for_key(&h.key);
+        let skip = self.expired(h.expire_ms);
+        if skip {
+            self.stats
+                .keys_expired_skipped
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            // A leftover temporary key from an interrupted run must not leak into this value.
+            let b = self.batch_for(conn, Some(h.db)).await?;
+            b.push("DEL", &tmp, &[b"DEL", &tmp], ResendRule::Strict);
+        }
+        self.big = Some(Big {
+            header: h,
+            tmp,
+            conn,
+            progress: Progress::default(),
+            skip,
+        });
+        Ok(())
+    }
+
+    async fn big_chunk(&mut self, c: rdb::Chunk) -> Result<(), ApplyError> {
+        let Some(big) = self.big.as_mut() else {
+            return Err(ApplyError::Unsupported(
+                "RDB decoder yielded a chunk outside a big key".into(),
+            ));
+        };
+        if big.skip {
+            return Ok(());
+        }
+        let (conn, db, tmp) = (big.conn, big.header.db, big.tmp.clone());
+        let mut progress = big.progress;
+        let caps = self.caps;
+        let b = self.batch_for(conn, Some(db)).await?;
+        encode::write_chunk(b, &tmp, &c, &mut progress, &caps, Mode::Entries);
+        if let Some(big) = self.big.as_mut() {
+            big.progress = progress;
+        }
+        self.maybe_send(conn).await
+    }
+
+    async fn big_end(&mut self) -> Result<(), ApplyError> {
+        let Some(big) = self.big.take() else {
+            return Err(ApplyError::Unsupported(
+                "RDB decoder ended a big key that never started".into(),
+            ));
+        };
+        if big.skip {
+            return Ok(());
+        }
+        let b = self.batch_for(big.conn, Some(big.header.db)).await?;
+        if let Some(ms) = big.header.expire_ms {
+            encode::write_pexpireat(b, &big.tmp, ms);
+        }
+        let key = big.header.key.clone();
+        b.push(
+            "RENAME",
+            &key,
+            &[b"RENAME", &big.tmp, &key],
+            ResendRule::NoSuchKey,
+        );
+        self.stats.big_keys.fetch_add(1, Ordering::Relaxed);
+        self.stats.keys_reencoded.fetch_add(1, Ordering::Relaxed);
+        self.stats.keys_applied.fetch_add(1, Ordering::Relaxed);
+        self.maybe_send(big.conn).await
+    }
+}

@@ -1,0 +1,272 @@
+//! Applying the replication command stream of one source.
+//!
+//! Commands go to the target in source order through one ordered connection, as the very bytes the master
+//! sent (no re-encoding). The stream's SELECTs are consumed and become the db of each batch (the target
+//! connection selects by itself, also after a reconnect). A MULTI…EXEC block stays whole in one batch and
+//! is one entry for reply checking. Replication chatter (PING, REPLCONF) is consumed; `REPLCONF GETACK`
+//! asks the link for an immediate ACK. Every batch carries the master offset just after its last command,
+//! stored as the applied offset when the target has answered it.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::ApplyError;
+use crate::resp::{Command, CommandDecoder};
+use crate::target::pool::{Batch, ResendRule, WriterPool};
+
+/// Counters of one source's stream, read by status.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub commands: AtomicU64,
+    pub transactions: AtomicU64,
+    pub chatter: AtomicU64,
+}
+
+/// What the applier asks of its caller besides writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// The master sent `REPLCONF GETACK`: acknowledge now.
+    pub ack_now: bool,
+}
+
+/// Applies one source's command stream to one target connection, in order.
+pub struct StreamApplier {
+    pool: Arc<WriterPool>,
+    decoder: CommandDecoder,
+    rbuf: BytesMut,
+    /// Master offset of the first byte in `rbuf`.
+    offset: i64,
+    db: u32,
+    batch: Batch,
+    /// Inside MULTI: commands of the open group, and its first byte's position in the batch.
+    group: Option<(u32, Bytes)>,
+    batch_bytes: usize,
+    applied: Arc<AtomicI64>,
+    pub stats: Arc<StreamStats>,
+}
+
+impl StreamApplier {
+    /// `offset` is the master offset of the first stream byte to come; `applied` receives applied offsets.
+    pub fn new(pool: Arc<WriterPool>, offset: i64, db: u32, applied: Arc<AtomicI64>) -> Self {
+        StreamApplier {
+            pool,
+            decoder: CommandDecoder::default(),
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            offset,
+            db,
+            batch: Batch::new(Some(db)),
+            group: None,
+            batch_bytes: 64 * 1024,
+            applied,
+            stats: Arc::new(StreamStats::default()),
+        }
+    }
+
+    /// Master offset up to which commands have been handed to the target (not necessarily answered).
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Feed stream bytes; complete commands are queued for the target.
+    pub async fn push(&mut self, chunk: &[u8]) -> Result<Signals, ApplyError> {
+        let mut signals = Signals::default();
+        self.rbuf.extend_from_slice(chunk);
+        loop {
+            let cmd = match self.decoder.decode_frozen(&mut self.rbuf) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ApplyError::Unsupported(format!(
+                        "replication stream at master offset {}: {e}",
+                        self.offset
+                    )))
+                }
+            };
+            self.offset += cmd.raw().len() as i64;
+            self.on_command(cmd, &mut signals).await?;
+        }
+        if self.group.is_none() && self.batch.len() >= self.batch_bytes {
+            self.send().await?;
+        }
+        Ok(signals)
+    }
+
+    /// Hand the open batch to the target (at a command boundary outside MULTI).
+    pub async fn send(&mut self) -> Result<(), ApplyError> {
+        if self.group.is_some() {
+            return Ok(());
+        }
+        let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(self.db)));
+        b.applied = Some((self.applied.clone(), self.offset));
+        self.pool.send(0, b).await?;
+        Ok(())
+    }
+
+    async fn on_command(&mut self, cmd: Command, signals: &mut Signals) -> Result<(), ApplyError> {
+        if cmd.argc() == 0 {
+            return Ok(()); // a keep-alive newline
+        }
+        let name = cmd.arg(0);
+        if name.eq_ignore_ascii_case(b"PING") {
+            self.stats.chatter.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"REPLCONF") {
+            self.stats.chatter.fetch_add(1, Ordering::Relaxed);
+            if cmd.argc() > 1 && cmd.arg(1).eq_ignore_ascii_case(b"GETACK") {
+                signals.ack_now = true;
+            }
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"SELECT") && self.group.is_none() {
+            let db = std::str::from_utf8(cmd.arg(1))
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    ApplyError::Unsupported(format!(
+                        "replication stream at master offset {}: bad SELECT",
+                        self.offset
+                    ))
+                })?;
+            if db != self.db {
+                if !self.batch.cmds.is_empty() {
+                    self.send().await?;
+                }
+                self.db = db;
+                self.batch.db = Some(db);
+            }
+            return Ok(());
+        }
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            self.batch.bytes.extend_from_slice(cmd.raw());
+            self.group = Some((1, Bytes::new()));
+            return Ok(());
+        }
+        if let Some((n, key)) = self.group.as_mut() {
+            self.batch.bytes.extend_from_slice(cmd.raw());
+            *n += 1;
+            if key.is_empty() && cmd.argc() > 1 {
+                *key = cmd.arg_bytes(1);
+            }
+            if name.eq_ignore_ascii_case(b"EXEC") {
+                let (n, key) = self.group.take().expect("in a group");
+                self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        self.batch.bytes.extend_from_slice(cmd.raw());
+        let key = if cmd.argc() > 1 {
+            cmd.arg_bytes(1)
+        } else {
+            Bytes::new()
+        };
+        self.batch
+            .finish_cmd(command_name(name), key, 1, ResendRule::Strict);
+        Ok(())
+    }
+}
+
+/// A static name for counters (the common write commands); others are "OTHER".
+fn command_name(name: &[u8]) -> &'static str {
+    const NAMES: &[&str] = &[
+        "SET",
+        "DEL",
+        "UNLINK",
+        "EXPIRE",
+        "PEXPIRE",
+        "EXPIREAT",
+        "PEXPIREAT",
+        "PERSIST",
+        "INCR",
+        "INCRBY",
+        "DECR",
+        "DECRBY",
+        "INCRBYFLOAT",
+        "APPEND",
+        "SETRANGE",
+        "SETBIT",
+        "GETSET",
+        "GETDEL",
+        "GETEX",
+        "MSET",
+        "MSETNX",
+        "SETNX",
+        "SETEX",
+        "PSETEX",
+        "LPUSH",
+        "RPUSH",
+        "LPUSHX",
+        "RPUSHX",
+        "LPOP",
+        "RPOP",
+        "LSET",
+        "LREM",
+        "LTRIM",
+        "LINSERT",
+        "LMOVE",
+        "RPOPLPUSH",
+        "SADD",
+        "SREM",
+        "SPOP",
+        "SMOVE",
+        "SINTERSTORE",
+        "SUNIONSTORE",
+        "SDIFFSTORE",
+        "ZADD",
+        "ZREM",
+        "ZINCRBY",
+        "ZREMRANGEBYSCORE",
+        "ZREMRANGEBYRANK",
+        "ZREMRANGEBYLEX",
+        "ZUNIONSTORE",
+        "ZINTERSTORE",
+        "ZDIFFSTORE",
+        "ZRANGESTORE",
+        "ZPOPMIN",
+        "ZPOPMAX",
+        "HSET",
+        "HMSET",
+        "HSETNX",
+        "HDEL",
+        "HINCRBY",
+        "HINCRBYFLOAT",
+        "XADD",
+        "XDEL",
+        "XTRIM",
+        "XGROUP",
+        "XACK",
+        "XCLAIM",
+        "XAUTOCLAIM",
+        "XSETID",
+        "PFADD",
+        "PFMERGE",
+        "GEOADD",
+        "BITOP",
+        "BITFIELD",
+        "RENAME",
+        "RENAMENX",
+        "MOVE",
+        "COPY",
+        "SWAPDB",
+        "RESTORE",
+        "FLUSHDB",
+        "FLUSHALL",
+        "EVAL",
+        "EVALSHA",
+        "FCALL",
+        "FUNCTION",
+        "SCRIPT",
+        "PUBLISH",
+        "SORT",
+        "EXEC",
+    ];
+    NAMES
+        .iter()
+        .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("OTHER")
+}
