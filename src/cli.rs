@@ -1,4 +1,195 @@
-//! The command line.
+//! The command line. `anyhow`-free: errors are turned into one message and an exit status here.
+//!
+//! Exit status: 0 finished (or stopped by SIGINT/SIGTERM), 1 runtime failure, 2 usage or config error.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::rdb::DecoderOptions;
+use crate::sync::{SyncConfig, SyncError};
+use crate::target::pool::PoolConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Moves live Redis data: full sync, then every change."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnConflict {
+    /// Refuse a target that holds any key, before writing anything.
+    Error,
+    /// Source values replace target values of the same key.
+    Overwrite,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Sync sources into a target: the full data first, then every change.
+    Sync(SyncArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SyncArgs {
+    /// A source: redis://[[user]:password@]host:port (a master, or a replica of it) or rdb:PATH. Repeatable.
+    #[arg(long = "source", required = true, value_name = "SRC")]
+    pub sources: Vec<SourceSpec>,
+    /// The target: redis://[[user]:password@]host:port.
+    #[arg(long, value_name = "DST")]
+    pub target: RedisAddr,
+    /// What to do when the target already holds data.
+    #[arg(long, value_enum, default_value_t = OnConflict::Error)]
+    pub on_conflict: OnConflict,
+    /// Exit 0 once every source's full sync has been applied.
+    #[arg(long)]
+    pub once: bool,
+    /// Directory for checkpoints and spool files.
+    #[arg(long, default_value = "ferry-state")]
+    pub state_dir: PathBuf,
+    /// Pipelined connections to the target.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Bytes a target connection may have in flight.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_inflight_bytes: usize,
+    /// Values whose serialized size exceeds this are written in chunks instead of one RESTORE.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub big_value_bytes: usize,
+    /// Elements per native command when values are written in chunks or re-encoded.
+    #[arg(long, default_value_t = 512)]
+    pub chunk_elements: usize,
+}
+
+impl SyncArgs {
+    fn into_config(self) -> SyncConfig {
+        let decoder = DecoderOptions {
+            max_entry_bytes: self.big_value_bytes,
+            chunk_elements: self.chunk_elements,
+            ..DecoderOptions::default()
+        };
+        SyncConfig {
+            sources: self.sources,
+            target: self.target,
+            overwrite: self.on_conflict == OnConflict::Overwrite,
+            once: self.once,
+            state_dir: self.state_dir,
+            pool: PoolConfig {
+                connections: self.connections.max(1),
+                max_inflight_bytes: self.max_inflight_bytes,
+                ..PoolConfig::default()
+            },
+            decoder,
+            chunk_elements: self.chunk_elements.max(1),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Parse arguments, run, and return the process exit status.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command {
+        Command::Sync(args) => rt.block_on(sync_main(args.into_config())),
+    }
+}
+
+async fn sync_main(cfg: SyncConfig) -> i32 {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    let once = cfg.once;
+    match crate::sync::run(cfg, cancel).await {
+        Ok(report) => {
+            tracing::info!(
+                keys = report.keys_applied,
+                expired_skipped = report.keys_expired_skipped,
+                rejected = report.writes_rejected,
+                "sync finished"
+            );
+            if report.writes_rejected > 0 {
+                eprintln!(
+                    "ferry: the target rejected {} writes (see the log lines above for the commands, keys and errors)",
+                    report.writes_rejected
+                );
+                if once {
+                    return 1;
+                }
+            }
+            0
+        }
+        Err(SyncError::Precheck(msg)) | Err(SyncError::Runtime(msg)) => {
+            eprintln!("ferry: {msg}");
+            1
+        }
+    }
+}
+
+/// SIGINT and SIGTERM cancel the job: it then drains, acknowledges, checkpoints and exits 0.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("stop requested: draining, acknowledging and checkpointing");
+        cancel.cancel();
+    });
 }

@@ -18,12 +18,14 @@
 //! - [`apply`]: the only place that knows what a write means: RESTORE vs native re-encoding, big-key
 //!   chunking, db tracking, expiry handling.
 //! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting.
+//! - [`checkpoint`]: per-source replication position, written atomically, for resume.
 //! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
 pub mod rdb;

@@ -1,1 +1,166 @@
-//! placeholder
+//! `ferry sync`: sources → apply → target, with prechecks, shutdown and the exit status.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::snapshot::{SnapshotApplier, SnapshotOptions};
+use crate::apply::ApplyStats;
+use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::rdb::DecoderOptions;
+use crate::source;
+use crate::target::client::Client;
+use crate::target::pool::{PoolConfig, WriterPool};
+use crate::target::stats::TargetStats;
+use crate::target::ServerInfo;
+
+/// Everything `ferry sync` needs, after parsing.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub sources: Vec<SourceSpec>,
+    pub target: RedisAddr,
+    /// Source values replace target values; otherwise a non-empty target is refused before any write.
+    pub overwrite: bool,
+    /// Exit when every source's full sync has been applied.
+    pub once: bool,
+    /// Where checkpoints and spool files live. Default `./ferry-state`.
+    pub state_dir: PathBuf,
+    /// Writer pool settings.
+    pub pool: PoolConfig,
+    /// RDB decoder settings (big-value threshold, chunk size).
+    pub decoder: DecoderOptions,
+    /// Elements per native command on the re-encode path.
+    pub chunk_elements: usize,
+}
+
+/// How `ferry sync` ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A precondition failed before anything was written (exit 1).
+    #[error("{0}")]
+    Precheck(String),
+    /// Something failed while running (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Figures of a finished run.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub keys_applied: u64,
+    pub keys_expired_skipped: u64,
+    pub writes_rejected: u64,
+}
+
+/// Check the target before any write: reachable, authenticated, version, and empty unless overwriting.
+pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> {
+    let mut c = Client::connect(&cfg.target).await.map_err(|e| {
+        SyncError::Precheck(format!(
+            "{e}. Check that the target is running and reachable, and its credentials."
+        ))
+    })?;
+    c.cmd_ok(&[b"PING"])
+        .await
+        .map_err(|e| SyncError::Precheck(e.to_string()))?;
+    let info = c
+        .server_info()
+        .await
+        .map_err(|e| SyncError::Precheck(e.to_string()))?;
+    if !cfg.overwrite && !info.keyspace.is_empty() {
+        let total: u64 = info.keyspace.iter().map(|(_, n)| n).sum();
+        let dbs: Vec<String> = info
+            .keyspace
+            .iter()
+            .map(|(db, n)| format!("db{db}: {n} keys"))
+            .collect();
+        return Err(SyncError::Precheck(format!(
+            "target {} is not empty ({total} keys; {}); nothing was written. Empty it, or pass \
+             --on-conflict overwrite to let source values replace target values.",
+            cfg.target,
+            dbs.join(", ")
+        )));
+    }
+    tracing::info!(target_addr = %cfg.target, version = %info.version_string(), rdb_version = info.rdb_version,
+        "target checked");
+    Ok(info)
+}
+
+/// Run the job until every source finished (`--once`, or only `rdb:` sources) or `cancel` fires.
+pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    let info = precheck_target(&cfg).await?;
+    let stats = Arc::new(TargetStats::default());
+    let pool = WriterPool::connect(
+        &cfg.target,
+        cfg.pool.clone(),
+        stats.clone(),
+        cancel.child_token(),
+    )
+    .await
+    .map_err(|e| SyncError::Precheck(e.to_string()))?;
+    let pool = Arc::new(pool);
+    let apply_stats = Arc::new(ApplyStats::default());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (idx, spec) in cfg.sources.iter().enumerate() {
+        let mut opts = SnapshotOptions::new(info.clone(), format!("ferry:tmp:{idx}:"));
+        opts.overwrite = cfg.overwrite;
+        opts.chunk_elements = cfg.chunk_elements;
+        let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
+        let spec = spec.clone();
+        let cfg = cfg.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let name = spec.to_string();
+            let r = run_source(idx, spec, applier, &cfg, cancel).await;
+            (name, r)
+        });
+    }
+
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                tracing::error!(source = %name, error = %e, "source failed");
+                failures.push(e.to_string());
+            }
+            Err(e) => failures.push(format!("a source task panicked: {e}")),
+        }
+    }
+    let pool =
+        Arc::try_unwrap(pool).map_err(|_| SyncError::Runtime("writer pool still in use".into()))?;
+    if let Err(e) = pool.close().await {
+        failures.push(e.to_string());
+    }
+    let report = SyncReport {
+        keys_applied: apply_stats.keys_applied.load(Ordering::Relaxed),
+        keys_expired_skipped: apply_stats.keys_expired_skipped.load(Ordering::Relaxed),
+        writes_rejected: stats.failed(),
+    };
+    if !failures.is_empty() {
+        return Err(SyncError::Runtime(failures.join("; ")));
+    }
+    Ok(report)
+}
+
+async fn run_source(
+    idx: usize,
+    spec: SourceSpec,
+    mut applier: SnapshotApplier,
+    cfg: &SyncConfig,
+    cancel: CancellationToken,
+) -> Result<(), source::SourceError> {
+    let name = spec.to_string();
+    match &spec {
+        SourceSpec::RdbFile(path) => {
+            let summary =
+                source::load_rdb_file(&name, path, cfg.decoder.clone(), &mut applier).await?;
+            tracing::info!(source = %name, rdb_version = summary.version, bytes = summary.bytes,
+                keys = summary.entries, "RDB file loaded");
+            Ok(())
+        }
+        SourceSpec::Redis(addr) => source::master::run(idx, addr, applier, cfg, cancel).await,
+    }
+}

@@ -2,6 +2,7 @@
 
 mod support;
 
-mod link;
+mod fixtures;
+mod fullsync;
 mod smoke;
 mod twemproxy;
