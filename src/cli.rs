@@ -48,7 +48,8 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct SyncArgs {
-    /// A source: redis://[[user]:password@]host:port (a master, or a replica of it) or rdb:PATH. Repeatable.
+    /// A source: redis://[[user]:password@]host:port (a master, or a replica of it), rdb:PATH, or
+    /// twemproxy:PATH[#POOL] (every server of a nutcracker pool). Repeatable.
     #[arg(long = "source", required = true, value_name = "SRC")]
     pub sources: Vec<SourceSpec>,
     /// The target: redis://[[user]:password@]host:port.
@@ -75,6 +76,12 @@ pub struct SyncArgs {
     /// Elements per native command when values are written in chunks or re-encoded.
     #[arg(long, default_value_t = 512)]
     pub chunk_elements: usize,
+    /// Memory a source's spool may hold before it writes to disk (bytes).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub spool_mem_bytes: u64,
+    /// Disk a source's spool may use in the state directory (bytes); at the limit the link stops reading.
+    #[arg(long, default_value_t = 64 << 30)]
+    pub spool_disk_bytes: u64,
 }
 
 impl SyncArgs {
@@ -97,6 +104,8 @@ impl SyncArgs {
             },
             decoder,
             chunk_elements: self.chunk_elements.max(1),
+            spool_mem_bytes: Some(self.spool_mem_bytes.max(1 << 20)),
+            spool_disk_bytes: Some(self.spool_disk_bytes),
         }
     }
 }
@@ -164,6 +173,10 @@ async fn sync_main(cfg: SyncConfig) -> i32 {
         Err(SyncError::Precheck(msg)) | Err(SyncError::Runtime(msg)) => {
             eprintln!("ferry: {msg}");
             1
+        }
+        Err(SyncError::Config(msg)) => {
+            eprintln!("ferry: {msg}");
+            2
         }
     }
 }

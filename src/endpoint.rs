@@ -81,6 +81,8 @@ pub enum SourceSpec {
     Redis(RedisAddr),
     /// An RDB file: load it and finish.
     RdbFile(PathBuf),
+    /// Every server of a Twemproxy (nutcracker) pool: `twemproxy:PATH[#POOL]`.
+    Twemproxy { path: PathBuf, pool: Option<String> },
 }
 
 impl fmt::Display for SourceSpec {
@@ -88,6 +90,13 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Redis(a) => fmt::Display::fmt(a, f),
             SourceSpec::RdbFile(p) => write!(f, "rdb:{}", p.display()),
+            SourceSpec::Twemproxy {
+                path,
+                pool: Some(p),
+            } => {
+                write!(f, "twemproxy:{}#{p}", path.display())
+            }
+            SourceSpec::Twemproxy { path, pool: None } => write!(f, "twemproxy:{}", path.display()),
         }
     }
 }
@@ -95,7 +104,9 @@ impl fmt::Display for SourceSpec {
 /// Why an endpoint string was refused. Never contains the password.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
-    #[error("{0}: expected redis://[[user]:password@]host:port or rdb:PATH")]
+    #[error(
+        "{0}: expected redis://[[user]:password@]host:port, rdb:PATH or twemproxy:PATH[#POOL]"
+    )]
     Scheme(String),
     #[error("{0}: missing host")]
     NoHost(String),
@@ -103,6 +114,8 @@ pub enum EndpointError {
     Port(String),
     #[error("rdb: needs a file path")]
     NoPath,
+    #[error("twemproxy: needs a nutcracker config path, as twemproxy:PATH[#POOL]")]
+    NoConfigPath,
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -113,6 +126,13 @@ impl std::str::FromStr for SourceSpec {
                 return Err(EndpointError::NoPath);
             }
             return Ok(SourceSpec::RdbFile(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("twemproxy:") {
+            let (path, pool) = crate::twemproxy::parse_source(rest);
+            if path.as_os_str().is_empty() {
+                return Err(EndpointError::NoConfigPath);
+            }
+            return Ok(SourceSpec::Twemproxy { path, pool });
         }
         s.parse::<RedisAddr>().map(SourceSpec::Redis)
     }

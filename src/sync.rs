@@ -33,6 +33,10 @@ pub struct SyncConfig {
     pub decoder: DecoderOptions,
     /// Elements per native command on the re-encode path.
     pub chunk_elements: usize,
+    /// Spool memory limit per source (default: the spool's own).
+    pub spool_mem_bytes: Option<u64>,
+    /// Spool disk limit per source (default: the spool's own).
+    pub spool_disk_bytes: Option<u64>,
 }
 
 /// How `ferry sync` ended.
@@ -44,6 +48,9 @@ pub enum SyncError {
     /// Something failed while running (exit 1).
     #[error("{0}")]
     Runtime(String),
+    /// The job's configuration cannot work (exit 2), e.g. an unreadable twemproxy config.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Figures of a finished run.
@@ -68,7 +75,11 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
         .server_info()
         .await
         .map_err(|e| SyncError::Precheck(e.to_string()))?;
-    if !cfg.overwrite && !info.keyspace.is_empty() {
+    let resuming = resuming_sources(cfg);
+    if !resuming.is_empty() && !info.keyspace.is_empty() {
+        tracing::info!(target_addr = %cfg.target, sources = %resuming.join(", "),
+            "target holds data of an earlier run of this job (checkpoints in the state directory): continuing");
+    } else if !cfg.overwrite && !info.keyspace.is_empty() {
         let total: u64 = info.keyspace.iter().map(|(_, n)| n).sum();
         let dbs: Vec<String> = info
             .keyspace
@@ -87,8 +98,60 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
     Ok(info)
 }
 
+/// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
+pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<SourceSpec>, SyncError> {
+    let mut out = Vec::new();
+    for s in sources {
+        match s {
+            SourceSpec::Twemproxy { path, pool } => {
+                let conf = crate::twemproxy::TwemproxyConfig::load(path)
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                let p = conf
+                    .select_pool(pool.as_deref())
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                let masters = p
+                    .masters()
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                tracing::info!(source = %s, pool = %p.name, servers = masters.len(),
+                    "twemproxy pool: syncing every server as a master");
+                out.extend(masters.into_iter().map(SourceSpec::Redis));
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &out {
+        if let SourceSpec::Redis(a) = s {
+            if !seen.insert(a.host_port()) {
+                return Err(SyncError::Config(format!(
+                    "source {a} is given twice (directly or through a twemproxy pool)"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sources of this job that have a checkpoint in the state directory: their data is already on the target.
+fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
+    cfg.sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceSpec::Redis(addr) => {
+                let p = crate::checkpoint::path_for(
+                    &cfg.state_dir,
+                    &crate::checkpoint::source_id(&addr.to_string()),
+                );
+                p.exists().then(|| addr.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Run the job until every source finished (`--once`, or only `rdb:` sources) or `cancel` fires.
-pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    cfg.sources = expand_sources(&cfg.sources)?;
     let info = precheck_target(&cfg).await?;
     let stats = Arc::new(TargetStats::default());
     let pool = WriterPool::connect(
@@ -162,5 +225,9 @@ async fn run_source(
             Ok(())
         }
         SourceSpec::Redis(addr) => source::master::run(idx, addr, applier, cfg, cancel).await,
+        SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
+            source_name: name,
+            msg: "a twemproxy pool must be expanded into its servers first".into(),
+        }),
     }
 }

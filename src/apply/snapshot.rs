@@ -106,6 +106,17 @@ impl SnapshotApplier {
         }
     }
 
+    /// The writer pool this applier writes through (the stream of the same source continues on it).
+    pub fn pool(&self) -> Arc<WriterPool> {
+        self.pool.clone()
+    }
+
+    /// Replace existing target keys from now on: a full resync of a source whose keys are already on the
+    /// target must replace them (never append to them).
+    pub fn set_overwrite(&mut self, on: bool) {
+        self.opts.overwrite = on;
+    }
+
     /// Whether values go by RESTORE (known after the header).
     pub fn uses_restore(&self) -> bool {
         self.restore

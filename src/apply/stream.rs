@@ -43,6 +43,8 @@ pub struct StreamApplier {
     /// Inside MULTI: commands of the open group, and its first byte's position in the batch.
     group: Option<(u32, Bytes)>,
     batch_bytes: usize,
+    /// The pool connection this source's stream is ordered on.
+    conn: usize,
     applied: Arc<AtomicI64>,
     pub stats: Arc<StreamStats>,
 }
@@ -59,9 +61,17 @@ impl StreamApplier {
             batch: Batch::new(Some(db)),
             group: None,
             batch_bytes: 64 * 1024,
+            conn: 0,
             applied,
             stats: Arc::new(StreamStats::default()),
         }
+    }
+
+    /// Order this stream on connection `n` of the pool (modulo its size), so several sources' streams
+    /// spread over the connections while each stays in order.
+    pub fn with_connection(mut self, n: usize) -> Self {
+        self.conn = n % self.pool.len().max(1);
+        self
     }
 
     /// Master offset up to which commands have been handed to the target (not necessarily answered).
@@ -100,7 +110,7 @@ impl StreamApplier {
         }
         let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(self.db)));
         b.applied = Some((self.applied.clone(), self.offset));
-        self.pool.send(0, b).await?;
+        self.pool.send(self.conn, b).await?;
         Ok(())
     }
 
