@@ -7,6 +7,7 @@
 //! asks the link for an immediate ACK. Every batch carries the master offset just after its last command,
 //! stored as the applied offset when the target has answered it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -46,7 +47,22 @@ pub struct StreamApplier {
     /// The pool connection this source's stream is ordered on.
     conn: usize,
     applied: Arc<AtomicI64>,
+    /// Lua script bodies seen (EVAL, SCRIPT LOAD, the RDB's `lua` AUX fields) by lowercase hex SHA1.
+    scripts: HashMap<String, Bytes>,
+    /// Scripts this applier has loaded on the target (SCRIPT FLUSH clears it).
+    loaded: HashSet<String>,
     pub stats: Arc<StreamStats>,
+}
+
+/// Lowercase hex SHA1 of a script body, as Redis names scripts.
+pub fn script_sha(body: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    let d = Sha1::digest(body);
+    let mut out = String::with_capacity(40);
+    for b in d {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 impl StreamApplier {
@@ -63,6 +79,8 @@ impl StreamApplier {
             batch_bytes: 64 * 1024,
             conn: 0,
             applied,
+            scripts: HashMap::new(),
+            loaded: HashSet::new(),
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -72,6 +90,13 @@ impl StreamApplier {
     pub fn with_connection(mut self, n: usize) -> Self {
         self.conn = n % self.pool.len().max(1);
         self
+    }
+
+    /// Remember script bodies (from the RDB's `lua` AUX fields) so an EVALSHA can load them first.
+    pub fn add_scripts<'a>(&mut self, bodies: impl IntoIterator<Item = &'a Bytes>) {
+        for b in bodies {
+            self.scripts.insert(script_sha(b), b.clone());
+        }
     }
 
     /// Master offset up to which commands have been handed to the target (not necessarily answered).
@@ -150,6 +175,16 @@ impl StreamApplier {
             return Ok(());
         }
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let script_load = self.scripts_before(&cmd);
+        if let Some(body) = &script_load {
+            crate::resp::encode_command(&mut self.batch.bytes, &[b"SCRIPT", b"LOAD", body]);
+            match self.group.as_mut() {
+                Some((n, _)) => *n += 1,
+                None => self
+                    .batch
+                    .finish_cmd("SCRIPT", Bytes::new(), 1, ResendRule::Strict),
+            }
+        }
         if name.eq_ignore_ascii_case(b"MULTI") {
             self.batch.bytes.extend_from_slice(cmd.raw());
             self.group = Some((1, Bytes::new()));
@@ -177,6 +212,39 @@ impl StreamApplier {
         self.batch
             .finish_cmd(command_name(name), key, 1, ResendRule::Strict);
         Ok(())
+    }
+}
+
+impl StreamApplier {
+    /// Track scripts; returns a body to `SCRIPT LOAD` on the target before this command (an EVALSHA of
+    /// a script the target may not have).
+    fn scripts_before(&mut self, cmd: &Command) -> Option<Bytes> {
+        let name = cmd.arg(0);
+        if name.eq_ignore_ascii_case(b"EVAL") && cmd.argc() > 1 {
+            let body = cmd.arg_bytes(1);
+            let sha = script_sha(&body);
+            self.loaded.insert(sha.clone());
+            self.scripts.insert(sha, body);
+        } else if name.eq_ignore_ascii_case(b"SCRIPT") && cmd.argc() > 1 {
+            if cmd.arg(1).eq_ignore_ascii_case(b"LOAD") && cmd.argc() > 2 {
+                let body = cmd.arg_bytes(2);
+                let sha = script_sha(&body);
+                self.loaded.insert(sha.clone());
+                self.scripts.insert(sha, body);
+            } else if cmd.arg(1).eq_ignore_ascii_case(b"FLUSH") {
+                self.loaded.clear();
+            }
+        } else if name.eq_ignore_ascii_case(b"EVALSHA") && cmd.argc() > 1 {
+            let sha = String::from_utf8_lossy(cmd.arg(1)).to_ascii_lowercase();
+            if !self.loaded.contains(&sha) {
+                if let Some(body) = self.scripts.get(&sha) {
+                    let body = body.clone();
+                    self.loaded.insert(sha);
+                    return Some(body);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -279,4 +347,16 @@ fn command_name(name: &[u8]) -> &'static str {
         .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
         .copied()
         .unwrap_or("OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn script_names_are_redis_sha1s() {
+        // From the Redis EVALSHA documentation: SCRIPT LOAD "return 1" answers this SHA1.
+        assert_eq!(
+            super::script_sha(b"return 1"),
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
+    }
 }
