@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::snapshot::{SnapshotApplier, SnapshotOptions};
+use crate::apply::sweep::Ownership;
 use crate::apply::ApplyStats;
 use crate::endpoint::{RedisAddr, SourceSpec};
 use crate::rdb::DecoderOptions;
@@ -98,8 +99,16 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
     Ok(info)
 }
 
+/// One source to run, after twemproxy pools were expanded into their servers.
+#[derive(Clone, Debug)]
+pub struct PlannedSource {
+    pub spec: SourceSpec,
+    /// For a server of a twemproxy pool: the pool's placement and this server's index in it.
+    pub router: Option<(Arc<crate::twemproxy::Router>, usize)>,
+}
+
 /// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
-pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<SourceSpec>, SyncError> {
+pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
     let mut out = Vec::new();
     for s in sources {
         match s {
@@ -112,16 +121,26 @@ pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<SourceSpec>, SyncErr
                 let masters = p
                     .masters()
                     .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                let router = Arc::new(
+                    crate::twemproxy::Router::new(p)
+                        .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?,
+                );
                 tracing::info!(source = %s, pool = %p.name, servers = masters.len(),
                     "twemproxy pool: syncing every server as a master");
-                out.extend(masters.into_iter().map(SourceSpec::Redis));
+                out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
+                    spec: SourceSpec::Redis(a),
+                    router: Some((router.clone(), i)),
+                }));
             }
-            other => out.push(other.clone()),
+            other => out.push(PlannedSource {
+                spec: other.clone(),
+                router: None,
+            }),
         }
     }
     let mut seen = std::collections::HashSet::new();
     for s in &out {
-        if let SourceSpec::Redis(a) = s {
+        if let SourceSpec::Redis(a) = &s.spec {
             if !seen.insert(a.host_port()) {
                 return Err(SyncError::Config(format!(
                     "source {a} is given twice (directly or through a twemproxy pool)"
@@ -130,6 +149,36 @@ pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<SourceSpec>, SyncErr
         }
     }
     Ok(out)
+}
+
+/// How source `idx` of `plan` tells its keys on the shared target.
+fn ownership(plan: &[PlannedSource], idx: usize) -> Ownership {
+    if plan.len() == 1 {
+        return Ownership::Sole;
+    }
+    if let Some((router, me)) = &plan[idx].router {
+        // Only when the whole job is that one pool; otherwise other sources may hold the same keys.
+        if plan.iter().all(|p| {
+            p.router
+                .as_ref()
+                .is_some_and(|(r, _)| Arc::ptr_eq(r, router))
+        }) {
+            return Ownership::Router {
+                router: router.clone(),
+                me: *me,
+            };
+        }
+    }
+    Ownership::Others(
+        plan.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != idx)
+            .filter_map(|(_, p)| match &p.spec {
+                SourceSpec::Redis(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Sources of this job that have a checkpoint in the state directory: their data is already on the target.
@@ -151,7 +200,8 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
 
 /// Run the job until every source finished (`--once`, or only `rdb:` sources) or `cancel` fires.
 pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
-    cfg.sources = expand_sources(&cfg.sources)?;
+    let plan = expand_sources(&cfg.sources)?;
+    cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     let info = precheck_target(&cfg).await?;
     let stats = Arc::new(TargetStats::default());
     let pool = WriterPool::connect(
@@ -172,11 +222,12 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         opts.chunk_elements = cfg.chunk_elements;
         let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
         let spec = spec.clone();
+        let own = ownership(&plan, idx);
         let cfg = cfg.clone();
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let name = spec.to_string();
-            let r = run_source(idx, spec, applier, &cfg, cancel).await;
+            let r = run_source(idx, spec, own, applier, &cfg, cancel).await;
             (name, r)
         });
     }
@@ -211,6 +262,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
 async fn run_source(
     idx: usize,
     spec: SourceSpec,
+    ownership: Ownership,
     mut applier: SnapshotApplier,
     cfg: &SyncConfig,
     cancel: CancellationToken,
@@ -224,7 +276,9 @@ async fn run_source(
                 keys = summary.entries, "RDB file loaded");
             Ok(())
         }
-        SourceSpec::Redis(addr) => source::master::run(idx, addr, applier, cfg, cancel).await,
+        SourceSpec::Redis(addr) => {
+            source::master::run(idx, addr, ownership, applier, cfg, cancel).await
+        }
         SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
             source_name: name,
             msg: "a twemproxy pool must be expanded into its servers first".into(),

@@ -5,10 +5,14 @@
 //!   otherwise (an older target), and chunked native commands under a temporary key renamed into place for
 //!   values too big for one command.
 //! - [`encode`] writes native commands for decoded values.
+//! - [`stream::StreamApplier`] applies the replication command stream in source order.
+//! - [`sweep`] tells which target keys belong to a source and removes them (a source's flush, ghosts after
+//!   a full resync).
 
 pub mod encode;
 pub mod snapshot;
 pub mod stream;
+pub mod sweep;
 
 use std::sync::atomic::AtomicU64;
 

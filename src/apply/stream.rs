@@ -30,6 +30,10 @@ pub struct StreamStats {
 pub struct Signals {
     /// The master sent `REPLCONF GETACK`: acknowledge now.
     pub ack_now: bool,
+    /// The source flushed (FLUSHDB: `Some(db)`; FLUSHALL: `None`) and flushes are not forwarded (other
+    /// sources share the target): the caller removes this source's keys, then calls `push(&[])` to go on.
+    /// Commands after the flush are held back until then.
+    pub flush: Option<Option<u32>>,
 }
 
 /// Applies one source's command stream to one target connection, in order.
@@ -51,6 +55,10 @@ pub struct StreamApplier {
     scripts: HashMap<String, Bytes>,
     /// Scripts this applier has loaded on the target (SCRIPT FLUSH clears it).
     loaded: HashSet<String>,
+    /// Forward FLUSHDB/FLUSHALL as they are (the source is alone on the target).
+    forward_flush: bool,
+    /// A flush seen inside MULTI, signalled after its EXEC.
+    flush_after_group: Option<Option<u32>>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -81,6 +89,8 @@ impl StreamApplier {
             applied,
             scripts: HashMap::new(),
             loaded: HashSet::new(),
+            forward_flush: true,
+            flush_after_group: None,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -90,6 +100,29 @@ impl StreamApplier {
     pub fn with_connection(mut self, n: usize) -> Self {
         self.conn = n % self.pool.len().max(1);
         self
+    }
+
+    /// Whether FLUSHDB/FLUSHALL go to the target as they are (true: the default, one source per target) or
+    /// are signalled to the caller (several sources share the target).
+    pub fn forward_flush(mut self, on: bool) -> Self {
+        self.forward_flush = on;
+        self
+    }
+
+    /// The pool and connection this stream is ordered on (writes sent there are in order with it).
+    pub fn ordered_connection(&self) -> (Arc<WriterPool>, usize) {
+        (self.pool.clone(), self.conn)
+    }
+
+    /// Wait until the target answered everything queued so far.
+    pub async fn pool_flush(&self) -> Result<(), ApplyError> {
+        self.pool.flush().await?;
+        Ok(())
+    }
+
+    /// The db the stream is in.
+    pub fn db(&self) -> u32 {
+        self.db
     }
 
     /// Remember script bodies (from the RDB's `lua` AUX fields) so an EVALSHA can load them first.
@@ -121,6 +154,10 @@ impl StreamApplier {
             };
             self.offset += cmd.raw().len() as i64;
             self.on_command(cmd, &mut signals).await?;
+            if signals.flush.is_some() {
+                // Hold the rest back until the caller removed this source's keys.
+                return Ok(signals);
+            }
         }
         if self.group.is_none() && self.batch.len() >= self.batch_bytes {
             self.send().await?;
@@ -185,6 +222,23 @@ impl StreamApplier {
                     .finish_cmd("SCRIPT", Bytes::new(), 1, ResendRule::Strict),
             }
         }
+        let is_flush =
+            name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL");
+        if is_flush && !self.forward_flush {
+            let scope = if name.eq_ignore_ascii_case(b"FLUSHDB") {
+                Some(self.db)
+            } else {
+                None
+            };
+            tracing::info!(command = %String::from_utf8_lossy(name).to_uppercase(), db = ?scope,
+                "the source flushed: removing only its own keys from the shared target");
+            if self.group.is_some() {
+                self.flush_after_group = Some(scope);
+            } else {
+                signals.flush = Some(scope);
+            }
+            return Ok(());
+        }
         if name.eq_ignore_ascii_case(b"MULTI") {
             self.batch.bytes.extend_from_slice(cmd.raw());
             self.group = Some((1, Bytes::new()));
@@ -200,6 +254,9 @@ impl StreamApplier {
                 let (n, key) = self.group.take().expect("in a group");
                 self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                if let Some(scope) = self.flush_after_group.take() {
+                    signals.flush = Some(scope);
+                }
             }
             return Ok(());
         }
@@ -246,6 +303,25 @@ impl StreamApplier {
         }
         None
     }
+}
+
+/// Delete `keys` of `db` through connection `conn` of `pool` (in order with what was sent there before).
+pub async fn delete_keys(
+    pool: Arc<WriterPool>,
+    conn: usize,
+    db: u32,
+    keys: Vec<Bytes>,
+) -> Result<(), crate::target::TargetError> {
+    for chunk in keys.chunks(256) {
+        let mut b = Batch::new(Some(db));
+        let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+        args.push(b"DEL");
+        args.extend(chunk.iter().map(|k| &k[..]));
+        crate::resp::encode_command(&mut b.bytes, &args);
+        b.finish_cmd("DEL", chunk[0].clone(), 1, ResendRule::Strict);
+        pool.send(conn, b).await?;
+    }
+    Ok(())
 }
 
 /// A static name for counters (the common write commands); others are "OTHER".

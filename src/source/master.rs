@@ -12,6 +12,7 @@ use crate::sync::SyncConfig;
 pub async fn run(
     _idx: usize,
     addr: &RedisAddr,
+    _ownership: crate::apply::sweep::Ownership,
     _applier: SnapshotApplier,
     _cfg: &SyncConfig,
     _cancel: CancellationToken,

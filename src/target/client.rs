@@ -84,6 +84,24 @@ impl Client {
         self.read_reply().await
     }
 
+    /// Send several commands in one write and read their replies in order (error replies included).
+    pub async fn pipeline(&mut self, cmds: &[Vec<&[u8]>]) -> Result<Vec<Reply>, TargetError> {
+        self.out.clear();
+        for c in cmds {
+            resp::encode_command(&mut self.out, c);
+        }
+        let io = |source| TargetError::Io {
+            addr: self.addr.clone(),
+            source,
+        };
+        self.stream.write_all(&self.out).await.map_err(io)?;
+        let mut out = Vec::with_capacity(cmds.len());
+        for _ in cmds {
+            out.push(self.read_reply().await?);
+        }
+        Ok(out)
+    }
+
     /// Like [`Client::cmd`], but an error reply becomes `Err(TargetError::Command)` naming `args[0]`.
     pub async fn cmd_ok(&mut self, args: &[&[u8]]) -> Result<Reply, TargetError> {
         match self.cmd(args).await? {
