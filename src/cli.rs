@@ -82,6 +82,20 @@ pub struct SyncArgs {
     /// Disk a source's spool may use in the state directory (bytes); at the limit the link stops reading.
     #[arg(long, default_value_t = 64 << 30)]
     pub spool_disk_bytes: u64,
+    /// Keep each source's checkpoint in the target as well, updated in the same MULTI/EXEC as the commands
+    /// it covers, so a restart after a crash (kill -9) resumes exactly instead of running a full resync.
+    #[arg(long)]
+    pub target_checkpoint: bool,
+    /// Db of the in-target checkpoint keys.
+    #[arg(long, default_value_t = 0, requires = "target_checkpoint")]
+    pub checkpoint_db: u32,
+    /// Prefix of the in-target checkpoint keys (the source's host_port follows).
+    #[arg(
+        long,
+        default_value = "ferry:checkpoint:",
+        requires = "target_checkpoint"
+    )]
+    pub checkpoint_key_prefix: String,
 }
 
 impl SyncArgs {
@@ -106,6 +120,9 @@ impl SyncArgs {
             chunk_elements: self.chunk_elements.max(1),
             spool_mem_bytes: Some(self.spool_mem_bytes.max(1 << 20)),
             spool_disk_bytes: Some(self.spool_disk_bytes),
+            target_checkpoint: self
+                .target_checkpoint
+                .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),
         }
     }
 }

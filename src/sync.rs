@@ -38,6 +38,9 @@ pub struct SyncConfig {
     pub spool_mem_bytes: Option<u64>,
     /// Spool disk limit per source (default: the spool's own).
     pub spool_disk_bytes: Option<u64>,
+    /// Keep each source's checkpoint in the target too, in the same transaction as the commands it covers
+    /// (`Some((db, key prefix))`): exact resume even after kill -9.
+    pub target_checkpoint: Option<(u32, String)>,
 }
 
 /// How `ferry sync` ended.

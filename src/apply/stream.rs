@@ -36,6 +36,28 @@ pub struct Signals {
     pub flush: Option<Option<u32>>,
 }
 
+/// Where the in-target checkpoint of a source lives, and the replication id it records.
+#[derive(Clone, Debug)]
+pub struct TargetCheckpoint {
+    pub db: u32,
+    pub key: Bytes,
+    pub replid: String,
+}
+
+impl TargetCheckpoint {
+    /// The stored value: `<replid>:<offset>`.
+    pub fn value(&self, offset: i64) -> String {
+        format!("{}:{offset}", self.replid)
+    }
+
+    /// Parse a stored value.
+    pub fn parse(v: &[u8]) -> Option<(String, i64)> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (id, off) = s.rsplit_once(':')?;
+        Some((id.to_string(), off.parse().ok()?))
+    }
+}
+
 /// Applies one source's command stream to one target connection, in order.
 pub struct StreamApplier {
     pool: Arc<WriterPool>,
@@ -59,6 +81,8 @@ pub struct StreamApplier {
     forward_flush: bool,
     /// A flush seen inside MULTI, signalled after its EXEC.
     flush_after_group: Option<Option<u32>>,
+    /// The checkpoint kept in the target, updated in the same MULTI/EXEC as the commands it covers.
+    target_cp: Option<TargetCheckpoint>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -91,6 +115,7 @@ impl StreamApplier {
             loaded: HashSet::new(),
             forward_flush: true,
             flush_after_group: None,
+            target_cp: None,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -123,6 +148,20 @@ impl StreamApplier {
     /// The db the stream is in.
     pub fn db(&self) -> u32 {
         self.db
+    }
+
+    /// Keep the checkpoint in the target: every batch becomes `MULTI … SET <key> <replid>:<offset> EXEC`,
+    /// so the target holds exactly the offset its data reflects, even after kill -9.
+    pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
+        self.target_cp = cp;
+        self
+    }
+
+    /// The master's replication id changed (`+CONTINUE <new id>` after a failover): record the new one.
+    pub fn set_replid(&mut self, replid: &str) {
+        if let Some(cp) = self.target_cp.as_mut() {
+            cp.replid = replid.to_string();
+        }
     }
 
     /// Remember script bodies (from the RDB's `lua` AUX fields) so an EVALSHA can load them first.
@@ -171,6 +210,11 @@ impl StreamApplier {
             return Ok(());
         }
         let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(self.db)));
+        if let Some(cp) = &self.target_cp {
+            if !b.cmds.is_empty() {
+                wrap_with_checkpoint(&mut b, cp, self.offset, self.db);
+            }
+        }
         b.applied = Some((self.applied.clone(), self.offset));
         self.pool.send(self.conn, b).await?;
         Ok(())
@@ -239,20 +283,30 @@ impl StreamApplier {
             }
             return Ok(());
         }
+        // With the in-target checkpoint every batch is one transaction already: the source's own
+        // MULTI/EXEC are dropped (nesting is an error) and its commands stay together in the batch.
+        let wrap = self.target_cp.is_some();
         if name.eq_ignore_ascii_case(b"MULTI") {
-            self.batch.bytes.extend_from_slice(cmd.raw());
-            self.group = Some((1, Bytes::new()));
+            if !wrap {
+                self.batch.bytes.extend_from_slice(cmd.raw());
+            }
+            self.group = Some((u32::from(!wrap), Bytes::new()));
             return Ok(());
         }
         if let Some((n, key)) = self.group.as_mut() {
-            self.batch.bytes.extend_from_slice(cmd.raw());
-            *n += 1;
+            let exec = name.eq_ignore_ascii_case(b"EXEC");
+            if !(wrap && exec) {
+                self.batch.bytes.extend_from_slice(cmd.raw());
+                *n += 1;
+            }
             if key.is_empty() && cmd.argc() > 1 {
                 *key = cmd.arg_bytes(1);
             }
-            if name.eq_ignore_ascii_case(b"EXEC") {
+            if exec {
                 let (n, key) = self.group.take().expect("in a group");
-                self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
+                if n > 0 {
+                    self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
+                }
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 if let Some(scope) = self.flush_after_group.take() {
                     signals.flush = Some(scope);
@@ -303,6 +357,25 @@ impl StreamApplier {
         }
         None
     }
+}
+
+/// Turn a batch into one transaction that also stores the checkpoint: `MULTI`, the commands, `SELECT cp.db`,
+/// `SET cp.key replid:offset`, `SELECT db`, `EXEC`.
+fn wrap_with_checkpoint(b: &mut Batch, cp: &TargetCheckpoint, offset: i64, db: u32) {
+    let inner: u32 = b.cmds.iter().map(|c| c.replies).sum();
+    let key = b.cmds.first().map(|c| c.key.clone()).unwrap_or_default();
+    let mut bytes = BytesMut::with_capacity(b.bytes.len() + 128 + cp.key.len());
+    crate::resp::encode_command(&mut bytes, &[b"MULTI"]);
+    bytes.extend_from_slice(&b.bytes);
+    let cpdb = cp.db.to_string();
+    let dbs = b.db.unwrap_or(db).to_string();
+    crate::resp::encode_command(&mut bytes, &[b"SELECT", cpdb.as_bytes()]);
+    crate::resp::encode_command(&mut bytes, &[b"SET", &cp.key, cp.value(offset).as_bytes()]);
+    crate::resp::encode_command(&mut bytes, &[b"SELECT", dbs.as_bytes()]);
+    crate::resp::encode_command(&mut bytes, &[b"EXEC"]);
+    b.bytes = bytes;
+    b.cmds.clear();
+    b.finish_cmd("MULTI", key, inner + 5, ResendRule::Strict);
 }
 
 /// Delete `keys` of `db` through connection `conn` of `pool` (in order with what was sent there before).
@@ -427,6 +500,21 @@ fn command_name(name: &[u8]) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn target_checkpoint_values_round_trip() {
+        let cp = super::TargetCheckpoint {
+            db: 0,
+            key: bytes::Bytes::from_static(b"ferry:checkpoint:x"),
+            replid: "a".repeat(40),
+        };
+        let v = cp.value(12345);
+        assert_eq!(
+            super::TargetCheckpoint::parse(v.as_bytes()),
+            Some(("a".repeat(40), 12345))
+        );
+        assert_eq!(super::TargetCheckpoint::parse(b"garbage"), None);
+    }
+
     #[test]
     fn script_names_are_redis_sha1s() {
         // From the Redis EVALSHA documentation: SCRIPT LOAD "return 1" answers this SHA1.
