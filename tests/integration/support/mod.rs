@@ -329,6 +329,7 @@ pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
+pub mod ferry_proc;
 pub mod versions;
 
 /// Options of a [`Nutcracker`] pool beyond its servers.

@@ -1,0 +1,470 @@
+//! Incremental sync: the command stream after the snapshot, acknowledgements, stop and resume.
+
+use std::time::Duration;
+
+use crate::support::ferry_proc::Ferry;
+use crate::support::{Client, RedisServer, TempDir};
+
+fn debug_server(extra: &[&str]) -> RedisServer {
+    let mut args = vec!["--enable-debug-command", "yes"];
+    args.extend_from_slice(extra);
+    RedisServer::start(&args)
+}
+
+fn digest(c: &mut Client) -> String {
+    c.ok(&["DEBUG", "DIGEST"]).as_string()
+}
+
+fn info_i64(c: &mut Client, section: &str, field: &str) -> i64 {
+    c.info_field(section, field)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Poll until both servers hold the same data (DEBUG DIGEST over every db), with a clear failure.
+pub fn wait_equal(master: &RedisServer, target: &RedisServer, ferry: &Ferry, what: &str) {
+    let mut m = master.client();
+    let mut t = target.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (digest(&mut m), digest(&mut t));
+        if a == b {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{what}: target digest {b} != master digest {a} after 30 s\nmaster dbsize {} target dbsize {}\nferry log:\n{}",
+                m.dbsize(),
+                t.dbsize(),
+                ferry.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every write command of the list, as a client would send them, across dbs 0–2.
+pub fn write_every_command(c: &mut Client, round: usize) {
+    let r = round.to_string();
+    let k = |s: &str| format!("{s}:{r}");
+    c.ok(&["SELECT", "0"]);
+    // strings
+    c.ok(&["SET", &k("s"), "v"]);
+    c.ok(&["APPEND", &k("s"), "-appended"]);
+    c.ok(&["SETRANGE", &k("s"), "2", "XY"]);
+    c.ok(&["SET", &k("n"), "10"]);
+    c.ok(&["INCR", &k("n")]);
+    c.ok(&["INCRBY", &k("n"), "5"]);
+    c.ok(&["DECR", &k("n")]);
+    c.ok(&["DECRBY", &k("n"), "2"]);
+    c.ok(&["INCRBYFLOAT", &k("f"), "1.5"]);
+    c.ok(&["GETSET", &k("gs"), "new"]);
+    c.ok(&["MSET", &k("m1"), "a", &k("m2"), "b"]);
+    c.ok(&["MSETNX", &k("m3"), "c", &k("m4"), "d"]);
+    c.ok(&["SETNX", &k("nx"), "1"]);
+    c.ok(&["SETEX", &k("ex"), "1000", "v"]);
+    c.ok(&["PSETEX", &k("px"), "1000000", "v"]);
+    c.ok(&["SET", &k("gd"), "x"]);
+    c.ok(&["GETDEL", &k("gd")]);
+    c.ok(&["SET", &k("ge"), "x"]);
+    c.ok(&["GETEX", &k("ge"), "EX", "500"]);
+    c.ok(&["SETBIT", &k("bits"), "7", "1"]);
+    c.ok(&["SETBIT", &k("bits2"), "3", "1"]);
+    c.ok(&["BITOP", "OR", &k("bitor"), &k("bits"), &k("bits2")]);
+    // expiry
+    c.ok(&["SET", &k("e1"), "v"]);
+    c.ok(&["EXPIRE", &k("e1"), "1000"]);
+    c.ok(&["SET", &k("e2"), "v"]);
+    c.ok(&["PEXPIRE", &k("e2"), "1000000"]);
+    c.ok(&["SET", &k("e3"), "v"]);
+    c.ok(&["EXPIREAT", &k("e3"), "4102444800"]);
+    c.ok(&["SET", &k("e4"), "v"]);
+    c.ok(&["PEXPIREAT", &k("e4"), "4102444800000"]);
+    c.ok(&["PERSIST", &k("e4")]);
+    // lists
+    c.ok(&["RPUSH", &k("l"), "a", "b", "c", "d", "e"]);
+    c.ok(&["LPUSH", &k("l"), "z"]);
+    c.ok(&["LPUSHX", &k("l"), "y"]);
+    c.ok(&["RPUSHX", &k("l"), "f"]);
+    c.ok(&["LINSERT", &k("l"), "BEFORE", "c", "bc"]);
+    c.ok(&["LSET", &k("l"), "0", "first"]);
+    c.ok(&["LREM", &k("l"), "1", "d"]);
+    c.ok(&["LPOP", &k("l")]);
+    c.ok(&["RPOP", &k("l")]);
+    c.ok(&["LTRIM", &k("l"), "0", "10"]);
+    c.ok(&["RPOPLPUSH", &k("l"), &k("l2")]);
+    c.ok(&["LMOVE", &k("l"), &k("l2"), "LEFT", "RIGHT"]);
+    c.ok(&["BLPOP", &k("l"), "1"]);
+    c.ok(&["BRPOP", &k("l"), "1"]);
+    c.ok(&["BRPOPLPUSH", &k("l2"), &k("l3"), "1"]);
+    c.ok(&["BLMOVE", &k("l2"), &k("l3"), "RIGHT", "LEFT", "1"]);
+    // sets
+    c.ok(&["SADD", &k("set"), "a", "b", "c", "d"]);
+    c.ok(&["SADD", &k("set2"), "c", "d", "e"]);
+    c.ok(&["SREM", &k("set"), "a"]);
+    c.ok(&["SMOVE", &k("set"), &k("set2"), "b"]);
+    c.ok(&["SINTERSTORE", &k("si"), &k("set"), &k("set2")]);
+    c.ok(&["SUNIONSTORE", &k("su"), &k("set"), &k("set2")]);
+    c.ok(&["SDIFFSTORE", &k("sd"), &k("set2"), &k("set")]);
+    c.ok(&["SPOP", &k("su")]);
+    // sorted sets
+    c.ok(&[
+        "ZADD",
+        &k("z"),
+        "1",
+        "a",
+        "2",
+        "b",
+        "3",
+        "c",
+        "4",
+        "d",
+        "5",
+        "e",
+    ]);
+    c.ok(&["ZADD", &k("z2"), "1.5", "a", "2.5", "x"]);
+    c.ok(&["ZINCRBY", &k("z"), "0.25", "a"]);
+    c.ok(&["ZREM", &k("z"), "e"]);
+    c.ok(&["ZUNIONSTORE", &k("zu"), "2", &k("z"), &k("z2")]);
+    c.ok(&["ZINTERSTORE", &k("zi"), "2", &k("z"), &k("z2")]);
+    c.ok(&["ZREMRANGEBYSCORE", &k("zu"), "4", "4"]);
+    c.ok(&["ZREMRANGEBYRANK", &k("zu"), "0", "0"]);
+    c.ok(&["ZADD", &k("zl"), "0", "a", "0", "b", "0", "c"]);
+    c.ok(&["ZREMRANGEBYLEX", &k("zl"), "[a", "[b"]);
+    // hashes
+    c.ok(&["HSET", &k("h"), "f1", "v1", "f2", "v2"]);
+    c.ok(&["HMSET", &k("h"), "f3", "v3", "f4", "4"]);
+    c.ok(&["HSETNX", &k("h"), "f5", "v5"]);
+    c.ok(&["HDEL", &k("h"), "f1"]);
+    c.ok(&["HINCRBY", &k("h"), "f4", "3"]);
+    c.ok(&["HINCRBYFLOAT", &k("h"), "f6", "0.5"]);
+    // HyperLogLog, geo
+    c.ok(&["PFADD", &k("hll"), "a", "b", "c"]);
+    c.ok(&["PFADD", &k("hll2"), "c", "d"]);
+    c.ok(&["PFMERGE", &k("hllm"), &k("hll"), &k("hll2")]);
+    c.ok(&["GEOADD", &k("geo"), "13.361389", "38.115556", "Palermo"]);
+    // streams
+    c.ok(&["XADD", &k("x"), "1-1", "f", "v"]);
+    c.ok(&["XADD", &k("x"), "2-1", "f", "v2"]);
+    c.ok(&["XADD", &k("x"), "3-1", "f", "v3"]);
+    c.ok(&["XGROUP", "CREATE", &k("x"), "g", "0"]);
+    c.ok(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c1",
+        "COUNT",
+        "2",
+        "STREAMS",
+        &k("x"),
+        ">",
+    ]);
+    c.ok(&["XACK", &k("x"), "g", "1-1"]);
+    c.ok(&["XCLAIM", &k("x"), "g", "c2", "0", "2-1"]);
+    c.ok(&["XAUTOCLAIM", &k("x"), "g", "c3", "0", "0-0"]);
+    c.ok(&["XDEL", &k("x"), "3-1"]);
+    c.ok(&["XTRIM", &k("x"), "MAXLEN", "5"]);
+    c.ok(&["XSETID", &k("x"), "9-9"]);
+    // keyspace
+    c.ok(&["SET", &k("ren"), "v"]);
+    c.ok(&["RENAME", &k("ren"), &k("ren2")]);
+    c.ok(&["SET", &k("rnx"), "v"]);
+    c.ok(&["RENAMENX", &k("rnx"), &k("rnx2")]);
+    c.ok(&["SET", &k("del"), "v"]);
+    c.ok(&["DEL", &k("del")]);
+    c.ok(&["SET", &k("unl"), "v"]);
+    c.ok(&["UNLINK", &k("unl")]);
+    c.ok(&["COPY", &k("s"), &k("s-copy")]);
+    c.ok(&["SET", &k("mv"), "v"]);
+    c.ok(&["MOVE", &k("mv"), "2"]);
+    c.ok(&["RPUSH", &k("sortme"), "3", "1", "2"]);
+    c.ok(&["SORT", &k("sortme"), "STORE", &k("sorted")]);
+    let dump = c.ok(&["DUMP", &k("s")]);
+    c.ok(&[
+        b"RESTORE".as_slice(),
+        k("restored").as_bytes(),
+        b"0",
+        dump.as_bytes().unwrap(),
+    ]);
+    // scripts: EVAL, and EVALSHA of a script only ever SCRIPT LOADed on the source
+    c.ok(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])",
+        "2",
+        &k("lua1"),
+        &k("lua2"),
+        "x",
+    ]);
+    let sha = c
+        .ok(&[
+            "SCRIPT",
+            "LOAD",
+            "return redis.call('RPUSH', KEYS[1], ARGV[1])",
+        ])
+        .as_string();
+    c.ok(&["EVALSHA", &sha, "1", &k("lualist"), "item"]);
+    // MULTI/EXEC
+    c.ok(&["MULTI"]);
+    c.send(&["INCR", &k("tx")]);
+    c.read().unwrap();
+    c.send(&["LPUSH", &k("txl"), "a"]);
+    c.read().unwrap();
+    c.ok(&["EXEC"]);
+    // other dbs
+    c.ok(&["SELECT", "1"]);
+    c.ok(&["SET", &k("db1"), "v"]);
+    c.ok(&["LPUSH", &k("db1l"), "a", "b"]);
+    c.ok(&["SELECT", "2"]);
+    c.ok(&["HSET", &k("db2"), "f", "v"]);
+    c.ok(&["SELECT", "0"]);
+}
+
+#[test]
+fn every_command_is_applied_then_a_stop_resumes_with_a_partial_resync() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-state");
+    let mut m = master.client();
+    m.ok(&["SET", "before", "the snapshot"]);
+    m.ok(&["RPUSH", "list", "a", "b"]);
+
+    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_equal(&master, &target, &ferry, "after the snapshot");
+
+    write_every_command(&mut m, 1);
+    wait_equal(&master, &target, &ferry, "after every command");
+
+    // The master sees our acknowledgements: its replica offset reaches its own offset.
+    let mut mi = master.client();
+    crate::support::wait_until(
+        "the replica's ACK to reach the master's offset",
+        Duration::from_secs(10),
+        || {
+            let off = info_i64(&mut mi, "replication", "master_repl_offset");
+            let line = mi.info_field("replication", "slave0").unwrap_or_default();
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .and_then(|v| v.parse::<i64>().ok())
+                == Some(off)
+        },
+    );
+
+    let st = ferry.terminate(Duration::from_secs(15));
+    assert!(st.success(), "ferry exit {st:?}; log:\n{}", ferry.log());
+    let cp: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(cp.len(), 1, "one checkpoint file");
+    let text = std::fs::read_to_string(cp[0].path()).unwrap();
+    assert!(text.contains("\"clean\": true"), "{text}");
+
+    // Writes while ferry is stopped, then a restart: partial resync, no duplicated list items.
+    write_every_command(&mut m, 2);
+    m.ok(&["LPUSH", "list", "while-stopped"]);
+    let full_before = info_i64(&mut m, "stats", "sync_full");
+    let partial_before = info_i64(&mut m, "stats", "sync_partial_ok");
+    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_equal(&master, &target, &ferry2, "after the restart");
+    assert_eq!(
+        info_i64(&mut m, "stats", "sync_full"),
+        full_before,
+        "no new full sync"
+    );
+    assert_eq!(
+        info_i64(&mut m, "stats", "sync_partial_ok"),
+        partial_before + 1,
+        "a partial resync"
+    );
+    let mut t = target.client();
+    assert_eq!(t.ok(&["LLEN", "list"]).as_int(), 3);
+}
+
+#[test]
+fn a_killed_replica_link_continues_with_a_partial_resync_under_load() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-kill");
+    let mut m = master.client();
+    let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_equal(&master, &target, &ferry, "after the snapshot");
+    for i in 0..2000 {
+        m.ok(&["INCR", "counter"]);
+        m.ok(&["RPUSH", "log", &i.to_string()]);
+        m.ok(&["APPEND", "s", "x"]);
+        if i == 700 || i == 1400 {
+            m.ok(&["CLIENT", "KILL", "TYPE", "replica"]);
+        }
+    }
+    wait_equal(&master, &target, &ferry, "after the load");
+    assert_eq!(info_i64(&mut m, "stats", "sync_full"), 1);
+    assert!(info_i64(&mut m, "stats", "sync_partial_ok") >= 2);
+    let mut t = target.client();
+    assert_eq!(t.ok(&["LLEN", "log"]).as_int(), 2000);
+    assert_eq!(t.ok(&["GET", "counter"]).as_string(), "2000");
+}
+
+#[test]
+fn once_exits_zero_after_catching_up_with_the_snapshot_offset() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-once");
+    let mut m = master.client();
+    crate::fullsync::fill_every_type(&mut m);
+    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &["--once"]);
+    let st = ferry.wait(Duration::from_secs(60));
+    assert!(st.success(), "exit {st:?}; log:\n{}", ferry.log());
+    let (a, b) = (digest(&mut m), digest(&mut target.client()));
+    assert_eq!(a, b, "log:\n{}", ferry.log());
+}
+
+#[test]
+fn publish_reaches_subscribers_on_the_target() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-pub");
+    let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    let mut m = master.client();
+    m.ok(&["SET", "k", "v"]);
+    wait_equal(&master, &target, &ferry, "after the snapshot");
+    let mut sub = target.client();
+    sub.ok(&["SUBSCRIBE", "news"]);
+    m.ok(&["PUBLISH", "news", "hello"]);
+    let msg = sub.read().unwrap();
+    let parts: Vec<String> = msg.as_array().iter().map(|r| r.as_string()).collect();
+    assert_eq!(parts, ["message", "news", "hello"]);
+}
+
+/// A writer thread doing INCR, LPUSH and APPEND until stopped; returns how many rounds it wrote.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut n = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                c.ok(&["INCR", "counter"]);
+                c.ok(&["LPUSH", "list", &n.to_string()]);
+                c.ok(&["APPEND", "text", "x"]);
+                n += 1;
+            }
+            n
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+fn crash_and_restart(target_checkpoint: bool) {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-crash");
+    let extra: &[&str] = if target_checkpoint {
+        &["--target-checkpoint"]
+    } else {
+        &[]
+    };
+    let mut m = master.client();
+    m.ok(&["SET", "seed", "1"]);
+    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
+    wait_equal(&master, &target, &ferry, "after the snapshot");
+    let load = Load::start(master.port);
+    // Let the stream carry some of the load, then crash ferry in the middle of it.
+    let mut t = target.client();
+    crate::support::wait_until(
+        "the target to receive streamed writes",
+        Duration::from_secs(20),
+        || t.cmd(&["LLEN", "list"]).as_int() > 2000,
+    );
+    ferry.kill9();
+    let full_before = info_i64(&mut m, "stats", "sync_full");
+    let partial_before = info_i64(&mut m, "stats", "sync_partial_ok");
+    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
+    crate::support::wait_until("streaming again", Duration::from_secs(20), || {
+        ferry2.log().contains("streaming") || ferry2.log().contains("resuming")
+    });
+    let rounds = load.stop();
+    wait_equal(&master, &target, &ferry2, "after the crash and restart");
+    assert_eq!(
+        t.ok(&["LLEN", "list"]).as_int() as u64,
+        rounds,
+        "no duplicated list items"
+    );
+    assert_eq!(t.ok(&["GET", "counter"]).as_string(), rounds.to_string());
+    if target_checkpoint {
+        assert_eq!(
+            info_i64(&mut m, "stats", "sync_full"),
+            full_before,
+            "exact resume: no full sync"
+        );
+        assert_eq!(
+            info_i64(&mut m, "stats", "sync_partial_ok"),
+            partial_before + 1
+        );
+    } else {
+        assert_eq!(
+            info_i64(&mut m, "stats", "sync_full"),
+            full_before + 1,
+            "an unclean stop without an in-target checkpoint runs a full resync"
+        );
+    }
+}
+
+#[test]
+fn kill_9_with_the_in_target_checkpoint_resumes_exactly() {
+    crash_and_restart(true);
+}
+
+#[test]
+fn kill_9_without_it_runs_a_full_resync_with_no_duplicates() {
+    crash_and_restart(false);
+}
+
+#[test]
+fn a_forced_full_resync_leaves_no_ghosts_and_no_duplicates() {
+    let master = debug_server(&["--repl-backlog-size", "16kb"]);
+    let target = debug_server(&[]);
+    let state = TempDir::new("stream-resync");
+    let mut m = master.client();
+    for i in 0..100 {
+        m.ok(&["SET", &format!("k{i}"), "v"]);
+    }
+    m.ok(&["RPUSH", "list", "a", "b"]);
+    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_equal(&master, &target, &ferry, "after the snapshot");
+    assert!(ferry.terminate(Duration::from_secs(15)).success());
+    // While ferry is stopped: delete keys, and overrun the 16 KB backlog.
+    for i in 0..50 {
+        m.ok(&["DEL", &format!("k{i}")]);
+    }
+    m.ok(&["RPUSH", "list", "c"]);
+    let big = "x".repeat(1024);
+    for i in 0..100 {
+        m.ok(&["SET", &format!("filler{i}"), &big]);
+    }
+    let full_before = info_i64(&mut m, "stats", "sync_full");
+    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_equal(&master, &target, &ferry2, "after the forced full resync");
+    assert_eq!(info_i64(&mut m, "stats", "sync_full"), full_before + 1);
+    let mut t = target.client();
+    assert_eq!(t.ok(&["EXISTS", "k0"]).as_int(), 0, "no ghost keys");
+    assert_eq!(
+        t.ok(&["LLEN", "list"]).as_int(),
+        3,
+        "no duplicated list items"
+    );
+}
