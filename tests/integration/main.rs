@@ -5,4 +5,5 @@ mod support;
 mod fixtures;
 mod fullsync;
 mod smoke;
+mod stream;
 mod twemproxy;
