@@ -6,4 +6,5 @@ mod fixtures;
 mod fullsync;
 mod smoke;
 mod stream;
+mod topologies;
 mod twemproxy;

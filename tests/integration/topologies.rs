@@ -1,0 +1,205 @@
+//! Many-to-one jobs: a twemproxy pool into one target, several masters into one target, and a source's
+//! flush on a shared target.
+
+use std::time::Duration;
+
+use crate::support::ferry_proc::Ferry;
+use crate::support::{wait_until, Client, Nutcracker, NutcrackerOpts, RedisServer, TempDir};
+
+fn total_keys(servers: &[&RedisServer]) -> i64 {
+    servers.iter().map(|s| s.client().dbsize()).sum()
+}
+
+/// Every key of every server has the same value (type-aware via DUMP of strings and LRANGE of lists).
+fn same_keys(servers: &[&RedisServer], target: &RedisServer) -> Result<(), String> {
+    let mut t = target.client();
+    for s in servers {
+        let mut c = s.client();
+        let keys = c.ok(&["KEYS", "*"]);
+        for k in keys.as_array() {
+            let k = k.as_string();
+            let ty = c.ok(&["TYPE", &k]).as_string();
+            let (a, b) = match ty.as_str() {
+                "string" => (
+                    c.ok(&["GET", &k]).as_string(),
+                    t.cmd(&["GET", &k]).as_string(),
+                ),
+                "list" => (
+                    format!(
+                        "{:?}",
+                        c.ok(&["LRANGE", &k, "0", "-1"])
+                            .as_array()
+                            .iter()
+                            .map(|r| r.as_string())
+                            .collect::<Vec<_>>()
+                    ),
+                    format!(
+                        "{:?}",
+                        t.cmd(&["LRANGE", &k, "0", "-1"])
+                            .as_array()
+                            .iter()
+                            .map(|r| r.as_string())
+                            .collect::<Vec<_>>()
+                    ),
+                ),
+                other => (other.to_string(), t.cmd(&["TYPE", &k]).as_string()),
+            };
+            if a != b {
+                return Err(format!("key {k}: source {a:?}, target {b:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wait_same(servers: &[&RedisServer], target: &RedisServer, ferry: &Ferry, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = total_keys(servers);
+        let got = target.client().dbsize();
+        let r = if want == got {
+            same_keys(servers, target)
+        } else {
+            Err(format!("target has {got} keys, sources {want}"))
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("{what}: {e}\nferry log:\n{}", ferry.log())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[test]
+fn a_twemproxy_pool_syncs_into_one_target_and_a_shard_flush_removes_only_its_keys() {
+    let a = RedisServer::start(&["--requirepass", "poolpw"]);
+    let b = RedisServer::start(&["--requirepass", "poolpw"]);
+    let c = RedisServer::start(&["--requirepass", "poolpw"]);
+    let proxy = Nutcracker::start_with(
+        &[
+            (a.port, "shard-a"),
+            (b.port, "shard-b"),
+            (c.port, "shard-c"),
+        ],
+        &NutcrackerOpts {
+            redis_auth: Some("poolpw".into()),
+            ..Default::default()
+        },
+    );
+    let target = RedisServer::start(&[]);
+    let mut p = Client::connect(proxy.port);
+    p.ok(&["AUTH", "poolpw"]);
+    for i in 0..600 {
+        p.ok(&["SET", &format!("key:{i}"), &format!("value-{i}")]);
+    }
+    p.ok(&["RPUSH", "a-list", "1", "2", "3"]);
+    let servers = [&a, &b, &c];
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.client_auth("poolpw").dbsize() > 50),
+        "keys spread over the shards"
+    );
+
+    let state = TempDir::new("pool");
+    let src = format!("twemproxy:{}", proxy.config_path.display());
+    let ferry = Ferry::sync(&[src], &target.url(), state.path(), &[]);
+    wait_same_auth(&servers, &target, &ferry, "after the full sync");
+
+    // Changes through the proxy are streamed from every shard.
+    for i in 0..300 {
+        p.ok(&["SET", &format!("key:{i}"), "changed"]);
+        p.ok(&["DEL", &format!("key:{}", 300 + i)]);
+    }
+    p.ok(&["RPUSH", "a-list", "4"]);
+    wait_same_auth(&servers, &target, &ferry, "after streaming");
+
+    // One shard flushes: only its keys leave the target.
+    let mut bc = b.client_auth("poolpw");
+    let b_keys = bc.dbsize();
+    assert!(b_keys > 0);
+    let before = target.client().dbsize();
+    bc.ok(&["FLUSHALL"]);
+    wait_until(
+        "shard-b's keys to leave the target",
+        Duration::from_secs(20),
+        || target.client().dbsize() == before - b_keys,
+    );
+    wait_same_auth(&servers, &target, &ferry, "after shard-b's FLUSHALL");
+    assert!(ferry.log().contains("twemproxy pool"), "{}", ferry.log());
+    assert!(
+        !ferry.log().contains("poolpw"),
+        "the pool password must not be logged"
+    );
+}
+
+#[test]
+fn several_masters_into_one_target_and_a_flushdb_of_one_keeps_the_others() {
+    let a = RedisServer::start(&[]);
+    let b = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let mut ac = a.client();
+    let mut bc = b.client();
+    for i in 0..200 {
+        ac.ok(&["SET", &format!("a:{i}"), "x"]);
+        bc.ok(&["SET", &format!("b:{i}"), "y"]);
+    }
+    let state = TempDir::new("multi");
+    let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), &[]);
+    wait_same(&[&a, &b], &target, &ferry, "after the full sync");
+    ac.ok(&["FLUSHDB"]);
+    bc.ok(&["SET", "b:after", "z"]);
+    wait_same(&[&a, &b], &target, &ferry, "after a's FLUSHDB");
+    assert_eq!(target.client().dbsize(), 201);
+}
+
+trait AuthClient {
+    fn client_auth(&self, pw: &str) -> Client;
+}
+
+impl AuthClient for RedisServer {
+    fn client_auth(&self, pw: &str) -> Client {
+        let mut c = Client::connect(self.port);
+        c.ok(&["AUTH", pw]);
+        c
+    }
+}
+
+fn wait_same_auth(servers: &[&RedisServer], target: &RedisServer, ferry: &Ferry, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let want: i64 = servers
+            .iter()
+            .map(|s| s.client_auth("poolpw").dbsize())
+            .sum();
+        let got = target.client().dbsize();
+        let mut r = if want == got {
+            Ok(())
+        } else {
+            Err(format!("target has {got} keys, sources {want}"))
+        };
+        if r.is_ok() {
+            let mut t = target.client();
+            'outer: for s in servers {
+                let mut c = s.client_auth("poolpw");
+                for k in c.ok(&["KEYS", "*"]).as_array() {
+                    let k = k.as_string();
+                    let (x, y) = (c.ok(&["DUMP", &k]), t.cmd(&["DUMP", &k]));
+                    if x.as_bytes() != y.as_bytes() {
+                        r = Err(format!("key {k} differs"));
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        match r {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("{what}: {e}\nferry log:\n{}", ferry.log())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
