@@ -911,8 +911,20 @@ mod tests {
         assert!(!d.exists(), "no spill, no directory");
     }
 
+    /// `r.next()`, failing (instead of hanging the test run) when no record comes within 10 s.
+    async fn next_within(r: &mut SpoolReader, what: &str) -> Option<Record> {
+        match tokio::time::timeout(Duration::from_secs(10), r.next()).await {
+            Ok(res) => res.unwrap(),
+            Err(_) => panic!("{what}: no record within 10 s; {:?}", r.stats().snapshot()),
+        }
+    }
+
     /// Phases: fill memory and spill; read part (disk still holds data: new pushes go to disk behind it);
-    /// read everything (back to memory); push again into memory. Order holds across every transition.
+    /// read everything; find the spool empty (back to memory); push again; read in step. Order holds across
+    /// every transition.
+    ///
+    /// Regression: the phases once asked for 750 records after 700 were pushed, so the reader waited for a
+    /// record that never came and the test hung instead of failing.
     #[tokio::test]
     async fn order_across_memory_disk_transitions() {
         let d = tmp("phases");
@@ -921,16 +933,41 @@ mod tests {
         let (mut w, mut r) = super::open(c).unwrap();
         let mut next_in = 0u64;
         let mut next_out = 0u64;
-        for (push, read) in [(400u64, 100u64), (300, 650), (50, 0), (10, 10), (500, 500)] {
+        for (push, read) in [
+            (400u64, 100u64),
+            (300, 600),
+            (0, 0),
+            (50, 0),
+            (10, 10),
+            (500, 500),
+        ] {
+            assert!(
+                next_out + read <= next_in + push,
+                "the test asks for more records than it pushes"
+            );
+            if push == 0 && read == 0 {
+                // Everything was read: the reader finds the log drained and the spool goes back to memory.
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(50), r.next())
+                        .await
+                        .is_err(),
+                    "nothing was pushed, yet a record came"
+                );
+                let s = r.stats().snapshot();
+                assert_eq!((s.disk_bytes, s.mem_bytes), (0, 0), "{s:?}");
+                assert_eq!(s.segments_created, s.segments_deleted, "{s:?}");
+                assert_eq!(seg_files(&dir), 0);
+            }
             for _ in 0..push {
                 w.push(rec(next_in)).await.unwrap();
                 next_in += 1;
             }
             for _ in 0..read {
+                let what = format!("record {next_out} of {next_in} pushed");
                 assert_eq!(
-                    r.next().await.unwrap(),
+                    next_within(&mut r, &what).await,
                     Some(rec(next_out)),
-                    "record {next_out}"
+                    "{what}"
                 );
                 next_out += 1;
             }
@@ -941,7 +978,7 @@ mod tests {
         assert!(s.spilled_bytes_total > 10 << 20, "{s:?}");
         assert!(s.segments_created >= 2, "{s:?}");
         drop(w);
-        while let Some(got) = r.next().await.unwrap() {
+        while let Some(got) = next_within(&mut r, "the rest").await {
             assert_eq!(got, rec(next_out));
             next_out += 1;
         }
