@@ -5,6 +5,8 @@ mod support;
 mod fixtures;
 mod fullsync;
 mod smoke;
+mod status;
 mod stream;
 mod topologies;
 mod twemproxy;
+mod versions_sync;
