@@ -33,6 +33,7 @@ pub mod repl;
 pub mod resp;
 pub mod source;
 pub mod spool;
+pub mod status;
 pub mod sync;
 pub mod target;
 pub mod twemproxy;
