@@ -24,7 +24,7 @@ pub mod snapshot;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::apply::ApplyStats;
@@ -325,7 +325,8 @@ pub struct SourceStatus {
     replid: Mutex<Option<String>>,
     last_error: Mutex<Option<(String, SystemTime)>>,
     received_offset: AtomicI64,
-    applied_offset: Mutex<Arc<AtomicI64>>,
+    applied_own: Arc<AtomicI64>,
+    applied_linked: OnceLock<Arc<AtomicI64>>,
     master_offset: AtomicI64,
     heartbeat_lag_ms: AtomicI64,
     rdb_bytes_received: AtomicU64,
@@ -355,7 +356,8 @@ impl SourceStatus {
             replid: Mutex::new(None),
             last_error: Mutex::new(None),
             received_offset: AtomicI64::new(-1),
-            applied_offset: Mutex::new(Arc::new(AtomicI64::new(-1))),
+            applied_own: Arc::new(AtomicI64::new(-1)),
+            applied_linked: OnceLock::new(),
             master_offset: AtomicI64::new(-1),
             heartbeat_lag_ms: AtomicI64::new(-1),
             rdb_bytes_received: AtomicU64::new(0),
@@ -432,7 +434,7 @@ impl SourceStatus {
 
     /// `+FULLRESYNC replid offset` (or an `rdb:` file starts loading, with `replid` empty and `offset` -1):
     /// counts a full sync, state `full_sync`, the RDB figures restart from zero, the received offset is
-    /// `offset` and the applied offset becomes unknown until the snapshot is applied. `rdb_total` is the
+    /// `offset`. The applied offset shows as unknown while the state is `full_sync`. `rdb_total` is the
     /// RDB's size when known (`$len` transfer or a file), `None` for a diskless `$EOF:` transfer; it may also
     /// be given later with [`SourceStatus::set_rdb_total`].
     pub fn full_sync_started(&self, replid: &str, offset: i64, rdb_total: Option<u64>) {
@@ -444,7 +446,6 @@ impl SourceStatus {
         self.set_rdb_total(rdb_total);
         self.full_sync_started_ms
             .store(now_unix_ms(), Ordering::Relaxed);
-        self.applied_cell().store(-1, Ordering::Relaxed);
         self.received_offset.store(offset, Ordering::Relaxed);
         self.lag.clear();
         self.set_state(SourceState::FullSync);
@@ -505,24 +506,33 @@ impl SourceStatus {
         self.applied_cell().store(offset, Ordering::Relaxed);
     }
 
+    /// The applied offset; -1 when unknown, and while a full sync is under way (the offset of the data
+    /// being replaced means nothing then).
     pub fn applied_offset(&self) -> i64 {
+        if self.state() == SourceState::FullSync {
+            return -1;
+        }
         self.applied_cell().load(Ordering::Relaxed)
     }
 
     /// The atomic holding the applied offset, to hand to the writer pool (`Batch::applied`) so the pool
-    /// stores into status directly.
+    /// stores into it directly: status then reads what the pool wrote, with no call on the data path.
     pub fn applied_offset_cell(&self) -> Arc<AtomicI64> {
-        self.applied_cell()
+        self.applied_linked
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.applied_own.clone())
     }
 
-    /// Read the applied offset from an atomic owned elsewhere (e.g. the stream applier's), instead of the
-    /// one of [`SourceStatus::applied_offset_cell`].
-    pub fn use_applied_offset(&self, cell: Arc<AtomicI64>) {
-        *lock(&self.applied_offset) = cell;
+    /// Read the applied offset from an atomic owned elsewhere (e.g. the stream applier's) instead of
+    /// [`SourceStatus::applied_offset_cell`]'s. Status only reads it (never writes into it, except through
+    /// [`SourceStatus::set_applied_offset`]). Can be set once; returns false if a cell was already set.
+    pub fn use_applied_offset(&self, cell: Arc<AtomicI64>) -> bool {
+        self.applied_linked.set(cell).is_ok()
     }
 
-    fn applied_cell(&self) -> Arc<AtomicI64> {
-        lock(&self.applied_offset).clone()
+    fn applied_cell(&self) -> &AtomicI64 {
+        self.applied_linked.get().unwrap_or(&self.applied_own)
     }
 
     /// The master's own replication offset (`master_repl_offset`), when known.

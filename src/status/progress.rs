@@ -9,9 +9,11 @@
 //! below the line):
 //!
 //! ```no_run
+//! use std::io::IsTerminal;
 //! let progress = ferry::status::ProgressOutput::stderr();
 //! tracing_subscriber::fmt()
 //!     .with_writer(progress.make_writer())
+//!     .with_ansi(std::io::stderr().is_terminal()) // the writer hides the terminal from tracing
 //!     .init();
 //! ```
 //!

@@ -30,11 +30,11 @@ pub fn spawn_reporter(
             let now = status.snapshot();
             let now_at = tokio::time::Instant::now();
             let dt = now_at.saturating_duration_since(prev_at);
-            for (i, s) in now.sources.iter().enumerate() {
+            for s in &now.sources {
                 let before = prev.sources.iter().find(|p| p.name == s.name);
                 let line = source_line(before, s, dt);
                 tracing::info!(source = %s.name, state = %s.state, lag_bytes = s.lag_bytes,
-                    lag_ms = s.lag_ms, index = i, "{line}");
+                    lag_ms = s.lag_ms, "{line}");
             }
             for t in &now.targets {
                 let before = prev.targets.iter().find(|p| p.address == t.address);

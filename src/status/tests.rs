@@ -634,16 +634,23 @@ fn applied_offset_cell_is_shared() {
     assert_eq!(s.applied_offset(), 60);
     assert_eq!(s.lag_bytes(), Some(40));
     let other = Arc::new(std::sync::atomic::AtomicI64::new(100));
-    s.use_applied_offset(other.clone());
+    assert!(s.use_applied_offset(other.clone()));
+    assert!(!s.use_applied_offset(Arc::new(std::sync::atomic::AtomicI64::new(0))));
+    assert!(Arc::ptr_eq(&s.applied_offset_cell(), &other));
     assert_eq!(s.lag_bytes(), Some(0));
     assert_eq!(s.lag_time(), Some(Duration::ZERO));
     other.store(90, Ordering::Relaxed);
     assert_eq!(s.lag_bytes(), Some(10));
-    // A full resync makes the applied offset unknown until the snapshot is applied.
+    // A full resync makes the applied offset unknown until the snapshot is applied, without writing into
+    // the cell (it may be the data path's).
     s.full_sync_started("def", 5000, None);
     assert_eq!(s.applied_offset(), -1);
     assert_eq!(s.lag_bytes(), None);
     assert_eq!(s.state(), SourceState::FullSync);
+    assert_eq!(other.load(Ordering::Relaxed), 90);
+    other.store(5000, Ordering::Relaxed);
+    s.set_state(SourceState::Streaming);
+    assert_eq!(s.lag_bytes(), Some(0));
 }
 
 #[test]
