@@ -37,3 +37,4 @@ pub mod status;
 pub mod sync;
 pub mod target;
 pub mod twemproxy;
+pub mod verify;
