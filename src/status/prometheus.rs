@@ -342,13 +342,13 @@ pub fn render(s: &StatusSnapshot) -> String {
         let lat = f.get(
             "ferry_target_write_latency_seconds",
             "summary",
-            "Write round trips (written to reply read) since start.",
+            "Write round trips (written to reply read): quantiles over the last 1-2 minutes, sum and count since start.",
         );
         for (q, v) in [
-            ("0.5", t.latency.p50_us),
-            ("0.9", t.latency.p90_us),
-            ("0.99", t.latency.p99_us),
-            ("0.999", t.latency.p999_us),
+            ("0.5", t.latency_recent.p50_us),
+            ("0.9", t.latency_recent.p90_us),
+            ("0.99", t.latency_recent.p99_us),
+            ("0.999", t.latency_recent.p999_us),
         ] {
             lat.add(
                 &[("target", &t.address), ("quantile", q)],

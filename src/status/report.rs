@@ -168,11 +168,11 @@ pub fn target_line(before: Option<&TargetSnapshot>, t: &TargetSnapshot, dt: Dura
         t.connections,
         human_bytes(t.inflight_bytes)
     ));
-    if t.latency.count > 0 {
+    if t.latency_recent.count > 0 {
         line.push_str(&format!(
-            ", round trip p50 {} p99 {}",
-            human_lag(Duration::from_micros(t.latency.p50_us)),
-            human_lag(Duration::from_micros(t.latency.p99_us))
+            ", round trip p50 {} p99 {} (last minutes)",
+            human_lag(Duration::from_micros(t.latency_recent.p50_us)),
+            human_lag(Duration::from_micros(t.latency_recent.p99_us))
         ));
     }
     if t.writes_rejected > 0 {

@@ -126,6 +126,8 @@ pub struct TargetSnapshot {
     pub rejected_by_command: BTreeMap<String, u64>,
     /// Write round trips since start, in microseconds.
     pub latency: LatencySummary,
+    /// Write round trips of the last one to two minutes (the current and the previous window).
+    pub latency_recent: LatencySummary,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -254,5 +256,6 @@ fn target(t: &TargetStatus) -> TargetSnapshot {
         rejected_by_kind: t.rejected_by_kind(),
         rejected_by_command: st.rejected_by_command(),
         latency: t.latency.summary(),
+        latency_recent: t.latency.recent(),
     }
 }

@@ -200,7 +200,8 @@ fn json_field_names_are_stable() {
             "resent",
             "rejected_by_kind",
             "rejected_by_command",
-            "latency"
+            "latency",
+            "latency_recent"
         ])
     );
     assert_eq!(
@@ -280,6 +281,8 @@ fn json_values() {
     assert_eq!(t["rejected_by_command"]["SET"], 2);
     assert_eq!(t["latency"]["count"], 5);
     assert_eq!(t["latency"]["sum_us"], 6000);
+    assert_eq!(t["latency_recent"]["count"], 5);
+    assert_eq!(t["latency_recent"]["sum_us"], 6000);
 
     assert_eq!(v["job"]["phase"], "running");
     assert_eq!(v["job"]["healthy"], false);
