@@ -1,24 +1,405 @@
-//! A live master as a source: the replication link fills a spool; the snapshot is decoded and applied from
-//! it, then the command stream.
+//! A live master as a source.
+//!
+//! Three parts run concurrently:
+//! - the replication link ([`crate::repl`]) reads the socket at network speed into the spool;
+//! - this consumer reads the spool in order: the RDB goes through the decoder to the snapshot applier, the
+//!   command stream after it through the stream applier, on one ordered target connection;
+//! - a ticker copies the applied offset (what the target has answered) to the link, which reports it in
+//!   `REPLCONF ACK`, and writes the checkpoint every second.
+//!
+//! `--once` ends the source when the full sync is applied and the stream has been applied up to the master's
+//! offset read when the RDB finished. A stop (`cancel`) flushes what was queued, waits for the target's
+//! answers, acknowledges, and writes a clean checkpoint, so the next run continues with a partial resync.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::SourceError;
+use super::{RdbFeeder, SourceError};
 use crate::apply::snapshot::SnapshotApplier;
+use crate::apply::stream::{StreamApplier, TargetCheckpoint};
+use crate::apply::sweep::{self, Ownership, SweepKind};
+use crate::apply::ApplyError;
+use crate::checkpoint::{self, Checkpoint};
 use crate::endpoint::RedisAddr;
+use crate::repl::{self, LinkConfig, LinkShared};
+use crate::spool::{self, Record, SpoolConfig};
 use crate::sync::SyncConfig;
+use crate::target::client::Client;
+
+/// Where the consumer is in the source's life.
+enum Phase {
+    /// Waiting for the link's first answer.
+    Waiting,
+    /// An RDB is being applied.
+    Snapshot(Box<RdbFeeder>),
+    /// The command stream is being applied.
+    Streaming(Box<StreamApplier>),
+}
+
+/// Read the master's current replication offset (for `--once`).
+async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
+    let mut c = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    let r = c
+        .cmd_ok(&[b"INFO", b"replication"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = r
+        .as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
+}
 
 /// Run one master until its job is done (`--once`) or `cancel` fires.
 pub async fn run(
-    _idx: usize,
+    idx: usize,
     addr: &RedisAddr,
-    _ownership: crate::apply::sweep::Ownership,
-    _applier: SnapshotApplier,
-    _cfg: &SyncConfig,
-    _cancel: CancellationToken,
+    ownership: Ownership,
+    mut applier: SnapshotApplier,
+    cfg: &SyncConfig,
+    cancel: CancellationToken,
 ) -> Result<(), SourceError> {
-    Err(SourceError::Link {
+    let name = format!("source {addr}");
+    let link_err = |msg: String| SourceError::Link {
         source_name: addr.to_string(),
-        msg: "live masters are being wired in".into(),
+        msg,
+    };
+    let apply_err = |err| SourceError::Apply {
+        source_name: addr.to_string(),
+        err,
+    };
+    let id = checkpoint::source_id(&addr.to_string());
+    let cp_path = checkpoint::path_for(&cfg.state_dir, &id);
+    let loaded = checkpoint::load(&cp_path).map_err(|e| link_err(e.to_string()))?;
+    // A checkpoint means this source's keys are already on the target: a full sync replaces them.
+    let had_checkpoint = loaded.is_some();
+    let resume = match loaded {
+        Some(cp) if cp.source != addr.to_string() => {
+            return Err(link_err(format!(
+                "the checkpoint {} belongs to {}, not to this source; use another --state-dir",
+                cp_path.display(),
+                cp.source
+            )))
+        }
+        Some(cp) if cp.clean => {
+            tracing::info!(source = %addr, replid = %cp.replid, offset = cp.offset,
+                "resuming from checkpoint with a partial resync");
+            Some((cp.replid, cp.offset))
+        }
+        Some(cp) => {
+            tracing::warn!(source = %addr, replid = %cp.replid, offset = cp.offset,
+                "the last run did not stop cleanly: its checkpoint may be behind the target, and replaying \
+                 commands twice would corrupt the copy; running a full resync instead");
+            None
+        }
+        None => None,
+    };
+
+    // The in-target checkpoint, when kept, is exact: it wins over the file.
+    let target_cp = cfg
+        .target_checkpoint
+        .as_ref()
+        .map(|(db, prefix)| TargetCheckpoint {
+            db: *db,
+            key: bytes::Bytes::from(format!("{prefix}{id}")),
+            replid: String::new(),
+        });
+    let mut resume = resume;
+    let mut had_checkpoint = had_checkpoint;
+    if let Some(tc) = &target_cp {
+        match read_target_checkpoint(cfg, tc).await {
+            Ok(Some((rid, off))) => {
+                tracing::info!(source = %addr, replid = %rid, offset = off,
+                    "resuming from the checkpoint kept in the target (exact)");
+                resume = Some((rid, off));
+                had_checkpoint = true;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(link_err(format!("reading the in-target checkpoint: {e}"))),
+        }
+    }
+
+    let mut spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-{id}"));
+    if let Some(mem) = cfg.spool_mem_bytes {
+        spool_cfg.mem_limit_bytes = mem;
+    }
+    if let Some(disk) = cfg.spool_disk_bytes {
+        spool_cfg.disk_limit_bytes = disk;
+    }
+    let (writer, mut reader) = spool::open(spool_cfg).map_err(|e| link_err(e.to_string()))?;
+    let shared = LinkShared::new();
+    let link_cfg = LinkConfig {
+        name: name.clone(),
+        addr: addr.clone(),
+        resume: resume.clone(),
+        ..LinkConfig::new(addr.clone())
+    };
+    let link_cancel = cancel.child_token();
+    let mut link = tokio::spawn(repl::run(
+        link_cfg,
+        shared.clone(),
+        writer,
+        link_cancel.clone(),
+    ));
+
+    // The applied offset as the target confirmed it; copied to the link for ACKs.
+    let applied = Arc::new(AtomicI64::new(-1));
+    let mut replid = resume.as_ref().map(|r| r.0.clone()).unwrap_or_default();
+    let mut phase = Phase::Waiting;
+    let mut once_target: Option<i64> = None;
+    let mut full_syncs = 0u32;
+    let mut reached_stream = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_cp = std::time::Instant::now();
+    let mut link_result: Option<Result<(), String>> = None;
+
+    let outcome: Result<(), SourceError> = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break Ok(()),
+            r = &mut link, if link_result.is_none() => {
+                let r = r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = &r {
+                    break Err(link_err(e.to_string()));
+                }
+                link_result = Some(r);
+            }
+            _ = tick.tick() => {
+                let a = applied.load(Ordering::Acquire);
+                shared.applied.store(a, Ordering::Release);
+                if let (Some(t), Phase::Streaming(_)) = (once_target, &phase) {
+                    if a >= t {
+                        tracing::info!(source = %addr, offset = a, "caught up with the master's offset at the end of the snapshot (--once)");
+                        break Ok(());
+                    }
+                }
+                if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming(_)) && a >= 0 {
+                    last_cp = std::time::Instant::now();
+                    let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset: a, clean: false };
+                    if let Err(e) = checkpoint::store(&cp_path, &cp) {
+                        tracing::warn!(source = %addr, error = %e, "checkpoint not written");
+                    }
+                }
+            }
+            rec = reader.next() => {
+                let rec = match rec {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        // The link ended: it returned (cancel or error), handled above.
+                        match link_result.take() {
+                            Some(Err(e)) => break Err(link_err(e.to_string())),
+                            _ => {
+                                let r = (&mut link).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+                                match r {
+                                    Err(e) => break Err(link_err(e.to_string())),
+                                    Ok(()) => break Ok(()),
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => break Err(link_err(e.to_string())),
+                };
+                match rec {
+                    Record::FullResync { replid: id, offset } => {
+                        full_syncs += 1;
+                        if full_syncs > 1 || !matches!(phase, Phase::Waiting) || resume.is_some() {
+                            tracing::warn!(source = %addr, "the master started a full resync: values are \
+                                replaced; keys deleted on the master during the gap may remain on the target \
+                                (run `ferry verify`)");
+                        }
+                        if let Phase::Streaming(mut s) = std::mem::replace(&mut phase, Phase::Waiting) {
+                            if let Err(e) = s.send().await { break Err(apply_err(e)); }
+                        }
+                        tracing::info!(source = %addr, replid = %id, offset, "full sync: receiving the snapshot");
+                        replid = id;
+                        if full_syncs > 1 || had_checkpoint {
+                            applier.set_overwrite(true);
+                        }
+                        applied.store(offset, Ordering::Release);
+                        phase = Phase::Snapshot(Box::new(RdbFeeder::new(cfg.decoder.clone())));
+                    }
+                    Record::Rdb(bytes) => {
+                        let Phase::Snapshot(f) = &mut phase else {
+                            break Err(link_err("RDB bytes outside a full sync".into()));
+                        };
+                        if let Err(e) = f.push(&bytes, &mut applier).await { break Err(apply_err(e)); }
+                    }
+                    Record::RdbEnd => {
+                        let Phase::Snapshot(mut f) = std::mem::replace(&mut phase, Phase::Waiting) else {
+                            break Err(link_err("RDB end outside a full sync".into()));
+                        };
+                        let summary = match f.finish(&mut applier).await {
+                            Ok(s) => s,
+                            Err(e) => break Err(apply_err(e)),
+                        };
+                        let start = applied.load(Ordering::Acquire);
+                        tracing::info!(source = %addr, rdb_version = summary.version, bytes = summary.bytes,
+                            keys = summary.entries, "snapshot applied; streaming");
+                        if cfg.once {
+                            match master_offset(addr).await {
+                                Ok(o) => once_target = Some(o.max(start)),
+                                Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
+                            }
+                        }
+                        let mut s = StreamApplier::new(applier.pool(), start, 0, applied.clone())
+                            .with_connection(idx)
+                            .forward_flush(matches!(ownership, Ownership::Sole))
+                            .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
+                        s.add_scripts(&applier.scripts);
+                        if full_syncs > 1 || had_checkpoint {
+                            // Keys this source deleted while we were not streaming must not stay behind.
+                            if let Err(e) = remove_keys(&mut s, cfg, addr, &ownership, None, SweepKind::MissingOnSource).await {
+                                break Err(apply_err(e));
+                            }
+                        }
+                        phase = Phase::Streaming(Box::new(s));
+                        reached_stream = true;
+                    }
+                    Record::Continue { replid: id, offset } => {
+                        replid = id;
+                        match &mut phase {
+                            Phase::Streaming(s) if s.offset() == offset => s.set_replid(&replid),
+                            Phase::Waiting => {
+                                applied.store(offset, Ordering::Release);
+                                if cfg.once {
+                                    match master_offset(addr).await {
+                                        Ok(o) => once_target = Some(o.max(offset)),
+                                        Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
+                                    }
+                                }
+                                let s = StreamApplier::new(applier.pool(), offset, 0, applied.clone())
+                                    .with_connection(idx)
+                                    .forward_flush(matches!(ownership, Ownership::Sole))
+                                    .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
+                                phase = Phase::Streaming(Box::new(s));
+                                reached_stream = true;
+                            }
+                            Phase::Streaming(s) => {
+                                break Err(link_err(format!(
+                                    "the link continued at offset {offset} but the stream was applied up to {}", s.offset())));
+                            }
+                            Phase::Snapshot(_) => {
+                                // The link broke during the RDB transfer: the master will send it again.
+                                break Err(link_err("partial resync accepted in the middle of a snapshot".into()));
+                            }
+                        }
+                    }
+                    Record::Stream(bytes) => {
+                        let Phase::Streaming(s) = &mut phase else {
+                            break Err(link_err("stream bytes before the snapshot ended".into()));
+                        };
+                        let mut pushed = s.push(&bytes).await;
+                        while let Ok(crate::apply::stream::Signals { flush: Some(scope), .. }) = &pushed {
+                            let dbs = scope.map(|d| vec![d]);
+                            if let Err(e) = remove_keys(s, cfg, addr, &ownership, dbs, SweepKind::All).await {
+                                pushed = Err(e);
+                                break;
+                            }
+                            pushed = s.push(&[]).await;
+                        }
+                        match pushed {
+                            Ok(sig) => {
+                                if let Err(e) = s.send().await { break Err(apply_err(e)); }
+                                if sig.ack_now {
+                                    shared.applied.store(applied.load(Ordering::Acquire), Ordering::Release);
+                                    shared.ack_now.notify_one();
+                                }
+                            }
+                            Err(e) => break Err(apply_err(e)),
+                        }
+                    }
+                    Record::LinkDown { reason } => {
+                        tracing::warn!(source = %addr, %reason, "link down; reconnecting");
+                        if let Phase::Snapshot(_) = phase {
+                            // The snapshot must start again with the next FULLRESYNC.
+                            phase = Phase::Waiting;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // Stop the link, drain what the target has in flight, acknowledge, write the checkpoint.
+    link_cancel.cancel();
+    let streaming = if let Phase::Streaming(mut s) = phase {
+        let r = s.send().await;
+        Some(r)
+    } else {
+        None
+    };
+    let flushed = applier.pool().flush().await;
+    if let Some(Err(e)) = streaming {
+        tracing::warn!(source = %addr, error = %e, "could not flush the stream on shutdown");
+    }
+    let a = applied.load(Ordering::Acquire);
+    shared.applied.store(a, Ordering::Release);
+    if link_result.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut link).await;
+    }
+    if reached_stream && !replid.is_empty() && a >= 0 {
+        let clean = outcome.is_ok() && flushed.is_ok();
+        let cp = Checkpoint {
+            format: checkpoint::FORMAT,
+            source: addr.to_string(),
+            replid: replid.clone(),
+            offset: a,
+            clean,
+        };
+        match checkpoint::store(&cp_path, &cp) {
+            Ok(()) => {
+                tracing::info!(source = %addr, replid = %replid, offset = a, clean, "checkpoint written")
+            }
+            Err(e) => tracing::warn!(source = %addr, error = %e, "checkpoint not written"),
+        }
+    }
+    outcome?;
+    flushed.map_err(|e| apply_err(e.into()))?;
+    Ok(())
+}
+
+/// Remove this source's keys from the target (all of them in `dbs`, or those it no longer has), in order
+/// with its stream.
+async fn remove_keys(
+    s: &mut StreamApplier,
+    cfg: &SyncConfig,
+    addr: &RedisAddr,
+    ownership: &Ownership,
+    dbs: Option<Vec<u32>>,
+    kind: SweepKind,
+) -> Result<(), ApplyError> {
+    // Everything before this point must be on the target before it is scanned.
+    s.send().await?;
+    s.pool_flush().await?;
+    let dbs = match dbs {
+        Some(d) => d,
+        None => sweep::target_dbs(&cfg.target).await?,
+    };
+    let (pool, conn) = s.ordered_connection();
+    let report = sweep::sweep(&cfg.target, addr, &dbs, ownership, kind, |db, keys| {
+        crate::apply::stream::delete_keys(pool.clone(), conn, db, keys)
     })
+    .await?;
+    tracing::info!(source = %addr, ?kind, dbs = ?dbs, scanned = report.scanned, owned = report.owned,
+        deleted = report.deleted, "removed this source's keys from the target");
+    Ok(())
+}
+
+/// The in-target checkpoint of this source, if there is one.
+async fn read_target_checkpoint(
+    cfg: &SyncConfig,
+    tc: &TargetCheckpoint,
+) -> Result<Option<(String, i64)>, crate::target::TargetError> {
+    let mut c = Client::connect(&cfg.target).await?;
+    let db = tc.db.to_string();
+    c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
+    let r = c.cmd_ok(&[b"GET", &tc.key]).await?;
+    Ok(r.as_bytes().and_then(TargetCheckpoint::parse))
 }
