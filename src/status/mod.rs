@@ -136,6 +136,18 @@ impl SourceKind {
         }
     }
 
+    /// The kind of a source given on the command line (a `twemproxy:` spec names the kind of its servers).
+    pub fn for_spec(spec: &crate::endpoint::SourceSpec) -> SourceKind {
+        use crate::endpoint::SourceSpec;
+        match spec {
+            SourceSpec::Redis(_) => SourceKind::Master,
+            SourceSpec::RdbFile(_) => SourceKind::Rdb,
+            SourceSpec::Twemproxy { pool, .. } => SourceKind::TwemproxyMember {
+                pool: pool.clone().unwrap_or_default(),
+            },
+        }
+    }
+
     fn pool(&self) -> Option<&str> {
         match self {
             SourceKind::TwemproxyMember { pool } => Some(pool),

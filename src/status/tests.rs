@@ -657,6 +657,20 @@ fn applied_offset_cell_is_shared() {
 }
 
 #[test]
+fn kinds_of_specs() {
+    use crate::endpoint::SourceSpec;
+    let k = |s: &str| SourceKind::for_spec(&s.parse::<SourceSpec>().unwrap());
+    assert_eq!(k("redis://h:1"), SourceKind::Master);
+    assert_eq!(k("rdb:/x.rdb"), SourceKind::Rdb);
+    assert_eq!(
+        k("twemproxy:/etc/nutcracker.yml#alpha"),
+        SourceKind::TwemproxyMember {
+            pool: "alpha".into()
+        }
+    );
+}
+
+#[test]
 fn error_kinds() {
     assert_eq!(error_kind("OOM command not allowed"), "OOM");
     assert_eq!(
@@ -806,4 +820,70 @@ fn report_lines() {
         text.contains("UNHEALTHY") && text.contains("rejected SET: 2"),
         "{text}"
     );
+}
+
+/// A `tracing` writer that keeps what it gets and wakes a waiter.
+#[derive(Clone)]
+struct Capture {
+    buf: Arc<std::sync::Mutex<String>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(b));
+        self.changed.notify_one();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn progress_without_a_terminal_logs_the_facts() {
+    let cap = Capture {
+        buf: Arc::default(),
+        changed: Arc::default(),
+    };
+    let w = cap.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
+    // Thread-local: the current-thread runtime runs the progress task on this thread.
+    let _guard = tracing::subscriber::set_default(sub);
+    let status = Status::new();
+    let s = status.add_source("redis://10.9.8.7:6379", SourceKind::Master);
+    s.full_sync_started("r", 0, Some(4 << 20));
+    s.add_rdb_received(3 << 20);
+    s.add_rdb_applied(1 << 20);
+    s.add_keys_loaded(77);
+    let p = FullSyncProgress::start(&ProgressOutput::logs(Duration::from_millis(5)), s);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = cap.buf.lock().unwrap().clone();
+        if text.contains("full sync:") {
+            assert!(text.contains("source=redis://10.9.8.7:6379"), "{text}");
+            assert!(
+                text.contains("applied 1.0 MiB of 4.0 MiB (25.0%), received 3.0 MiB, 77 keys"),
+                "{text}"
+            );
+            assert!(
+                text.contains("total_bytes=4194304") && text.contains("keys=77"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, cap.changed.notified())
+                .await
+                .is_ok(),
+            "no progress line within 10 s: {text:?}"
+        );
+    }
+    p.finish().await;
 }
