@@ -485,6 +485,14 @@ impl Link {
                 }
             }
         }
+        let (base, ack) = match full {
+            Some((replid, offset)) => {
+                self.pos = Some((replid, offset));
+                (offset, true)
+            }
+            None => (0, false),
+        };
+        self.shared.received.store(base, Relaxed);
         self.push(Record::RdbEnd).await?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
@@ -494,23 +502,14 @@ impl Link {
             mb_per_s = format!("{:.1}", total as f64 / 1e6 / secs.max(1e-9)),
             "RDB received"
         );
-        let (base, ack) = match full {
-            Some((replid, offset)) => {
-                self.pos = Some((replid, offset));
-                (offset, true)
-            }
-            None => (0, false),
-        };
-        self.shared.received.store(base, Relaxed);
         self.stream(c, base, ack).await
     }
 
     /// Push the first `n` bytes of `buf` as RDB chunks.
     async fn push_rdb(&mut self, buf: &mut BytesMut, n: usize) -> Result<(), End> {
         for chunk in proto::split_chunks(buf, n, MAX_RDB_CHUNK) {
-            let len = chunk.len() as u64;
+            self.shared.rdb_bytes.fetch_add(chunk.len() as u64, Relaxed);
             self.push(Record::Rdb(chunk)).await?;
-            self.shared.rdb_bytes.fetch_add(len, Relaxed);
         }
         Ok(())
     }
@@ -541,13 +540,13 @@ impl Link {
         loop {
             if !buf.is_empty() {
                 let n = buf.len();
-                self.push(Record::Stream(buf.split().freeze())).await?;
                 at += n as i64;
                 if let Some(p) = &mut self.pos {
                     p.1 = at;
                 }
                 self.shared.received.store(at, Relaxed);
                 self.shared.stream_bytes.fetch_add(n as u64, Relaxed);
+                self.push(Record::Stream(buf.split().freeze())).await?;
             }
             if buf.capacity() - buf.len() < MIN_SPARE {
                 buf.reserve(STREAM_READ);
@@ -693,5 +692,349 @@ impl Conn {
     /// A one-line reply to a handshake command.
     async fn reply(&mut self) -> Result<Line, End> {
         Ok(Line::parse(&self.line().await?))
+    }
+}
+
+/// Against scripted fake masters: the protocol corners real servers do not produce on demand.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::RedisAddr;
+    use crate::spool::{SpoolConfig, SpoolReader};
+    use bytes::Bytes;
+    use tokio::net::TcpListener;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef01234567";
+    const ID2: &str = "fedcba9876543210fedcba9876543210fedcba98";
+
+    /// The master side of one connection.
+    struct Peer {
+        s: TcpStream,
+        buf: BytesMut,
+        dec: crate::resp::CommandDecoder,
+    }
+
+    impl Peer {
+        async fn cmd(&mut self) -> Vec<String> {
+            loop {
+                if let Some(n) = self.dec.decode(&self.buf).unwrap() {
+                    let args = self
+                        .dec
+                        .args()
+                        .iter()
+                        .map(|r| String::from_utf8_lossy(&self.buf[r.clone()]).into_owned())
+                        .collect();
+                    let _ = self.buf.split_to(n);
+                    return args;
+                }
+                let n =
+                    tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf))
+                        .await
+                        .expect("the link sent nothing for 10 s")
+                        .unwrap();
+                assert!(n > 0, "the link closed the connection");
+            }
+        }
+
+        async fn expect(&mut self, want: &[&str]) {
+            let got = self.cmd().await;
+            assert_eq!(got, want);
+        }
+
+        async fn send(&mut self, b: &[u8]) {
+            self.s.write_all(b).await.unwrap();
+        }
+
+        /// PING, the two REPLCONFs answered with `replconf`; returns the PSYNC arguments.
+        async fn handshake(&mut self, replconf: &str) -> Vec<String> {
+            self.expect(&["PING"]).await;
+            self.send(b"+PONG\r\n").await;
+            self.expect(&["REPLCONF", "listening-port", "0"]).await;
+            self.send(replconf.as_bytes()).await;
+            self.expect(&["REPLCONF", "capa", "eof", "capa", "psync2"])
+                .await;
+            self.send(replconf.as_bytes()).await;
+            self.cmd().await
+        }
+    }
+
+    struct Fake {
+        listener: TcpListener,
+    }
+
+    impl Fake {
+        async fn new() -> Fake {
+            Fake {
+                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            }
+        }
+        fn port(&self) -> u16 {
+            self.listener.local_addr().unwrap().port()
+        }
+        async fn accept(&self) -> Peer {
+            let (s, _) = tokio::time::timeout(Duration::from_secs(10), self.listener.accept())
+                .await
+                .expect("the link did not connect")
+                .unwrap();
+            s.set_nodelay(true).unwrap();
+            Peer {
+                s,
+                buf: BytesMut::new(),
+                dec: crate::resp::CommandDecoder::new(),
+            }
+        }
+    }
+
+    struct Running {
+        shared: Arc<LinkShared>,
+        reader: SpoolReader,
+        cancel: CancellationToken,
+        task: JoinHandle<Result<(), LinkError>>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Running {
+        async fn next(&mut self) -> Record {
+            tokio::time::timeout(Duration::from_secs(10), self.reader.next())
+                .await
+                .expect("no record within 10 s")
+                .unwrap()
+                .expect("the spool ended")
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.cancel.cancel();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn start(port: u16, tweak: impl FnOnce(&mut LinkConfig)) -> Running {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-link-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        let mut cfg = LinkConfig::new(RedisAddr {
+            host: "127.0.0.1".into(),
+            port,
+            auth: None,
+        });
+        cfg.ack_interval = Duration::from_millis(50);
+        tweak(&mut cfg);
+        let (w, reader) = crate::spool::open(SpoolConfig::new(&dir, "fake")).unwrap();
+        let shared = LinkShared::new();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(super::super::run(cfg, shared.clone(), w, cancel.clone()));
+        Running {
+            shared,
+            reader,
+            cancel,
+            task,
+            dir,
+        }
+    }
+
+    async fn rdb_until_end(r: &mut Running) -> Vec<u8> {
+        let mut v = Vec::new();
+        loop {
+            match r.next().await {
+                Record::Rdb(b) => v.extend_from_slice(&b),
+                Record::RdbEnd => return v,
+                other => panic!("expected Rdb, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_fallback_for_a_master_without_psync() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |c| c.reconnect = false);
+        let mut p = fake.accept().await;
+        let psync = p.handshake("-ERR unknown command 'REPLCONF'\r\n").await;
+        assert_eq!(psync, ["PSYNC", "?", "-1"]);
+        p.send(b"-ERR unknown command 'PSYNC'\r\n").await;
+        p.expect(&["SYNC"]).await;
+        p.send(b"\n\n$9\r\nREDIS0006*1\r\n$4\r\nPING\r\n").await;
+        assert_eq!(
+            r.next().await,
+            Record::FullResync {
+                replid: "?".into(),
+                offset: 0
+            }
+        );
+        assert_eq!(rdb_until_end(&mut r).await, b"REDIS0006");
+        assert_eq!(
+            r.next().await,
+            Record::Stream(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
+        );
+        assert!(r.shared.sync_only.load(Relaxed));
+        assert_eq!(r.shared.received.load(Relaxed), 14);
+        // No REPLCONF ACK to a master that does not know it: nothing arrives within a few ACK periods.
+        let mut b = [0u8; 64];
+        let got = tokio::time::timeout(Duration::from_millis(300), p.s.read(&mut b)).await;
+        assert!(got.is_err(), "the link sent {got:?} to a SYNC master");
+        drop(p);
+        assert!(matches!(r.next().await, Record::LinkDown { .. }));
+        let err = (&mut r.task).await.unwrap().unwrap_err();
+        assert!(matches!(err, LinkError::Lost { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn psync_and_sync_both_refused_is_fatal() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |_| {});
+        let mut p = fake.accept().await;
+        p.handshake("+OK\r\n").await;
+        p.send(b"-ERR unknown command 'PSYNC'\r\n").await;
+        p.expect(&["SYNC"]).await;
+        p.send(b"-ERR unknown command 'SYNC'\r\n").await;
+        let err = (&mut r.task).await.unwrap().unwrap_err();
+        assert!(matches!(err, LinkError::SyncRefused { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("source redis://127.0.0.1:"), "{msg}");
+        assert!(msg.contains("unknown command 'SYNC'"), "{msg}");
+    }
+
+    /// Keep-alives before the PSYNC reply and before `$EOF:`, the RDB and its mark written a few bytes at a
+    /// time, the first ACK at once with the FULLRESYNC offset, then `applied` on demand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn diskless_in_small_writes_then_acks() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |c| c.ack_interval = Duration::from_secs(3600));
+        let mut p = fake.accept().await;
+        let psync = p.handshake("+OK\r\n").await;
+        assert_eq!(psync, ["PSYNC", "?", "-1"]);
+        p.send(b"\n").await;
+        p.send(format!("+FULLRESYNC {ID} 100\r\n").as_bytes()).await;
+        p.send(b"\n\n").await;
+        let mark = ID2;
+        p.send(format!("$EOF:{mark}\r\n").as_bytes()).await;
+        let mut rdb = b"REDIS0011".to_vec();
+        rdb.extend_from_slice(&mark.as_bytes()[..39]); // a near miss inside the RDB
+        rdb.extend((0..3000u32).map(|i| (i % 251) as u8));
+        let mut wire = rdb.clone();
+        wire.extend_from_slice(mark.as_bytes());
+        for (i, piece) in wire.chunks(7).enumerate() {
+            p.send(piece).await;
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(
+            r.next().await,
+            Record::FullResync {
+                replid: ID.into(),
+                offset: 100
+            }
+        );
+        assert_eq!(rdb_until_end(&mut r).await, rdb);
+        // The first ACK comes at once (a diskless master waits for it before streaming).
+        p.expect(&["REPLCONF", "ACK", "100"]).await;
+        p.send(b"*1\r\n$4\r\nPING\r\n").await;
+        assert_eq!(
+            r.next().await,
+            Record::Stream(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
+        );
+        assert_eq!(r.shared.received.load(Relaxed), 114);
+        r.shared.applied.store(114, Relaxed);
+        r.shared.ack_now.notify_one();
+        p.expect(&["REPLCONF", "ACK", "114"]).await;
+        assert_eq!(r.shared.rdb_bytes.load(Relaxed), rdb.len() as u64);
+        let t = Instant::now();
+        r.cancel.cancel();
+        assert!((&mut r.task).await.unwrap().is_ok());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// A silent master: the read timeout drops the link; the reconnect asks PSYNC replid offset+1 and a
+    /// +CONTINUE with a new replication ID is followed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_timeout_then_psync_continue_with_new_id() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |c| c.read_timeout = Duration::from_millis(300));
+        let mut p = fake.accept().await;
+        p.handshake("+OK\r\n").await;
+        p.send(format!("+FULLRESYNC {ID} 5\r\n$3\r\nabcxyz").as_bytes())
+            .await;
+        assert!(matches!(
+            r.next().await,
+            Record::FullResync { offset: 5, .. }
+        ));
+        assert_eq!(rdb_until_end(&mut r).await, b"abc");
+        assert_eq!(r.next().await, Record::Stream(Bytes::from_static(b"xyz")));
+        // Silence (our ACKs keep flowing, the master sends nothing).
+        match r.next().await {
+            Record::LinkDown { reason } => assert!(reason.contains("timeout"), "{reason}"),
+            other => panic!("expected LinkDown, got {other:?}"),
+        }
+        let mut p2 = fake.accept().await;
+        let psync = p2.handshake("+OK\r\n").await;
+        assert_eq!(psync, ["PSYNC", ID, "9"]);
+        p2.send(format!("+CONTINUE {ID2}\r\n").as_bytes()).await;
+        assert_eq!(
+            r.next().await,
+            Record::Continue {
+                replid: ID2.into(),
+                offset: 8
+            }
+        );
+        p2.send(b"\r\n").await;
+        assert_eq!(r.next().await, Record::Stream(Bytes::from_static(b"\r\n")));
+        let s = r.shared.snapshot();
+        assert_eq!(
+            (s.received, s.full_syncs, s.partial_syncs, s.reconnects),
+            (10, 1, 1, 1)
+        );
+        drop(p);
+        let t = Instant::now();
+        r.cancel.cancel();
+        assert!((&mut r.task).await.unwrap().is_ok());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// A link broken in the middle of the RDB cannot continue: the next PSYNC asks for a full sync.
+    #[tokio::test]
+    async fn broken_rdb_means_full_sync_again() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |_| {});
+        let mut p = fake.accept().await;
+        p.handshake("+OK\r\n").await;
+        p.send(format!("+FULLRESYNC {ID} 5\r\n$10\r\nabc").as_bytes())
+            .await;
+        assert!(matches!(r.next().await, Record::FullResync { .. }));
+        assert_eq!(r.next().await, Record::Rdb(Bytes::from_static(b"abc")));
+        drop(p);
+        assert!(matches!(r.next().await, Record::LinkDown { .. }));
+        let mut p2 = fake.accept().await;
+        assert_eq!(p2.handshake("+OK\r\n").await, ["PSYNC", "?", "-1"]);
+        // A master that cannot serve now: transient, the link retries.
+        p2.send(b"-LOADING Redis is loading the dataset in memory\r\n")
+            .await;
+        let mut p3 = fake.accept().await;
+        assert_eq!(p3.handshake("+OK\r\n").await, ["PSYNC", "?", "-1"]);
+        assert_eq!(r.shared.full_syncs.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn not_redis_is_a_protocol_error() {
+        let fake = Fake::new().await;
+        let mut r = start(fake.port(), |_| {});
+        let mut p = fake.accept().await;
+        p.expect(&["PING"]).await;
+        p.send(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        let err = (&mut r.task).await.unwrap().unwrap_err();
+        assert!(matches!(err, LinkError::Protocol { .. }), "{err}");
+        assert!(err.to_string().contains("check the host and port"), "{err}");
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod fixtures;
 mod fullsync;
+mod link;
 mod smoke;
 mod status;
 mod stream;
