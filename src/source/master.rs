@@ -223,6 +223,13 @@ pub async fn run(
                             applier.set_overwrite(true);
                         }
                         applied.store(offset, Ordering::Release);
+                        // Before the first write: mark that this source's data is going to the target, so
+                        // a restart after a crash knows the keys are ours (full resync with REPLACE), not
+                        // someone else's (refused by the emptiness precheck).
+                        let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset, clean: false };
+                        if let Err(e) = checkpoint::store(&cp_path, &cp) {
+                            break Err(link_err(e.to_string()));
+                        }
                         phase = Phase::Snapshot(Box::new(RdbFeeder::new(cfg.decoder.clone())));
                     }
                     Record::Rdb(bytes) => {

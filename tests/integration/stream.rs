@@ -43,6 +43,49 @@ pub fn wait_equal(master: &RedisServer, target: &RedisServer, ferry: &Ferry, wha
     }
 }
 
+/// Poll until every key of the master has the same DUMP on the target and the target holds exactly
+/// `extra` more keys (ferry's in-target checkpoint).
+fn wait_keys_equal(
+    master: &RedisServer,
+    target: &RedisServer,
+    ferry: &Ferry,
+    extra: i64,
+    what: &str,
+) {
+    let mut m = master.client();
+    let mut t = target.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut problem = None;
+        if t.dbsize() != m.dbsize() + extra {
+            problem = Some(format!(
+                "target {} keys, master {} (+{extra})",
+                t.dbsize(),
+                m.dbsize()
+            ));
+        } else {
+            for k in m.ok(&["KEYS", "*"]).as_array() {
+                let k = k.as_bytes().unwrap().to_vec();
+                let (a, b) = (
+                    m.ok(&[b"DUMP".as_slice(), &k]),
+                    t.ok(&[b"DUMP".as_slice(), &k]),
+                );
+                if a.as_bytes() != b.as_bytes() {
+                    problem = Some(format!("key {} differs", String::from_utf8_lossy(&k)));
+                    break;
+                }
+            }
+        }
+        match problem {
+            None => return,
+            Some(p) if std::time::Instant::now() > deadline => {
+                panic!("{what}: {p} after 30 s\nferry log:\n{}", ferry.log())
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Every write command of the list, as a client would send them, across dbs 0–2.
 pub fn write_every_command(c: &mut Client, round: usize) {
     let r = round.to_string();
@@ -294,7 +337,13 @@ fn a_killed_replica_link_continues_with_a_partial_resync_under_load() {
         m.ok(&["RPUSH", "log", &i.to_string()]);
         m.ok(&["APPEND", "s", "x"]);
         if i == 700 || i == 1400 {
+            let before = info_i64(&mut m, "stats", "sync_partial_ok");
             m.ok(&["CLIENT", "KILL", "TYPE", "replica"]);
+            crate::support::wait_until(
+                "ferry to reconnect with a partial resync",
+                Duration::from_secs(10),
+                || info_i64(&mut m, "stats", "sync_partial_ok") > before,
+            );
         }
     }
     wait_equal(&master, &target, &ferry, "after the load");
@@ -381,7 +430,7 @@ fn crash_and_restart(target_checkpoint: bool) {
     let mut m = master.client();
     m.ok(&["SET", "seed", "1"]);
     let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
-    wait_equal(&master, &target, &ferry, "after the snapshot");
+    wait_keys_equal(&master, &target, &ferry, 0, "after the snapshot");
     let load = Load::start(master.port);
     // Let the stream carry some of the load, then crash ferry in the middle of it.
     let mut t = target.client();
@@ -394,11 +443,27 @@ fn crash_and_restart(target_checkpoint: bool) {
     let full_before = info_i64(&mut m, "stats", "sync_full");
     let partial_before = info_i64(&mut m, "stats", "sync_partial_ok");
     let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
-    crate::support::wait_until("streaming again", Duration::from_secs(20), || {
-        ferry2.log().contains("streaming") || ferry2.log().contains("resuming")
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(ferry2.log().contains("streaming") || ferry2.log().contains("resuming")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ferry did not resume within 20 s; log:\n{}",
+            ferry2.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rounds = load.stop();
-    wait_equal(&master, &target, &ferry2, "after the crash and restart");
+    wait_keys_equal(
+        &master,
+        &target,
+        &ferry2,
+        i64::from(target_checkpoint),
+        "after the crash and restart",
+    );
+    if target_checkpoint {
+        let cp = t.ok(&["KEYS", "ferry:checkpoint:*"]);
+        assert_eq!(cp.as_array().len(), 1, "one in-target checkpoint key");
+    }
     assert_eq!(
         t.ok(&["LLEN", "list"]).as_int() as u64,
         rounds,

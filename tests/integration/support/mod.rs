@@ -92,6 +92,9 @@ impl RedisServer {
                 "no".into(),
                 "--daemonize".into(),
                 "no".into(),
+                // Masters start a diskless transfer at once (7.0 waits 5 s for more replicas by default).
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             let child = Command::new(bin)
