@@ -608,13 +608,28 @@ async fn ack_loop(
             _ = tick.tick() => {}
             _ = shared.ack_now.notified() => {}
         }
-        let applied = shared.applied.load(Relaxed);
-        let offset = if applied >= 0 { applied } else { base };
+        let offset = ack_offset(
+            shared.applied.load(Relaxed),
+            base,
+            shared.received.load(Relaxed),
+        );
         out.clear();
         proto::encode_ack(&mut out, offset);
         if let Err(e) = wr.write_all(&out).await {
             return e;
         }
+    }
+}
+
+/// What to acknowledge: `applied` when it lies within this link's epoch (`base..=received`), else `base`.
+/// `applied` is -1 before anything is applied; it may also still hold an offset from before a full resync
+/// (the consumer is behind, applying older records) which, after a master restart, can even be larger than
+/// anything this master sent — acknowledging that would make `WAIT` return early.
+fn ack_offset(applied: i64, base: i64, received: i64) -> i64 {
+    if applied >= base && applied <= received.max(base) {
+        applied
+    } else {
+        base
     }
 }
 
@@ -846,6 +861,24 @@ mod tests {
                 other => panic!("expected Rdb, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn ack_offset_stays_in_the_epoch() {
+        assert_eq!(ack_offset(-1, 100, 150), 100, "nothing applied yet");
+        assert_eq!(ack_offset(120, 100, 150), 120);
+        assert_eq!(ack_offset(150, 100, 150), 150);
+        assert_eq!(
+            ack_offset(90, 100, 150),
+            100,
+            "applied is from before the resync"
+        );
+        assert_eq!(
+            ack_offset(5000, 0, 150),
+            0,
+            "applied is from a former master's offsets"
+        );
+        assert_eq!(ack_offset(100, 100, -1), 100);
     }
 
     #[tokio::test]

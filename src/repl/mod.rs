@@ -80,7 +80,9 @@ impl LinkConfig {
 #[derive(Debug)]
 pub struct LinkShared {
     /// Master offset the target has applied (set by the consumer); what `REPLCONF ACK` reports. -1 = nothing
-    /// yet: the link then acknowledges the offset of the last `FullResync`/`Continue`.
+    /// yet: the link then acknowledges the offset of the last `FullResync`/`Continue`; so it does while
+    /// `applied` lies outside that connection's range (`FullResync`/`Continue` offset ..= `received`), i.e.
+    /// still belongs to the records before a full resync.
     pub applied: AtomicI64,
     /// The consumer saw `REPLCONF GETACK` in the stream: call `ack_now.notify_one()` and the link sends an
     /// ACK at once (a stored permit: it is not lost if the link is busy).
