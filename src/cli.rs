@@ -96,6 +96,9 @@ pub struct SyncArgs {
         requires = "target_checkpoint"
     )]
     pub checkpoint_key_prefix: String,
+    /// Serve status on HOST:PORT: GET /status (JSON), /metrics (Prometheus), /healthz.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 impl SyncArgs {
@@ -123,6 +126,7 @@ impl SyncArgs {
             target_checkpoint: self
                 .target_checkpoint
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),
+            status_addr: self.status_addr,
         }
     }
 }
@@ -132,7 +136,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Log lines go through the progress bars' writer, so a bar is never torn by a log line.
+        .with_writer(crate::status::ProgressOutput::stderr().make_writer());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +13,7 @@ use crate::apply::ApplyStats;
 use crate::endpoint::{RedisAddr, SourceSpec};
 use crate::rdb::DecoderOptions;
 use crate::source;
+use crate::status::{JobPhase, SourceKind, SourceStatus, Status};
 use crate::target::client::Client;
 use crate::target::pool::{PoolConfig, WriterPool};
 use crate::target::stats::TargetStats;
@@ -41,6 +43,8 @@ pub struct SyncConfig {
     /// Keep each source's checkpoint in the target too, in the same transaction as the commands it covers
     /// (`Some((db, key prefix))`): exact resume even after kill -9.
     pub target_checkpoint: Option<(u32, String)>,
+    /// Where to serve `/status`, `/metrics`, `/healthz`.
+    pub status_addr: Option<std::net::SocketAddr>,
 }
 
 /// How `ferry sync` ended.
@@ -108,6 +112,8 @@ pub struct PlannedSource {
     pub spec: SourceSpec,
     /// For a server of a twemproxy pool: the pool's placement and this server's index in it.
     pub router: Option<(Arc<crate::twemproxy::Router>, usize)>,
+    /// For a server of a twemproxy pool: the pool's name.
+    pub pool: Option<String>,
 }
 
 /// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
@@ -133,11 +139,13 @@ pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, Sync
                 out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
                     spec: SourceSpec::Redis(a),
                     router: Some((router.clone(), i)),
+                    pool: Some(p.name.clone()),
                 }));
             }
             other => out.push(PlannedSource {
                 spec: other.clone(),
                 router: None,
+                pool: None,
             }),
         }
     }
@@ -203,8 +211,30 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
 
 /// Run the job until every source finished (`--once`, or only `rdb:` sources) or `cancel` fires.
 pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    let status = Arc::new(Status::new());
+    status.set_phase(JobPhase::Starting);
+    // Status stays readable while the job drains; it stops when `run` returns.
+    let status_stop = CancellationToken::new();
+    let _status_guard = status_stop.clone().drop_guard();
+    if let Some(addr) = cfg.status_addr {
+        crate::status::serve(addr, status.clone(), status_stop.clone())
+            .await
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+    }
+    crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
+    {
+        let (status, cancel, stop) = (status.clone(), cancel.clone(), status_stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => status.set_phase(JobPhase::Draining),
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
     let plan = expand_sources(&cfg.sources)?;
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
+    status.set_phase(JobPhase::Precheck);
     let info = precheck_target(&cfg).await?;
     let stats = Arc::new(TargetStats::default());
     let pool = WriterPool::connect(
@@ -215,8 +245,14 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     )
     .await
     .map_err(|e| SyncError::Precheck(e.to_string()))?;
+    let target_status = status.add_target(&cfg.target, stats.clone());
+    target_status.set_connections(pool.len() as u64);
     let pool = Arc::new(pool);
     let apply_stats = Arc::new(ApplyStats::default());
+    status.set_apply_stats(apply_stats.clone());
+    if !cancel.is_cancelled() {
+        status.set_phase(JobPhase::Running);
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
@@ -225,12 +261,21 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         opts.chunk_elements = cfg.chunk_elements;
         let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
         let spec = spec.clone();
+        let kind = match &plan[idx].pool {
+            Some(pool) => SourceKind::TwemproxyMember { pool: pool.clone() },
+            None => SourceKind::for_spec(&spec),
+        };
+        let src_status = status.add_source(&spec, kind);
         let own = ownership(&plan, idx);
         let cfg = cfg.clone();
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let name = spec.to_string();
-            let r = run_source(idx, spec, own, applier, &cfg, cancel).await;
+            let r = run_source(idx, spec, own, applier, &cfg, src_status.clone(), cancel).await;
+            match &r {
+                Ok(()) => src_status.done(),
+                Err(e) => src_status.failed(e),
+            }
             (name, r)
         });
     }
@@ -257,8 +302,10 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         writes_rejected: stats.failed(),
     };
     if !failures.is_empty() {
+        status.set_phase(JobPhase::Failed);
         return Err(SyncError::Runtime(failures.join("; ")));
     }
+    status.set_phase(JobPhase::Done);
     Ok(report)
 }
 
@@ -268,11 +315,13 @@ async fn run_source(
     ownership: Ownership,
     mut applier: SnapshotApplier,
     cfg: &SyncConfig,
+    st: Arc<SourceStatus>,
     cancel: CancellationToken,
 ) -> Result<(), source::SourceError> {
     let name = spec.to_string();
     match &spec {
         SourceSpec::RdbFile(path) => {
+            st.set_state(crate::status::SourceState::FullSync);
             let summary =
                 source::load_rdb_file(&name, path, cfg.decoder.clone(), &mut applier).await?;
             tracing::info!(source = %name, rdb_version = summary.version, bytes = summary.bytes,
@@ -280,7 +329,7 @@ async fn run_source(
             Ok(())
         }
         SourceSpec::Redis(addr) => {
-            source::master::run(idx, addr, ownership, applier, cfg, cancel).await
+            source::master::run(idx, addr, ownership, applier, cfg, st, cancel).await
         }
         SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
             source_name: name,

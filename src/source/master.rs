@@ -26,6 +26,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::endpoint::RedisAddr;
 use crate::repl::{self, LinkConfig, LinkShared};
 use crate::spool::{self, Record, SpoolConfig};
+use crate::status::{FullSyncProgress, ProgressOutput, SourceState, SourceStatus};
 use crate::sync::SyncConfig;
 use crate::target::client::Client;
 
@@ -63,6 +64,7 @@ pub async fn run(
     ownership: Ownership,
     mut applier: SnapshotApplier,
     cfg: &SyncConfig,
+    st: Arc<SourceStatus>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let name = format!("source {addr}");
@@ -132,7 +134,10 @@ pub async fn run(
     if let Some(disk) = cfg.spool_disk_bytes {
         spool_cfg.disk_limit_bytes = disk;
     }
+    let disk_limit = spool_cfg.disk_limit_bytes;
     let (writer, mut reader) = spool::open(spool_cfg).map_err(|e| link_err(e.to_string()))?;
+    st.set_spool(writer.stats(), disk_limit);
+    st.set_state(SourceState::Connecting);
     let shared = LinkShared::new();
     let link_cfg = LinkConfig {
         name: name.clone(),
@@ -150,6 +155,8 @@ pub async fn run(
 
     // The applied offset as the target confirmed it; copied to the link for ACKs.
     let applied = Arc::new(AtomicI64::new(-1));
+    st.use_applied_offset(applied.clone());
+    let mut progress: Option<FullSyncProgress> = None;
     let mut replid = resume.as_ref().map(|r| r.0.clone()).unwrap_or_default();
     let mut phase = Phase::Waiting;
     let mut once_target: Option<i64> = None;
@@ -174,6 +181,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let a = applied.load(Ordering::Acquire);
                 shared.applied.store(a, Ordering::Release);
+                st.set_received_offset(shared.received.load(Ordering::Acquire));
                 if let (Some(t), Phase::Streaming(_)) = (once_target, &phase) {
                     if a >= t {
                         tracing::info!(source = %addr, offset = a, "caught up with the master's offset at the end of the snapshot (--once)");
@@ -183,8 +191,9 @@ pub async fn run(
                 if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming(_)) && a >= 0 {
                     last_cp = std::time::Instant::now();
                     let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset: a, clean: false };
-                    if let Err(e) = checkpoint::store(&cp_path, &cp) {
-                        tracing::warn!(source = %addr, error = %e, "checkpoint not written");
+                    match checkpoint::store(&cp_path, &cp) {
+                        Ok(()) => st.checkpoint_written(a),
+                        Err(e) => tracing::warn!(source = %addr, error = %e, "checkpoint not written"),
                     }
                 }
             }
@@ -218,6 +227,10 @@ pub async fn run(
                             if let Err(e) = s.send().await { break Err(apply_err(e)); }
                         }
                         tracing::info!(source = %addr, replid = %id, offset, "full sync: receiving the snapshot");
+                        let total = shared.rdb_size.load(Ordering::Acquire);
+                        st.full_sync_started(&id, offset, u64::try_from(total).ok());
+                        if let Some(p) = progress.take() { p.finish().await; }
+                        progress = Some(FullSyncProgress::start(&ProgressOutput::stderr(), st.clone()));
                         replid = id;
                         if full_syncs > 1 || had_checkpoint {
                             applier.set_overwrite(true);
@@ -236,7 +249,15 @@ pub async fn run(
                         let Phase::Snapshot(f) = &mut phase else {
                             break Err(link_err("RDB bytes outside a full sync".into()));
                         };
+                        st.add_rdb_received(bytes.len() as u64);
+                        if st.rdb_progress().3 < 0 {
+                            let total = shared.rdb_size.load(Ordering::Acquire);
+                            if total >= 0 { st.set_rdb_total(Some(total as u64)); }
+                        }
+                        let keys_before = f.summary.entries;
                         if let Err(e) = f.push(&bytes, &mut applier).await { break Err(apply_err(e)); }
+                        st.add_rdb_applied(bytes.len() as u64);
+                        st.add_keys_loaded(f.summary.entries - keys_before);
                     }
                     Record::RdbEnd => {
                         let Phase::Snapshot(mut f) = std::mem::replace(&mut phase, Phase::Waiting) else {
@@ -247,11 +268,13 @@ pub async fn run(
                             Err(e) => break Err(apply_err(e)),
                         };
                         let start = applied.load(Ordering::Acquire);
+                        if let Some(p) = progress.take() { p.finish().await; }
+                        st.set_state(SourceState::Streaming);
                         tracing::info!(source = %addr, rdb_version = summary.version, bytes = summary.bytes,
                             keys = summary.entries, "snapshot applied; streaming");
                         if cfg.once {
                             match master_offset(addr).await {
-                                Ok(o) => once_target = Some(o.max(start)),
+                                Ok(o) => { st.set_master_offset(o); once_target = Some(o.max(start)) }
                                 Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
                             }
                         }
@@ -272,9 +295,15 @@ pub async fn run(
                     Record::Continue { replid: id, offset } => {
                         replid = id;
                         match &mut phase {
-                            Phase::Streaming(s) if s.offset() == offset => s.set_replid(&replid),
+                            Phase::Streaming(s) if s.offset() == offset => {
+                                s.set_replid(&replid);
+                                st.partial_sync_started(&replid, offset);
+                                st.set_state(SourceState::Streaming);
+                            }
                             Phase::Waiting => {
                                 applied.store(offset, Ordering::Release);
+                                st.partial_sync_started(&replid, offset);
+                                st.set_state(SourceState::Streaming);
                                 if cfg.once {
                                     match master_offset(addr).await {
                                         Ok(o) => once_target = Some(o.max(offset)),
@@ -324,6 +353,7 @@ pub async fn run(
                     }
                     Record::LinkDown { reason } => {
                         tracing::warn!(source = %addr, %reason, "link down; reconnecting");
+                        st.link_down(&reason);
                         if let Phase::Snapshot(_) = phase {
                             // The snapshot must start again with the next FULLRESYNC.
                             phase = Phase::Waiting;
