@@ -44,6 +44,8 @@ pub enum OnConflict {
 pub enum Command {
     /// Sync sources into a target: the full data first, then every change.
     Sync(SyncArgs),
+    /// Prove the copy: compare sources and target key by key (exit 0 equal, 1 differences found).
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,6 +169,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Sync(args) => rt.block_on(sync_main(args.into_config())),
+        Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
     }
 }
 
