@@ -193,6 +193,7 @@ fn full_sync_equal(diskless: bool) {
         t.ok(&[b"GET" as &[u8], binkey]),
         m.ok(&[b"GET" as &[u8], binkey])
     );
+    t.ok(&["SELECT", "1"]);
     assert!(t.ok(&["PTTL", "db1:ttl"]).as_int() > 0);
     assert_eq!(m.info_field("stats", "sync_full").as_deref(), Some("1"));
 }
