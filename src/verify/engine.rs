@@ -416,6 +416,9 @@ async fn verify_target(
         },
     );
     pair_other_db(&mut t);
+    // A stable order (workers finish in any order): by kind, db, key.
+    t.diffs
+        .sort_by(|a, b| (a.kind, a.db, &a.raw_key).cmp(&(b.kind, b.db, &b.raw_key)));
     let mut totals = Counts::default();
     let per_db = t
         .per

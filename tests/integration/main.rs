@@ -10,4 +10,5 @@ mod status;
 mod stream;
 mod topologies;
 mod twemproxy;
+mod verify;
 mod versions_sync;
