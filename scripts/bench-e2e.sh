@@ -1,0 +1,797 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: ferry's full sync against the physical limits, measured in ONE run on this machine.
+#
+#   1. dataset    BENCH_MASTERS masters x BENCH_KEYS keys: 60 % short strings, the rest small hashes, lists,
+#                 sets and zsets (5-20 elements), BENCH_BIG 1000-element ones, 10 % with a TTL far in the future;
+#                 written as RESP by a python generator and loaded with `redis-cli --pipe` (not timed)
+#   2. ferry      `ferry sync --source <each master> --target <fresh> --once`: wall time, peak RSS, key count
+#   3. replication native REPLICAOF of each master into a fresh redis-server, one after the other
+#                 (until master_link_status:up, master_sync_in_progress:0, loading:0): sum and max
+#   4. rdbload    each master's dump.rdb loaded by a fresh redis-server at start-up (until loading:0): sum
+#   5. pipe       every key dumped as `RESTORE key pttl payload` (not timed), then `redis-cli --pipe` of all
+#                 masters' files in sequence into ONE fresh target: the floor for any loader that writes commands
+#   6. ratios     ferry / native replication, ferry / pipe floor, ferry / native RDB load, ferry's peak RSS
+#   7. stream     (BENCH_STREAM=1) end-to-end lag under a redis-benchmark write load, ferry beside a native replica
+#
+# Prints a table and writes the raw numbers as JSON lines to $BENCH_OUT/e2e-<UTC date-time>.json.
+# Needs bash, python3 (stdlib only), redis-server/redis-cli/redis-benchmark (installed by
+# scripts/install-deps.sh when missing) and cargo (unless FERRY_BIN is given).
+#
+#   bash scripts/bench-e2e.sh                                  # 2 masters x 2,000,000 keys
+#   BENCH_KEYS=200000 bash scripts/bench-e2e.sh                # a quick run
+#   BENCH_MASTERS=1 bash scripts/bench-e2e.sh                  # the single-master (1.5x replication) case
+#   BENCH_STREAM=1 bash scripts/bench-e2e.sh                   # plus the incremental-lag stage
+#
+# Knobs (environment):
+#   BENCH_MASTERS=2          masters (each gets its own key prefix; the target receives their union)
+#   BENCH_KEYS=2000000       keys per master
+#   BENCH_BIG=20             1000-element collections per master (part of BENCH_KEYS)
+#   BENCH_VERIFY=2000        random keys per master whose values are compared after ferry's sync (not timed)
+#   BENCH_STAGES=ferry,replication,rdbload,pipe   which measurements to run (the dataset is always made)
+#   BENCH_STREAM=0           1 adds the `stream` stage
+#   BENCH_STREAM_N=1000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
+#   BENCH_STREAM_SAMPLE_MS=10  pause between lag probes
+#   BENCH_DISKLESS=yes       the masters' repl-diskless-sync (yes|no); repl-diskless-sync-delay is always 0
+#   BENCH_TIMEOUT=900        seconds any one timed step may take before it counts as failed
+#   BENCH_OUT=target/bench-e2e   where the JSON lines go
+#   BENCH_KEEP=0             1 keeps the temp dir (logs, RESP files) for a look afterwards
+#   FERRY_BIN=path           use that ferry binary instead of `cargo build --release`
+#   FERRY_ARGS="..."         extra arguments for `ferry sync` (e.g. "--connections 8")
+#   CARGO_TARGET_DIR         honoured by the build and for finding the binary
+#
+# Every server and ferry run on free loopback ports in a temp dir and are killed by PID on exit, also on failure
+# or Ctrl-C. When the ferry stage fails, the other stages still run and are reported, and the script exits 1;
+# any other failure stops the run with a message naming the stage.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+MASTERS=${BENCH_MASTERS:-2}
+KEYS=${BENCH_KEYS:-2000000}
+BIG=${BENCH_BIG:-20}
+VERIFY=${BENCH_VERIFY:-2000}
+STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe}
+[[ "${BENCH_STREAM:-0}" == 1 ]] && STAGES+=",stream"
+STREAM_N=${BENCH_STREAM_N:-1000000}
+STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-10}
+DISKLESS=${BENCH_DISKLESS:-yes}
+TIMEOUT=${BENCH_TIMEOUT:-900}
+OUTDIR=${BENCH_OUT:-target/bench-e2e}
+read -r -a FERRY_EXTRA <<<"${FERRY_ARGS:-}"
+
+for v in MASTERS KEYS BIG VERIFY STREAM_N STREAM_SAMPLE_MS TIMEOUT; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: BENCH_$v must be a number (got '${!v}')" >&2; exit 2; }
+done
+((MASTERS >= 1 && KEYS >= 100 && BIG * 2 <= KEYS)) || { echo "error: need BENCH_MASTERS >= 1, BENCH_KEYS >= 100" >&2; exit 2; }
+[[ "$DISKLESS" == yes || "$DISKLESS" == no ]] || { echo "error: BENCH_DISKLESS must be yes or no" >&2; exit 2; }
+has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+
+if [[ -t 1 ]]; then
+  say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n==> %s\n' "$*"; }
+fi
+
+# --- stage bookkeeping: every failure names the stage it happened in -------------------------------------------
+STAGE=setup
+die() { echo "error: [stage $STAGE] $*" >&2; exit 1; }
+trap 'rc=$?; echo "error: [stage $STAGE] command failed (status $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+# --- processes we start, killed by PID on exit ------------------------------------------------------------------
+WORK=""
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - ERR
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ -n "$WORK" && -d "$WORK/pids" ]]; then # servers started by the python helper (not our children)
+    for f in "$WORK"/pids/*; do [[ -f "$f" ]] && stop_orphan "$(cat "$f")" "$f"; done
+  fi
+  if [[ -n "$WORK" ]]; then
+    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'STAGE="$STAGE (interrupted)"; exit 130' INT TERM
+
+# stop one of our processes by PID and forget it (so the exit trap never signals a recycled PID)
+stop_pid() {
+  local pid=$1 keep=() p
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+# stop a process a python helper started (not our child: no `wait`), then drop its pid file
+stop_orphan() { # pid pidfile
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+  kill -9 "$1" 2>/dev/null || true
+  rm -f "$2"
+}
+# forget a PID we already reaped with `wait`
+forget_pid() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# --- dependencies and the ferry binary -------------------------------------------------------------------------
+say "dependencies"
+bash scripts/install-deps.sh
+command -v python3 >/dev/null || die "python3 is needed (dataset generation, probes, timing)"
+for tool in redis-server redis-cli; do command -v "$tool" >/dev/null || die "$tool is not on PATH"; done
+if has_stage stream; then command -v redis-benchmark >/dev/null || die "redis-benchmark (redis-tools) is not on PATH"; fi
+
+FERRY=""
+if has_stage ferry || has_stage stream; then
+  STAGE=build
+  if [[ -n "${FERRY_BIN:-}" ]]; then
+    FERRY=$FERRY_BIN
+    say "using ferry at $FERRY (FERRY_BIN; not building)"
+  else
+    say "building ferry (cargo build --release)"
+    cargo build --release --quiet || die "cargo build --release failed"
+    FERRY="${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry"
+  fi
+  [[ -x "$FERRY" ]] || die "$FERRY is not an executable"
+fi
+
+STAGE=setup
+WORK=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+mkdir -p "$WORK/pids"
+mkdir -p "$OUTDIR"
+RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$OUTDIR/e2e-$RUN_ID.json"
+: >"$OUT"
+LIB="$WORK/benchlib.py"
+
+# --- the python side: RESP client, generator, dumper, pollers, timer, lag probe (stdlib only) -----------------
+cat >"$LIB" <<'PYEOF'
+import json, os, random, signal, socket, subprocess, sys, time
+
+# ---- a minimal pipelining RESP2 client -------------------------------------------------------------------------
+def enc(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+class Redis:
+    def __init__(self, port, timeout=None):
+        self.s = socket.create_connection(("127.0.0.1", int(port)), timeout=timeout)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.s.makefile("rb", buffering=1 << 20)
+    def read(self):
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        t, body = line[:1], line[1:-2]
+        if t == b"+": return body.decode()
+        if t == b"-": return RedisError(body.decode())
+        if t == b":": return int(body)
+        if t == b"$":
+            n = int(body)
+            return None if n < 0 else self.f.read(n + 2)[:-2]
+        if t == b"*":
+            n = int(body)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ConnectionError(f"bad reply {line!r}")
+    def __call__(self, *args):
+        self.s.sendall(enc(*args))
+        r = self.read()
+        if isinstance(r, RedisError):
+            raise r
+        return r
+    def info(self, section):
+        out = {}
+        for line in self(("INFO"), section).decode().splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+class RedisError(Exception):
+    pass
+
+def try_connect(port):
+    try:
+        return Redis(port, timeout=5)
+    except OSError:
+        return None
+
+# ---- gen: the dataset as RESP on stdout --------------------------------------------------------------------------
+def gen(prefix, nkeys, nbig, seed):
+    rng = random.Random(seed)
+    w = sys.stdout.buffer
+    def bulk(b): return b"$%d\r\n%s\r\n" % (len(b), b)
+    # element encodings are precomputed; one element per key carries the key number so values differ
+    E = [bulk(b"e%d" % j) for j in range(1000)]                  # list elements / set members (strings)
+    I = [bulk(b"%d" % (1000 + j * 7)) for j in range(1000)]      # set members (integers: intset encoding)
+    F = [bulk(b"field:%d" % j) for j in range(1000)]             # hash fields
+    V = [bulk(b"val-%d-%s" % (j, b"x" * (j % 17))) for j in range(1000)]  # hash values
+    Z = [bulk(b"%d.5" % j) + bulk(b"member:%d" % j) for j in range(1000)]  # zset score + member
+    FILL = b"abcdefghijklmnopqrstuvwxyz0123456789" * 2
+    CMD = {k: bulk(k) for k in (b"SET", b"HSET", b"RPUSH", b"SADD", b"ZADD", b"EXPIRE")}
+    kinds = (b"hash", b"list", b"set", b"zset")
+    buf = []
+    ttls = 0
+    for i in range(nkeys):
+        if i < nbig:
+            kind, n = kinds[i % 4], 1000
+        elif rng.random() < 0.6:
+            kind, n = b"str", 0
+        else:
+            kind, n = kinds[rng.randrange(4)], rng.randint(5, 20)
+        key = b"%s:%s:%d" % (prefix, kind, i)
+        tag = b"k%d" % i
+        if kind == b"str":
+            buf.append(b"*3\r\n" + CMD[b"SET"] + bulk(key) + bulk(tag + b":" + FILL[: rng.randint(4, 40)]))
+        elif kind == b"hash":
+            buf.append(b"*%d\r\n" % (2 + 2 * n) + CMD[b"HSET"] + bulk(key) + F[0] + bulk(tag)
+                       + b"".join(F[j] + V[j] for j in range(1, n)))
+        elif kind == b"list":
+            buf.append(b"*%d\r\n" % (2 + n) + CMD[b"RPUSH"] + bulk(key) + bulk(tag) + b"".join(E[1:n]))
+        elif kind == b"set":
+            if i % 2:
+                buf.append(b"*%d\r\n" % (2 + n) + CMD[b"SADD"] + bulk(key) + bulk(tag) + b"".join(E[1:n]))
+            else:
+                buf.append(b"*%d\r\n" % (2 + n) + CMD[b"SADD"] + bulk(key) + bulk(b"%d" % i) + b"".join(I[1:n]))
+        else:
+            buf.append(b"*%d\r\n" % (2 + 2 * n) + CMD[b"ZADD"] + bulk(key) + bulk(b"0.25") + bulk(tag)
+                       + b"".join(Z[1:n]))
+        if rng.random() < 0.1:  # 10 % with a TTL 30-60 days away: nothing expires during the bench
+            ttls += 1
+            buf.append(b"*3\r\n" + CMD[b"EXPIRE"] + bulk(key) + bulk(b"%d" % (2592000 + rng.randrange(2592000))))
+        if len(buf) >= 20000:
+            w.write(b"".join(buf)); buf = []
+    w.write(b"".join(buf))
+    w.flush()
+    print(json.dumps({"keys": nkeys, "ttls": ttls, "big": nbig}), file=sys.stderr)
+
+# ---- restore-file: every key of a server as RESTORE key pttl payload (RESP) --------------------------------------
+def restore_file(port, path):
+    r = Redis(port)
+    n = 0
+    cursor = b"0"
+    with open(path, "wb", buffering=1 << 20) as out:
+        while True:
+            cursor, keys = r("SCAN", cursor, "COUNT", 2000)
+            if keys:
+                r.s.sendall(b"".join(enc("DUMP", k) + enc("PTTL", k) for k in keys))
+                for k in keys:
+                    payload, pttl = r.read(), r.read()
+                    if payload is None or isinstance(payload, RedisError) or pttl == -2:
+                        continue  # gone in between (nothing expires here, but be exact)
+                    out.write(enc("RESTORE", k, max(pttl, 0), payload))
+                    n += 1
+            if cursor == b"0":
+                break
+    print(n)
+
+# ---- replicate: REPLICAOF and wait until the replica is in sync and loaded; prints seconds -----------------------
+def replicate(replica_port, master_port, timeout):
+    r = Redis(replica_port)
+    t0 = time.perf_counter()
+    r("REPLICAOF", "127.0.0.1", master_port)
+    while True:
+        rep, per = r.info("replication"), r.info("persistence")
+        if (rep.get("master_link_status") == "up" and rep.get("master_sync_in_progress") == "0"
+                and per.get("loading") == "0"):
+            print("%.4f" % (time.perf_counter() - t0))
+            return
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"replica on port {replica_port} not in sync after {timeout}s: {rep}")
+        time.sleep(0.005)
+
+# ---- load-rdb: start redis-server on DIR/dump.rdb and time it until it answers with loading:0; prints seconds ------
+# The server is started from here (its PID goes to PIDFILE at once) so the clock starts at the exec, not after a
+# shell and a python start-up. It keeps running when we return; the shell stops it by that PID.
+def load_rdb(d, port, pidfile, timeout):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", d, "--dbfilename",
+                          "dump.rdb", "--logfile", os.path.join(d, "redis.log"), "--save", "", "--appendonly", "no",
+                          "--daemonize", "no"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    with open(pidfile, "w") as f:
+        f.write(str(p.pid))
+    r = None
+    while True:
+        if r is None:
+            r = try_connect(port)
+        if r is not None:
+            try:
+                if r.info("persistence").get("loading") == "0" and r("PING") == "PONG":
+                    print("%.4f" % (time.perf_counter() - t0))
+                    return
+            except (RedisError, OSError):
+                r = None
+        if p.poll() is not None:
+            sys.exit(f"redis-server exited with status {p.returncode} while loading")
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"server on port {port} still loading after {timeout}s")
+        time.sleep(0.002)
+
+# ---- timed: run a command, wall time and peak RSS (wait4's ru_maxrss), killed at the timeout -----------------------
+def timed(jsonout, timeout, log, argv):
+    t0 = time.perf_counter()
+    with open(log, "ab") as lf:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+    def forward(sig, _frame):  # our own SIGTERM/SIGINT end the child too
+        p.send_signal(signal.SIGTERM)
+        os.wait4(p.pid, 0)
+        sys.exit(128 + sig)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    timed_out = False
+    deadline = t0 + float(timeout)
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline and not timed_out:
+            timed_out = True
+            p.send_signal(signal.SIGTERM)
+            deadline += 10  # then SIGKILL if it does not stop within 10 s
+        elif timed_out and time.perf_counter() > deadline:
+            p.kill()
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    res = {"wall_s": round(wall, 4), "maxrss_kib": ru.ru_maxrss, "rc": rc, "timed_out": timed_out,
+           "user_s": round(ru.ru_utime, 3), "sys_s": round(ru.ru_stime, 3)}
+    with open(jsonout, "w") as f:
+        json.dump(res, f)
+
+# ---- keycount: keys in all dbs (INFO keyspace) -------------------------------------------------------------------
+def keycount(port):
+    total = 0
+    for k, v in Redis(port).info("keyspace").items():
+        if k.startswith("db"):
+            total += int(v.split(",")[0].split("=")[1])
+    print(total)
+
+# ---- wait-key: until GET key on every port equals value --------------------------------------------------------
+def wait_key(key, value, timeout, *ports):
+    conns = [Redis(p) for p in ports]
+    t0 = time.perf_counter()
+    while conns:
+        conns = [c for c in conns if c("GET", key) != value.encode()]
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"{key} did not reach ports {ports} within {timeout}s")
+        time.sleep(0.01)
+
+# ---- lag: probe the end-to-end lag of each replica until STOPFILE exists ------------------------------------------
+# Each probe SETs a key on the master to the current time (ns), then polls GET on every replica until it reads that
+# value; lag = time seen - time written. Probes are spaced by STREAM_SAMPLE_MS; the poll loop sleeps 100 us between rounds.
+def lag(master, names_ports, stopfile, sample_ms, jsonout, timeout=60.0):
+    m = Redis(master)
+    reps = [(n, Redis(p)) for n, p in (x.split("=") for x in names_ports.split(","))]
+    lags = {n: [] for n, _ in reps}
+    seq = 0
+    stop_seen = None
+    while True:
+        if stop_seen is None and os.path.exists(stopfile):
+            stop_seen = seq
+        seq += 1
+        t_write = time.time_ns()
+        val = b"%d:%d" % (seq, t_write)
+        m("SET", "ferry-bench:probe", val)
+        pending = dict(reps)
+        while pending:
+            for n, c in list(pending.items()):
+                c.s.sendall(enc("GET", "ferry-bench:probe"))
+            for n, c in list(pending.items()):
+                if c.read() == val:
+                    lags[n].append((time.time_ns() - t_write) / 1e6)
+                    del pending[n]
+            if (time.time_ns() - t_write) / 1e9 > timeout:
+                sys.exit(f"probe {seq} not seen on {list(pending)} after {timeout}s")
+            if pending:
+                time.sleep(0.0001)
+        if stop_seen is not None and seq > stop_seen:  # one probe after the load ended: the drain
+            break
+        time.sleep(sample_ms / 1000)
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+    res = {}
+    for n, xs in lags.items():
+        res[n] = {"samples": len(xs), "p50_ms": round(pct(xs, 0.5), 3), "p99_ms": round(pct(xs, 0.99), 3),
+                  "p999_ms": round(pct(xs, 0.999), 3), "max_ms": round(max(xs), 3),
+                  "drain_ms": round(xs[-1], 3)}
+    with open(jsonout, "w") as f:
+        json.dump(res, f)
+
+# ---- compare: a sample of each master's keys (random ones plus every 1000-element one) against the target ----------
+# type-aware (order-free for hashes and sets), and TTLs within a minute; prints "checked bad" and the first misses.
+def compare(target, sample, nbig, *masters):
+    t = Redis(target)
+    kinds = ("hash", "list", "set", "zset")
+    def value(c, k):
+        ty = c("TYPE", k)
+        if ty == "string": v = c("GET", k)
+        elif ty == "hash": v = sorted(c("HGETALL", k))
+        elif ty == "list": v = c("LRANGE", k, 0, -1)
+        elif ty == "set": v = sorted(c("SMEMBERS", k))
+        elif ty == "zset": v = c("ZRANGE", k, 0, -1, "WITHSCORES")
+        else: v = None
+        return ty, v, c("PTTL", k)
+    checked = bad = 0
+    for idx, port in enumerate(masters, 1):
+        m = Redis(port)
+        m.s.sendall(enc("RANDOMKEY") * sample)
+        keys = {m.read() for _ in range(sample)}
+        keys |= {b"m%d:%s:%d" % (idx, kinds[i % 4].encode(), i) for i in range(nbig)}
+        for k in sorted(keys):
+            (st, sv, sp), (tt, tv, tp) = value(m, k), value(t, k)
+            ttl_ok = (sp < 0 and tp == -1) or (sp >= 0 and tp >= 0 and abs(sp - tp) < 60000)
+            checked += 1
+            if (st, sv) != (tt, tv) or not ttl_ok:
+                bad += 1
+                if bad <= 5:
+                    print(f"MISMATCH {k!r}: master {st} pttl {sp}, target {tt} pttl {tp}", file=sys.stderr)
+    print(checked, bad)
+
+# ---- rec: append one JSON line (numbers stay numbers) -----------------------------------------------------------
+def rec(path, *kvs):
+    d = {}
+    for kv in kvs:
+        k, v = kv.split("=", 1)
+        try:
+            d[k] = int(v)
+        except ValueError:
+            try:
+                d[k] = float(v)
+            except ValueError:
+                d[k] = v
+    with open(path, "a") as f:
+        f.write(json.dumps(d) + "\n")
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "gen": gen(args[0].encode(), int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "restore-file": restore_file(args[0], args[1])
+    elif cmd == "replicate": replicate(args[0], args[1], float(args[2]))
+    elif cmd == "load-rdb": load_rdb(args[0], args[1], args[2], float(args[3]))
+    elif cmd == "timed": timed(args[0], args[1], args[2], args[4:] if args[3] == "--" else args[3:])
+    elif cmd == "keycount": keycount(args[0])
+    elif cmd == "wait-key": wait_key(args[0], args[1], float(args[2]), *args[3:])
+    elif cmd == "lag": lag(args[0], args[1], args[2], float(args[3]), args[4])
+    elif cmd == "compare": compare(args[0], int(args[1]), int(args[2]), *args[3:])
+    elif cmd == "rec": rec(*args)
+    elif cmd == "info": print(Redis(args[0]).info(args[1]).get(args[2], ""))
+    elif cmd == "json": print(json.load(open(args[0]))[args[1]])
+    else: sys.exit(f"unknown command {cmd}")
+PYEOF
+
+py() { python3 "$LIB" "$@"; }
+rec() { py rec "$OUT" "run=$RUN_ID" "$@"; }
+jget() { py json "$1" "$2"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# seconds as a float with 2 decimals / a ratio with 2 decimals, for the table
+fmt() { python3 -c 'import sys; print("%.2f" % float(sys.argv[1]))' "$1"; }
+ratio() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); print("%.2f" % (a / b) if b else "n/a")' "$1" "$2"; }
+sum() { python3 -c 'import sys; print("%.4f" % sum(map(float, sys.argv[1:])))' "$@"; }
+max() { python3 -c 'import sys; print("%.4f" % max(map(float, sys.argv[1:])))' "$@"; }
+
+wait_ping() { # port what logfile
+  for _ in $(seq 1 400); do
+    [[ "$(redis-cli -p "$1" PING 2>/dev/null)" == PONG ]] && return 0
+    sleep 0.05
+  done
+  echo "--- last lines of $3:" >&2
+  tail -20 "$3" >&2 || true
+  die "$2 on port $1 did not answer PING"
+}
+
+# start_redis NAME [extra redis-server args...] -> PORT, SPID (its PID), SDIR
+start_redis() {
+  local name=$1
+  shift
+  PORT=$(free_port)
+  SDIR="$WORK/$name"
+  mkdir -p "$SDIR"
+  redis-server --port "$PORT" --bind 127.0.0.1 --dir "$SDIR" --logfile "$SDIR/redis.log" \
+    --save "" --appendonly no --daemonize no "$@" </dev/null >/dev/null 2>&1 &
+  SPID=$!
+  PIDS+=("$SPID")
+  wait_ping "$PORT" "redis-server $name" "$SDIR/redis.log"
+}
+
+# stop a server and remove its directory (its memory and RDB files are not needed any more)
+stop_redis() { # pid dir
+  stop_pid "$1"
+  rm -rf "$2"
+}
+
+# --- machine facts ----------------------------------------------------------------------------------------------
+NPROC=$(nproc)
+MEM_MIB=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024))
+CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+REDIS_VER=$(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2)
+COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo yes || echo no)
+FERRY_VER=$([[ -n "$FERRY" ]] && timeout 10 "$FERRY" --version 2>/dev/null || echo n/a)
+rec kind=machine date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" nproc="$NPROC" mem_mib="$MEM_MIB" cpu="$CPU" \
+  kernel="$(uname -r)" redis="$REDIS_VER" commit="$COMMIT" worktree_dirty="$DIRTY" ferry="$FERRY_VER" \
+  masters="$MASTERS" keys_per_master="$KEYS" big_per_master="$BIG" diskless="$DISKLESS" stages="$STAGES"
+say "machine: $NPROC cores, $MEM_MIB MiB, $CPU; redis $REDIS_VER; ferry commit $COMMIT (dirty worktree: $DIRTY)"
+echo "  work dir $WORK, results $OUT"
+
+# --- stage 1: dataset -------------------------------------------------------------------------------------------
+STAGE=dataset
+say "dataset: $MASTERS master(s) x $KEYS keys (60 % strings, 40 % small collections, $BIG x 1000 elements, 10 % TTL)"
+MPORT=() MPID=() MDIR=() MKEYS=() MMEM=()
+for ((m = 1; m <= MASTERS; m++)); do
+  start_redis "master$m" --repl-diskless-sync "$DISKLESS" --repl-diskless-sync-delay 0
+  MPORT+=("$PORT") MPID+=("$SPID") MDIR+=("$SDIR")
+done
+t0=$EPOCHREALTIME
+gen_pids=()
+for ((m = 1; m <= MASTERS; m++)); do # generators run in parallel, one per master
+  py gen "m$m" "$KEYS" "$BIG" "$m" >"$WORK/fill$m.resp" 2>"$WORK/gen$m.json" &
+  gen_pids+=($!)
+done
+for pid in "${gen_pids[@]}"; do wait "$pid" || die "the RESP generator failed: $(cat "$WORK"/gen*.json)"; done
+echo "  generated $(du -ch "$WORK"/fill*.resp | tail -1 | cut -f1) of RESP in $(fmt "$(sum "$EPOCHREALTIME" "-$t0")")s"
+for ((m = 1; m <= MASTERS; m++)); do
+  i=$((m - 1))
+  redis-cli -p "${MPORT[$i]}" --pipe <"$WORK/fill$m.resp" >"$WORK/fill$m.out" 2>&1 ||
+    die "redis-cli --pipe into master$m failed: $(tail -3 "$WORK/fill$m.out")"
+  grep -q '^errors: 0,' "$WORK/fill$m.out" || die "master$m rejected writes: $(tail -3 "$WORK/fill$m.out")"
+  rm -f "$WORK/fill$m.resp"
+  MKEYS+=("$(py keycount "${MPORT[$i]}")")
+  MMEM+=("$(py info "${MPORT[$i]}" memory used_memory)")
+  ((MKEYS[i] == KEYS)) || die "master$m holds ${MKEYS[$i]} keys, expected $KEYS"
+  rec kind=dataset master="$m" port="${MPORT[$i]}" dbsize="${MKEYS[$i]}" used_memory="${MMEM[$i]}" \
+    ttls="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ttls"])' "$WORK/gen$m.json")"
+  echo "  master$m 127.0.0.1:${MPORT[$i]}: ${MKEYS[$i]} keys, used_memory $((MMEM[i] / 1048576)) MiB"
+done
+TOTAL_KEYS=$(python3 -c 'import sys; print(sum(map(int, sys.argv[1:])))' "${MKEYS[@]}")
+TOTAL_MEM=$(python3 -c 'import sys; print(sum(map(int, sys.argv[1:])))' "${MMEM[@]}")
+echo "  dataset loaded in $(fmt "$(sum "$EPOCHREALTIME" "-$t0")")s: $TOTAL_KEYS keys, $((TOTAL_MEM / 1048576)) MiB used_memory in all"
+
+SOURCES=()
+for p in "${MPORT[@]}"; do SOURCES+=(--source "redis://127.0.0.1:$p"); done
+
+# --- stage 2: ferry full sync -----------------------------------------------------------------------------------
+FERRY_S="" FERRY_RSS_MIB="" FERRY_FAILED=0 FERRY_WHY=""
+if has_stage ferry; then
+  STAGE=ferry
+  say "ferry: full sync of $MASTERS master(s) into a fresh target (--once)"
+  start_redis ferry-target
+  TPORT=$PORT TPID=$SPID TDIR=$SDIR
+  echo "  \$ ferry sync ${SOURCES[*]} --target redis://127.0.0.1:$TPORT --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  py timed "$WORK/ferry.json" "$TIMEOUT" "$WORK/ferry.log" -- \
+    "$FERRY" sync "${SOURCES[@]}" --target "redis://127.0.0.1:$TPORT" --once --state-dir "$WORK/ferry-state" \
+    "${FERRY_EXTRA[@]}"
+  FRC=$(jget "$WORK/ferry.json" rc)
+  FERRY_S=$(jget "$WORK/ferry.json" wall_s)
+  FERRY_RSS_MIB=$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1]) / 1024))' "$(jget "$WORK/ferry.json" maxrss_kib)")
+  TKEYS=$(py keycount "$TPORT")
+  if [[ "$(jget "$WORK/ferry.json" timed_out)" == True ]]; then
+    FERRY_FAILED=1 FERRY_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
+  elif ((FRC != 0)); then
+    FERRY_FAILED=1 FERRY_WHY="ferry exited with status $FRC"
+  elif ((TKEYS != TOTAL_KEYS)); then
+    FERRY_FAILED=1 FERRY_WHY="the target holds $TKEYS keys, the masters $TOTAL_KEYS"
+  else # equal counts: also compare a sample of values (not timed)
+    read -r CHECKED BAD < <(py compare "$TPORT" "$VERIFY" "$BIG" "${MPORT[@]}" 2>"$WORK/compare.err") ||
+      die "comparing the target with the masters failed: $(tail -3 "$WORK/compare.err")"
+    if ((BAD)); then
+      FERRY_FAILED=1 FERRY_WHY="$BAD of $CHECKED sampled keys differ between the masters and the target: $(head -3 "$WORK/compare.err")"
+    else
+      echo "  compared $CHECKED sampled keys (every 1000-element one included) with the masters: all equal"
+    fi
+  fi
+  rec kind=ferry wall_s="$FERRY_S" peak_rss_mib="$FERRY_RSS_MIB" rc="$FRC" target_keys="$TKEYS" \
+    source_keys="$TOTAL_KEYS" target_used_memory="$(py info "$TPORT" memory used_memory)" \
+    user_s="$(jget "$WORK/ferry.json" user_s)" sys_s="$(jget "$WORK/ferry.json" sys_s)" \
+    ok="$((1 - FERRY_FAILED))" why="$FERRY_WHY"
+  if ((FERRY_FAILED)); then
+    echo "error: [stage ferry] $FERRY_WHY; last lines of its log:" >&2
+    tail -15 "$WORK/ferry.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' >&2
+    echo "  (the other stages still run; the script exits 1 at the end)" >&2
+  else
+    echo "  ferry: $(fmt "$FERRY_S")s, peak RSS $FERRY_RSS_MIB MiB, target holds $TKEYS keys (= the masters')"
+  fi
+  stop_redis "$TPID" "$TDIR"
+fi
+
+# --- stage 3: native replication --------------------------------------------------------------------------------
+REPL_SUM="" REPL_MAX=""
+if has_stage replication; then
+  STAGE=replication
+  say "native replication: REPLICAOF each master into a fresh redis-server, one after the other"
+  times=()
+  for ((m = 1; m <= MASTERS; m++)); do
+    i=$((m - 1))
+    start_redis "replica$m"
+    s=$(py replicate "$PORT" "${MPORT[$i]}" "$TIMEOUT") || die "replica of master$m did not sync (log: $SDIR/redis.log)"
+    n=$(py keycount "$PORT")
+    ((n == MKEYS[i])) || die "replica of master$m holds $n keys, master ${MKEYS[$i]}"
+    rec kind=replication master="$m" wall_s="$s" keys="$n"
+    echo "  master$m: in sync after $(fmt "$s")s ($n keys)"
+    times+=("$s")
+    stop_redis "$SPID" "$SDIR"
+  done
+  REPL_SUM=$(sum "${times[@]}") REPL_MAX=$(max "${times[@]}")
+  rec kind=replication_total sum_s="$REPL_SUM" max_s="$REPL_MAX"
+fi
+
+# --- stage 4: native RDB load at start-up -----------------------------------------------------------------------
+LOAD_SUM=""
+if has_stage rdbload; then
+  STAGE=rdbload
+  say "native RDB load: each master's dump.rdb loaded by a fresh redis-server at start-up"
+  times=()
+  for ((m = 1; m <= MASTERS; m++)); do
+    i=$((m - 1))
+    [[ "$(redis-cli -p "${MPORT[$i]}" SAVE)" == OK ]] || die "SAVE on master$m failed"
+    d="$WORK/load$m"
+    mkdir -p "$d"
+    mv "${MDIR[$i]}/dump.rdb" "$d/dump.rdb"
+    rdb_mib=$(($(stat -c %s "$d/dump.rdb") / 1048576))
+    PORT=$(free_port)
+    s=$(py load-rdb "$d" "$PORT" "$WORK/pids/load$m" "$TIMEOUT") ||
+      die "the server loading master$m's RDB did not come up (log: $d/redis.log)"
+    lpid=$(cat "$WORK/pids/load$m")
+    n=$(py keycount "$PORT")
+    ((n == MKEYS[i])) || die "the server loaded $n keys from master$m's RDB, expected ${MKEYS[$i]}"
+    own=$(grep -o 'DB loaded from disk: [0-9.]* seconds' "$d/redis.log" | grep -o '[0-9.]*' | head -1 || true)
+    rec kind=rdbload master="$m" wall_s="$s" server_reported_s="${own:-}" rdb_mib="$rdb_mib" keys="$n"
+    echo "  master$m: ${rdb_mib} MiB RDB loaded in $(fmt "$s")s from process start (server says ${own:-?}s)"
+    times+=("$s")
+    stop_orphan "$lpid" "$WORK/pids/load$m"
+    rm -rf "$d"
+  done
+  LOAD_SUM=$(sum "${times[@]}")
+  rec kind=rdbload_total sum_s="$LOAD_SUM"
+fi
+
+# --- stage 5: the redis-cli --pipe floor ------------------------------------------------------------------------
+PIPE_S=""
+if has_stage pipe; then
+  STAGE=pipe
+  say "redis-cli --pipe floor: RESTORE files of all masters, in sequence, into ONE fresh target"
+  dump_pids=()
+  for ((m = 1; m <= MASTERS; m++)); do # dumping is not timed; one python per master, in parallel
+    py restore-file "${MPORT[$((m - 1))]}" "$WORK/restore$m.resp" >"$WORK/restore$m.count" &
+    dump_pids+=($!)
+  done
+  for pid in "${dump_pids[@]}"; do wait "$pid" || die "dumping RESTORE commands failed"; done
+  echo "  RESTORE files: $(du -ch "$WORK"/restore*.resp | tail -1 | cut -f1)"
+  start_redis pipe-target
+  times=()
+  for ((m = 1; m <= MASTERS; m++)); do
+    py timed "$WORK/pipe$m.json" "$TIMEOUT" "$WORK/pipe$m.out" -- \
+      bash -c 'exec redis-cli -p "$1" --pipe <"$2"' _ "$PORT" "$WORK/restore$m.resp"
+    [[ "$(jget "$WORK/pipe$m.json" rc)" == 0 ]] || die "redis-cli --pipe of master$m's RESTOREs failed: $(tail -3 "$WORK/pipe$m.out")"
+    grep -q '^errors: 0,' "$WORK/pipe$m.out" || die "the target rejected RESTOREs: $(tail -3 "$WORK/pipe$m.out")"
+    s=$(jget "$WORK/pipe$m.json" wall_s)
+    rec kind=pipe master="$m" wall_s="$s" restores="$(cat "$WORK/restore$m.count")"
+    echo "  master$m's $(cat "$WORK/restore$m.count") RESTOREs: $(fmt "$s")s"
+    times+=("$s")
+    rm -f "$WORK/restore$m.resp"
+  done
+  n=$(py keycount "$PORT")
+  ((n == TOTAL_KEYS)) || die "the pipe target holds $n keys, the masters $TOTAL_KEYS"
+  PIPE_S=$(sum "${times[@]}")
+  rec kind=pipe_total sum_s="$PIPE_S" keys="$n"
+  stop_redis "$SPID" "$SDIR"
+fi
+
+# --- stage 7 (optional): incremental lag under load, ferry beside a native replica ------------------------------
+STREAM_FILE=""
+if has_stage stream; then
+  STAGE=stream
+  say "stream: end-to-end lag under redis-benchmark -t set,lpush,incr -n $STREAM_N -P 16 -r 100000"
+  # a fresh master of its own (the full sync before the load is not what is measured here)
+  start_redis stream-master --repl-diskless-sync "$DISKLESS" --repl-diskless-sync-delay 0
+  SM=$PORT
+  start_redis stream-target
+  ST=$PORT
+  start_redis stream-replica
+  SR=$PORT SRPID=$SPID
+  redis-cli -p "$SR" REPLICAOF 127.0.0.1 "$SM" >/dev/null
+  "$FERRY" sync --source "redis://127.0.0.1:$SM" --target "redis://127.0.0.1:$ST" --state-dir "$WORK/stream-state" \
+    "${FERRY_EXTRA[@]}" </dev/null >"$WORK/ferry-stream.log" 2>&1 &
+  FSPID=$!
+  PIDS+=("$FSPID")
+  redis-cli -p "$SM" SET ferry-bench:probe ready >/dev/null
+  py wait-key ferry-bench:probe ready 120 "$ST" "$SR" ||
+    die "ferry or the native replica did not receive the first write within 120s (log: $WORK/ferry-stream.log)"
+  kill -0 "$FSPID" 2>/dev/null || die "ferry (without --once) exited: $(tail -5 "$WORK/ferry-stream.log")"
+  rm -f "$WORK/stream.stop"
+  py lag "$SM" "ferry=$ST,native=$SR" "$WORK/stream.stop" "$STREAM_SAMPLE_MS" "$WORK/lag.json" &
+  LAGPID=$!
+  PIDS+=("$LAGPID")
+  t0=$EPOCHREALTIME
+  redis-benchmark -p "$SM" -t set,lpush,incr -n "$STREAM_N" -P 16 -r 100000 -q >"$WORK/benchmark.out" 2>&1 ||
+    die "redis-benchmark failed: $(tail -3 "$WORK/benchmark.out")"
+  LOAD_S=$(sum "$EPOCHREALTIME" "-$t0")
+  touch "$WORK/stream.stop"
+  wait "$LAGPID" || die "the lag probe failed (ferry log: $WORK/ferry-stream.log)"
+  forget_pid "$LAGPID"
+  kill -0 "$FSPID" 2>/dev/null || die "ferry exited during the load: $(tail -5 "$WORK/ferry-stream.log")"
+  FS_RSS_KIB=$(awk '/^VmHWM:/ {print $2}' "/proc/$FSPID/status")
+  # both copies must equal the master once the load is over
+  sleep 1
+  MK=$(py keycount "$SM") FK=$(py keycount "$ST") NK=$(py keycount "$SR")
+  tr '\r' '\n' <"$WORK/benchmark.out" | grep -E 'requests per second' | sed 's/^/  load: /'
+  OPS=$((STREAM_N * 3))
+  STREAM_FILE="$WORK/lag.json"
+  python3 - "$WORK/lag.json" "$OUT" "$RUN_ID" "$LOAD_S" "$OPS" "$FS_RSS_KIB" "$MK" "$FK" "$NK" <<'EOF'
+import json, sys
+lag, out, run, load_s, ops, rss, mk, fk, nk = sys.argv[1:]
+res = json.load(open(lag))
+with open(out, "a") as f:
+    for name, r in res.items():
+        drain = r["drain_ms"] / 1000
+        r.update(run=run, kind="stream", who=name, load_s=round(float(load_s), 3), ops=int(ops),
+                 apply_rate_ops_s=round(int(ops) / (float(load_s) + drain)),
+                 keys=int(fk if name == "ferry" else nk), master_keys=int(mk))
+        if name == "ferry":
+            r["peak_rss_mib"] = round(int(rss) / 1024, 1)
+        f.write(json.dumps(r) + "\n")
+        res[name] = r
+json.dump(res, open(lag, "w"))
+EOF
+  ((FK == MK)) || echo "warning: [stage stream] ferry's target holds $FK keys, the master $MK" >&2
+  ((NK == MK)) || echo "warning: [stage stream] the native replica holds $NK keys, the master $MK" >&2
+  stop_pid "$FSPID"
+fi
+
+# --- stage 6: the table and the ratios --------------------------------------------------------------------------
+STAGE=report
+say "results ($MASTERS master(s) x $KEYS keys = $TOTAL_KEYS keys, $((TOTAL_MEM / 1048576)) MiB used_memory; redis $REDIS_VER; $NPROC cores)"
+row() { printf '  %-44s %12s %12s\n' "$@"; }
+row "measurement" "seconds" "ferry / it"
+row "--------------------------------------------" "------------" "------------"
+if has_stage ferry; then
+  if ((FERRY_FAILED)); then row "ferry sync --once (FAILED: see above)" "$(fmt "$FERRY_S")" ""; else row "ferry sync --once (all masters at once)" "$(fmt "$FERRY_S")" "1.00"; fi
+fi
+R_REPL="" R_REPLMAX="" R_PIPE="" R_LOAD=""
+ok_ferry() { has_stage ferry && ((FERRY_FAILED == 0)); }
+if [[ -n "$REPL_SUM" ]]; then
+  ok_ferry && R_REPL=$(ratio "$FERRY_S" "$REPL_SUM") && R_REPLMAX=$(ratio "$FERRY_S" "$REPL_MAX")
+  row "native replication, sum over masters" "$(fmt "$REPL_SUM")" "${R_REPL:-}"
+  if ((MASTERS > 1)); then row "native replication, max (parallel view)" "$(fmt "$REPL_MAX")" "${R_REPLMAX:-}"; fi
+fi
+if [[ -n "$PIPE_S" ]]; then
+  ok_ferry && R_PIPE=$(ratio "$FERRY_S" "$PIPE_S")
+  row "redis-cli --pipe RESTOREs into one target" "$(fmt "$PIPE_S")" "${R_PIPE:-}"
+fi
+if [[ -n "$LOAD_SUM" ]]; then
+  ok_ferry && R_LOAD=$(ratio "$FERRY_S" "$LOAD_SUM")
+  row "native RDB load at start-up, sum" "$(fmt "$LOAD_SUM")" "${R_LOAD:-}"
+fi
+if has_stage ferry; then
+  echo "  ferry peak RSS: ${FERRY_RSS_MIB} MiB (masters' used_memory: $((TOTAL_MEM / 1048576)) MiB)"
+fi
+rec kind=summary ok="$((1 - FERRY_FAILED))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
+  replication_sum_s="${REPL_SUM:-}" replication_max_s="${REPL_MAX:-}" pipe_s="${PIPE_S:-}" rdbload_sum_s="${LOAD_SUM:-}" \
+  ferry_over_replication_sum="${R_REPL:-}" ferry_over_replication_max="${R_REPLMAX:-}" \
+  ferry_over_pipe="${R_PIPE:-}" ferry_over_rdbload="${R_LOAD:-}" total_keys="$TOTAL_KEYS" total_used_memory="$TOTAL_MEM"
+if [[ -n "$STREAM_FILE" ]]; then
+  echo
+  printf '  %-8s %8s %9s %9s %9s %9s %9s %12s\n' "stream" samples "p50 ms" "p99 ms" "p99.9 ms" "max ms" "drain ms" "apply ops/s"
+  python3 - "$STREAM_FILE" <<'EOF'
+import json, sys
+for name, r in json.load(open(sys.argv[1])).items():
+    print("  %-8s %8d %9.2f %9.2f %9.2f %9.2f %9.2f %12d" % (name, r["samples"], r["p50_ms"], r["p99_ms"],
+          r["p999_ms"], r["max_ms"], r["drain_ms"], r["apply_rate_ops_s"]))
+    if "peak_rss_mib" in r:
+        print("  %-8s peak RSS %.1f MiB" % ("", r["peak_rss_mib"]))
+EOF
+fi
+echo
+echo "  raw numbers: $OUT"
+if ((FERRY_FAILED)); then
+  STAGE=ferry
+  die "$FERRY_WHY (the other figures above are valid)"
+fi
