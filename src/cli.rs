@@ -101,16 +101,24 @@ pub struct SyncArgs {
     /// Serve status on HOST:PORT: GET /status (JSON), /metrics (Prometheus), /healthz.
     #[arg(long, value_name = "HOST:PORT")]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// Sync only these source databases, e.g. `--db 0,2` (default: all). Repeatable.
+    #[arg(long = "db", value_name = "DBS")]
+    pub dbs: Vec<String>,
+    /// Write source db SRC into target db DST, e.g. `--map-db 1:0` (a cluster or proxy target has only
+    /// db 0). Repeatable.
+    #[arg(long = "map-db", value_name = "SRC:DST")]
+    pub map_db: Vec<String>,
 }
 
 impl SyncArgs {
-    fn into_config(self) -> SyncConfig {
+    fn into_config(self) -> Result<SyncConfig, String> {
+        let dbs = crate::apply::DbMap::parse(&self.dbs, &self.map_db)?;
         let decoder = DecoderOptions {
             max_entry_bytes: self.big_value_bytes,
             chunk_elements: self.chunk_elements,
             ..DecoderOptions::default()
         };
-        SyncConfig {
+        Ok(SyncConfig {
             sources: self.sources,
             target: self.target,
             overwrite: self.on_conflict == OnConflict::Overwrite,
@@ -129,7 +137,8 @@ impl SyncArgs {
                 .target_checkpoint
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),
             status_addr: self.status_addr,
-        }
+            dbs,
+        })
     }
 }
 
@@ -168,7 +177,13 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Sync(args) => rt.block_on(sync_main(args.into_config())),
+        Command::Sync(args) => match args.into_config() {
+            Ok(cfg) => rt.block_on(sync_main(cfg)),
+            Err(msg) => {
+                eprintln!("ferry: {msg}");
+                2
+            }
+        },
         Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
     }
 }

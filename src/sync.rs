@@ -45,6 +45,8 @@ pub struct SyncConfig {
     pub target_checkpoint: Option<(u32, String)>,
     /// Where to serve `/status`, `/metrics`, `/healthz`.
     pub status_addr: Option<std::net::SocketAddr>,
+    /// Which source dbs are synced and where they go.
+    pub dbs: crate::apply::DbMap,
 }
 
 /// How `ferry sync` ended.
@@ -259,6 +261,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         let mut opts = SnapshotOptions::new(info.clone(), format!("ferry:tmp:{idx}:"));
         opts.overwrite = cfg.overwrite;
         opts.chunk_elements = cfg.chunk_elements;
+        opts.dbs = cfg.dbs.clone();
         let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
         let spec = spec.clone();
         let kind = match &plan[idx].pool {

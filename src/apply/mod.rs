@@ -14,7 +14,71 @@ pub mod snapshot;
 pub mod stream;
 pub mod sweep;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
+
+/// Which source databases are synced (`--db`) and where they go on the target (`--map-db`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbMap {
+    /// Only these source dbs; `None`: all.
+    pub keep: Option<BTreeSet<u32>>,
+    /// Source db → target db; unmapped dbs keep their number.
+    pub map: BTreeMap<u32, u32>,
+}
+
+impl DbMap {
+    /// The target db of source db `db`, or `None` when it is filtered out.
+    pub fn target(&self, db: u32) -> Option<u32> {
+        if let Some(keep) = &self.keep {
+            if !keep.contains(&db) {
+                return None;
+            }
+        }
+        Some(self.map.get(&db).copied().unwrap_or(db))
+    }
+
+    /// True when every db goes to its own number.
+    pub fn is_identity(&self) -> bool {
+        self.keep.is_none() && self.map.iter().all(|(a, b)| a == b)
+    }
+
+    /// Parse `--db 0,2` and `--map-db 1:0` values. Two source dbs mapped into one target db are allowed
+    /// (their keys are merged, as a proxy or cluster target needs).
+    pub fn parse(dbs: &[String], maps: &[String]) -> Result<DbMap, String> {
+        let num = |s: &str, what: &str| -> Result<u32, String> {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{what}: {s:?} is not a database number"))
+        };
+        let mut keep: Option<BTreeSet<u32>> = None;
+        for d in dbs {
+            for part in d.split(',').filter(|p| !p.trim().is_empty()) {
+                keep.get_or_insert_with(BTreeSet::new)
+                    .insert(num(part, "--db")?);
+            }
+        }
+        let mut map = BTreeMap::new();
+        for m in maps {
+            for part in m.split(',').filter(|p| !p.trim().is_empty()) {
+                let (a, b) = part
+                    .split_once(':')
+                    .ok_or_else(|| format!("--map-db: {part:?} is not SRC:DST (e.g. 1:0)"))?;
+                let a = num(a, "--map-db")?;
+                if map.insert(a, num(b, "--map-db")?).is_some() {
+                    return Err(format!("--map-db: source db {a} is mapped twice"));
+                }
+            }
+        }
+        if let Some(keep) = &keep {
+            if let Some(a) = map.keys().find(|a| !keep.contains(a)) {
+                return Err(format!(
+                    "--map-db maps source db {a}, which --db does not sync"
+                ));
+            }
+        }
+        Ok(DbMap { keep, map })
+    }
+}
 
 /// Why applying stopped.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +98,8 @@ pub struct ApplyStats {
     pub keys_applied: AtomicU64,
     /// Keys of the snapshot skipped because their expiry had already passed.
     pub keys_expired_skipped: AtomicU64,
+    /// Keys of the snapshot in databases that are not synced (`--db`).
+    pub keys_filtered: AtomicU64,
     /// Keys written with RESTORE (fast path).
     pub keys_restored: AtomicU64,
     /// Keys written with native commands (older target or big key).
@@ -42,4 +108,31 @@ pub struct ApplyStats {
     pub big_keys: AtomicU64,
     /// Functions libraries loaded.
     pub functions: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DbMap;
+
+    #[test]
+    fn db_filter_and_map() {
+        let m = DbMap::parse(&["0,2".into()], &["2:0".into()]).unwrap();
+        assert_eq!(m.target(0), Some(0));
+        assert_eq!(m.target(1), None);
+        assert_eq!(m.target(2), Some(0));
+        assert!(!m.is_identity());
+        assert!(DbMap::parse(&[], &[]).unwrap().is_identity());
+        assert!(DbMap::parse(&["x".into()], &[])
+            .unwrap_err()
+            .contains("--db"));
+        assert!(DbMap::parse(&[], &["1".into()])
+            .unwrap_err()
+            .contains("SRC:DST"));
+        assert!(DbMap::parse(&["0".into()], &["1:0".into()])
+            .unwrap_err()
+            .contains("does not sync"));
+        assert!(DbMap::parse(&[], &["1:0,1:2".into()])
+            .unwrap_err()
+            .contains("twice"));
+    }
 }

@@ -36,6 +36,8 @@ pub struct SnapshotOptions {
     pub tmp_prefix: String,
     /// Always re-encode (never RESTORE), e.g. for targets that refuse RESTORE.
     pub force_reencode: bool,
+    /// Which dbs are synced and where they go.
+    pub dbs: super::DbMap,
 }
 
 impl SnapshotOptions {
@@ -47,6 +49,7 @@ impl SnapshotOptions {
             chunk_elements: 512,
             tmp_prefix: tmp_prefix.into(),
             force_reencode: false,
+            dbs: super::DbMap::default(),
         }
     }
 }
@@ -221,7 +224,14 @@ impl SnapshotApplier {
         matches!(expire_ms, Some(ms) if ms <= now_ms())
     }
 
-    async fn entry(&mut self, e: Entry) -> Result<(), ApplyError> {
+    async fn entry(&mut self, mut e: Entry) -> Result<(), ApplyError> {
+        match self.opts.dbs.target(e.db) {
+            Some(db) => e.db = db,
+            None => {
+                self.stats.keys_filtered.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
         if self.expired(e.expire_ms) {
             self.stats
                 .keys_expired_skipped
@@ -324,12 +334,18 @@ impl SnapshotApplier {
         Ok(())
     }
 
-    async fn big_start(&mut self, h: BigHeader) -> Result<(), ApplyError> {
+    async fn big_start(&mut self, mut h: BigHeader) -> Result<(), ApplyError> {
         self.tmp_seq += 1;
         let tmp = Bytes::from(format!("{}{}", self.opts.tmp_prefix, self.tmp_seq));
         let conn = self.pool.conn_for_key(&h.key);
-        let skip = self.expired(h.expire_ms);
-        if skip {
+        let mapped = self.opts.dbs.target(h.db);
+        let skip = mapped.is_none() || self.expired(h.expire_ms);
+        if let Some(db) = mapped {
+            h.db = db;
+        }
+        if mapped.is_none() {
+            self.stats.keys_filtered.fetch_add(1, Ordering::Relaxed);
+        } else if skip {
             self.stats
                 .keys_expired_skipped
                 .fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,8 @@ pub struct StreamStats {
     pub commands: AtomicU64,
     pub transactions: AtomicU64,
     pub chatter: AtomicU64,
+    /// Commands of dbs that are not synced (`--db`).
+    pub filtered: AtomicU64,
 }
 
 /// What the applier asks of its caller besides writes.
@@ -83,7 +85,19 @@ pub struct StreamApplier {
     flush_after_group: Option<Option<u32>>,
     /// The checkpoint kept in the target, updated in the same MULTI/EXEC as the commands it covers.
     target_cp: Option<TargetCheckpoint>,
+    /// Which source dbs are synced and where they go (`--db`, `--map-db`).
+    dbs: super::DbMap,
+    /// A SELECT inside the open MULTI changed the db: restore the connection's db after EXEC.
+    group_selected: bool,
     pub stats: Arc<StreamStats>,
+}
+
+/// What to do with one command under a db filter or map.
+enum DbAction {
+    Forward,
+    Drop,
+    Rewrite(Vec<Vec<u8>>),
+    Report(String),
 }
 
 /// Lowercase hex SHA1 of a script body, as Redis names scripts.
@@ -116,6 +130,8 @@ impl StreamApplier {
             forward_flush: true,
             flush_after_group: None,
             target_cp: None,
+            dbs: super::DbMap::default(),
+            group_selected: false,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -155,6 +171,18 @@ impl StreamApplier {
     pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
         self.target_cp = cp;
         self
+    }
+
+    /// Sync only some source dbs, or write them into other target dbs.
+    pub fn with_dbs(mut self, dbs: super::DbMap) -> Self {
+        self.dbs = dbs;
+        self.batch.db = Some(self.tdb());
+        self
+    }
+
+    /// The target db of the current source db (its own number when filtered out: nothing is written then).
+    fn tdb(&self) -> u32 {
+        self.dbs.target(self.db).unwrap_or(self.db)
     }
 
     /// The master's replication id changed (`+CONTINUE <new id>` after a failover): record the new one.
@@ -209,10 +237,11 @@ impl StreamApplier {
         if self.group.is_some() {
             return Ok(());
         }
-        let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(self.db)));
+        let tdb = self.tdb();
+        let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(tdb)));
         if let Some(cp) = &self.target_cp {
             if !b.cmds.is_empty() {
-                wrap_with_checkpoint(&mut b, cp, self.offset, self.db);
+                wrap_with_checkpoint(&mut b, cp, self.offset, self.tdb());
             }
         }
         b.applied = Some((self.applied.clone(), self.offset));
@@ -251,10 +280,133 @@ impl StreamApplier {
                     self.send().await?;
                 }
                 self.db = db;
-                self.batch.db = Some(db);
+                self.batch.db = Some(self.tdb());
             }
             return Ok(());
         }
+        let mut rewritten: Option<Vec<Vec<u8>>> = None;
+        if !self.dbs.is_identity() || name.eq_ignore_ascii_case(b"SELECT") {
+            match self.db_action(&cmd) {
+                DbAction::Forward => {}
+                DbAction::Drop => {
+                    self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                DbAction::Rewrite(args) => rewritten = Some(args),
+                DbAction::Report(why) => {
+                    let cmdname = command_name(name);
+                    if self.pool.stats().record_rejection(cmdname, &why) {
+                        tracing::warn!(command = cmdname, key = %crate::target::pool::escape_key(cmd.arg(1)),
+                            reason = %why, "a command spanning synced and unsynced dbs was not applied");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(args) = rewritten {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            let mut raw = BytesMut::new();
+            crate::resp::encode_command(&mut raw, &refs);
+            let raw = raw.freeze();
+            let mut dec = CommandDecoder::default();
+            let mut buf = BytesMut::from(&raw[..]);
+            if let Ok(Some(c)) = dec.decode_frozen(&mut buf) {
+                return self.on_forwarded(c, signals).await;
+            }
+            return Ok(());
+        }
+        self.on_forwarded(cmd, signals).await
+    }
+
+    /// What to do with a command under a db filter or map.
+    fn db_action(&mut self, cmd: &Command) -> DbAction {
+        let name = cmd.arg(0);
+        let parse = |a: &[u8]| {
+            std::str::from_utf8(a)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        let here = self.dbs.target(self.db);
+        if name.eq_ignore_ascii_case(b"SELECT") {
+            // Only inside MULTI (outside, SELECT is consumed above).
+            let Some(db) = parse(cmd.arg(1)) else {
+                return DbAction::Report("bad SELECT".into());
+            };
+            self.db = db;
+            self.group_selected = true;
+            return match self.dbs.target(db) {
+                Some(t) => DbAction::Rewrite(vec![b"SELECT".to_vec(), t.to_string().into_bytes()]),
+                None => DbAction::Report(format!(
+                    "SELECT {db} inside MULTI into a db that is not synced"
+                )),
+            };
+        }
+        if name.eq_ignore_ascii_case(b"MOVE") && cmd.argc() == 3 {
+            let Some(dst) = parse(cmd.arg(2)) else {
+                return DbAction::Forward;
+            };
+            return match (here, self.dbs.target(dst)) {
+                (None, None) => DbAction::Drop,
+                (Some(a), Some(b)) if a == b => DbAction::Drop,
+                (Some(_), Some(b)) => DbAction::Rewrite(vec![
+                    b"MOVE".to_vec(),
+                    cmd.arg(1).to_vec(),
+                    b.to_string().into_bytes(),
+                ]),
+                (Some(_), None) => DbAction::Rewrite(vec![b"DEL".to_vec(), cmd.arg(1).to_vec()]),
+                (None, Some(_)) => DbAction::Report(format!(
+                    "MOVE from unsynced db {} into synced db {dst}",
+                    self.db
+                )),
+            };
+        }
+        if name.eq_ignore_ascii_case(b"SWAPDB") && cmd.argc() == 3 {
+            let (Some(a), Some(b)) = (parse(cmd.arg(1)), parse(cmd.arg(2))) else {
+                return DbAction::Forward;
+            };
+            return match (self.dbs.target(a), self.dbs.target(b)) {
+                (None, None) => DbAction::Drop,
+                (Some(x), Some(y)) if x != y => DbAction::Rewrite(vec![
+                    b"SWAPDB".to_vec(),
+                    x.to_string().into_bytes(),
+                    y.to_string().into_bytes(),
+                ]),
+                _ => DbAction::Report(format!("SWAPDB {a} {b} across unsynced or merged dbs")),
+            };
+        }
+        if name.eq_ignore_ascii_case(b"COPY") {
+            let args: Vec<&[u8]> = (0..cmd.argc()).map(|i| cmd.arg(i)).collect();
+            if let Some(pos) = args.iter().position(|a| a.eq_ignore_ascii_case(b"DB")) {
+                let Some(dst) = args.get(pos + 1).and_then(|a| parse(a)) else {
+                    return DbAction::Forward;
+                };
+                return match (here, self.dbs.target(dst)) {
+                    (None, None) | (Some(_), None) => DbAction::Drop,
+                    (Some(_), Some(t)) => {
+                        let mut v: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+                        v[pos + 1] = t.to_string().into_bytes();
+                        DbAction::Rewrite(v)
+                    }
+                    (None, Some(_)) => DbAction::Report(format!(
+                        "COPY from unsynced db {} into synced db {dst}",
+                        self.db
+                    )),
+                };
+            }
+        }
+        if here.is_none() {
+            // MULTI/EXEC of a transaction in an unsynced db go with its commands.
+            return DbAction::Drop;
+        }
+        DbAction::Forward
+    }
+
+    async fn on_forwarded(
+        &mut self,
+        cmd: Command,
+        signals: &mut Signals,
+    ) -> Result<(), ApplyError> {
+        let name = cmd.arg(0);
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
         let script_load = self.scripts_before(&cmd);
         if let Some(body) = &script_load {
@@ -268,9 +420,10 @@ impl StreamApplier {
         }
         let is_flush =
             name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL");
-        if is_flush && !self.forward_flush {
+        if is_flush && (!self.forward_flush || !self.dbs.is_identity()) {
+            // Shared target, or dbs filtered/mapped: remove this source's keys of the synced dbs only.
             let scope = if name.eq_ignore_ascii_case(b"FLUSHDB") {
-                Some(self.db)
+                Some(self.tdb())
             } else {
                 None
             };
@@ -306,6 +459,18 @@ impl StreamApplier {
                 let (n, key) = self.group.take().expect("in a group");
                 if n > 0 {
                     self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
+                }
+                if std::mem::take(&mut self.group_selected) {
+                    // The transaction moved the connection to another db: put it back where the batch
+                    // says it is, and continue in a batch of the new db.
+                    let back = self.batch.db.unwrap_or(0).to_string();
+                    self.batch.push(
+                        "SELECT",
+                        &Bytes::new(),
+                        &[b"SELECT", back.as_bytes()],
+                        ResendRule::Strict,
+                    );
+                    self.send().await?;
                 }
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 if let Some(scope) = self.flush_after_group.take() {

@@ -281,6 +281,7 @@ pub async fn run(
                         let mut s = StreamApplier::new(applier.pool(), start, 0, applied.clone())
                             .with_connection(idx)
                             .forward_flush(matches!(ownership, Ownership::Sole))
+                            .with_dbs(cfg.dbs.clone())
                             .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
                         s.add_scripts(&applier.scripts);
                         if full_syncs > 1 || had_checkpoint {
@@ -313,6 +314,7 @@ pub async fn run(
                                 let s = StreamApplier::new(applier.pool(), offset, 0, applied.clone())
                                     .with_connection(idx)
                                     .forward_flush(matches!(ownership, Ownership::Sole))
+                            .with_dbs(cfg.dbs.clone())
                                     .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
                                 phase = Phase::Streaming(Box::new(s));
                                 reached_stream = true;
@@ -417,7 +419,16 @@ async fn remove_keys(
     s.pool_flush().await?;
     let dbs = match dbs {
         Some(d) => d,
-        None => sweep::target_dbs(&cfg.target).await?,
+        None => match &cfg.dbs.keep {
+            // Only the target dbs this job writes into.
+            Some(keep) => {
+                let mut t: Vec<u32> = keep.iter().filter_map(|d| cfg.dbs.target(*d)).collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            }
+            None => sweep::target_dbs(&cfg.target).await?,
+        },
     };
     let (pool, conn) = s.ordered_connection();
     let report = sweep::sweep(&cfg.target, addr, &dbs, ownership, kind, |db, keys| {

@@ -203,3 +203,53 @@ fn wait_same_auth(servers: &[&RedisServer], target: &RedisServer, ferry: &Ferry,
         }
     }
 }
+
+#[test]
+fn db_filter_and_map_apply_to_snapshot_and_stream() {
+    let master = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let mut m = master.client();
+    for db in 0..3 {
+        m.ok(&["SELECT", &db.to_string()]);
+        m.ok(&["SET", &format!("snap{db}"), "v"]);
+    }
+    let state = TempDir::new("dbmap");
+    let ferry = Ferry::sync(
+        &[master.url()],
+        &target.url(),
+        state.path(),
+        &["--db", "0,2", "--map-db", "2:0"],
+    );
+    let mut t = target.client();
+    wait_until(
+        "the snapshot of dbs 0 and 2 in target db 0",
+        Duration::from_secs(20),
+        || t.dbsize() == 2,
+    );
+    m.ok(&["SELECT", "1"]);
+    m.ok(&["SET", "stream1", "not synced"]);
+    m.ok(&["SELECT", "2"]);
+    m.ok(&["SET", "stream2", "into db 0"]);
+    m.ok(&["SELECT", "0"]);
+    m.ok(&["SET", "moved", "v"]);
+    m.ok(&["MOVE", "moved", "1"]);
+    m.ok(&["SET", "last", "v"]);
+    wait_until("the stream's last write", Duration::from_secs(20), || {
+        t.cmd(&["EXISTS", "last"]).as_int() == 1
+    });
+    let mut keys: Vec<String> = t
+        .ok(&["KEYS", "*"])
+        .as_array()
+        .iter()
+        .map(|k| k.as_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["last", "snap0", "snap2", "stream2"],
+        "{}",
+        ferry.log()
+    );
+    t.ok(&["SELECT", "1"]);
+    assert_eq!(t.dbsize(), 0, "db 1 is not synced");
+}
