@@ -26,6 +26,7 @@ use bytes::Bytes;
 use super::conn::{Conn, Pipeline, Role, VerifyError};
 use super::report::Kind;
 use super::topology::{Group, Node};
+use crate::apply::DbMap;
 use crate::resp::Reply;
 use crate::twemproxy::Router;
 
@@ -59,6 +60,8 @@ pub struct SourceGroup {
 /// Everything shared by the workers comparing with one target.
 pub struct Env {
     pub opt: CompareOptions,
+    /// `--db` / `--map-db`: which source dbs are compared, and with which target db.
+    pub dbmap: DbMap,
     /// Every source node, all groups flattened.
     pub src: Vec<Node>,
     pub groups: Vec<SourceGroup>,
@@ -72,7 +75,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(opt: CompareOptions, sources: &[Group], tgt: Group) -> Env {
+    pub fn new(opt: CompareOptions, dbmap: DbMap, sources: &[Group], tgt: Group) -> Env {
         let mut src = Vec::new();
         let mut groups = Vec::new();
         for g in sources {
@@ -94,6 +97,7 @@ impl Env {
         let dump = opt.dump;
         Env {
             opt,
+            dbmap,
             src,
             groups,
             tgt,
@@ -118,6 +122,16 @@ impl Env {
             }
         }
         v
+    }
+
+    /// The target db source db `db` is compared with; `None` when `--db` leaves it out.
+    pub fn target_db(&self, db: u32) -> Option<u32> {
+        self.dbmap.target(db)
+    }
+
+    /// The source dbs compared with target db `db`.
+    pub fn source_dbs(&self, db: u32) -> Vec<u32> {
+        source_dbs(&self.dbmap, db)
     }
 
     /// The target node that holds (or should hold) `key`.
@@ -145,6 +159,25 @@ impl Env {
     }
 }
 
+/// The source dbs that `--db`/`--map-db` send into target db `db`.
+pub fn source_dbs(m: &DbMap, db: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = m
+        .map
+        .iter()
+        .filter(|(_, &t)| t == db)
+        .map(|(&s, _)| s)
+        .collect();
+    if !m.map.contains_key(&db) {
+        v.push(db);
+    }
+    if let Some(keep) = &m.keep {
+        v.retain(|d| keep.contains(d));
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// A worker's connections, opened on first use.
 pub struct Conns {
     src: Vec<Option<Conn>>,
@@ -158,6 +191,13 @@ impl Conns {
             tgt: (0..env.tgt.nodes.len()).map(|_| None).collect(),
         }
     }
+}
+
+/// The db each side runs in: a source db and the target db it is compared with (`--map-db`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dbs {
+    pub src: u32,
+    pub tgt: u32,
 }
 
 /// Where a queued command's reply will be.
@@ -223,17 +263,17 @@ impl Calls {
     }
 
     /// Send everything (sources and target concurrently) in `db` and read every reply.
-    pub async fn exec(self, env: &Env, conns: &mut Conns, db: u32) -> Result<Replies, VerifyError> {
+    pub async fn exec(self, env: &Env, conns: &mut Conns, db: Dbs) -> Result<Replies, VerifyError> {
         let (src_p, src_names): (Vec<_>, Vec<_>) = self.src.into_iter().unzip();
         let (tgt_p, tgt_names): (Vec<_>, Vec<_>) = self.tgt.into_iter().unzip();
         let (a, b) = tokio::join!(
-            run_side(env, &mut conns.src, &env.src, Role::Source, db, &src_p),
+            run_side(env, &mut conns.src, &env.src, Role::Source, db.src, &src_p),
             run_side(
                 env,
                 &mut conns.tgt,
                 &env.tgt.nodes,
                 Role::Target,
-                db,
+                db.tgt,
                 &tgt_p
             ),
         );
@@ -461,6 +501,10 @@ pub async fn forward(
 ) -> Result<Vec<Verdict>, VerifyError> {
     let ttl_cmd: &[u8] = if env.abs_ttl { b"PEXPIRETIME" } else { b"PTTL" };
     let tol = env.opt.ttl_tolerance_ms;
+    let db = Dbs {
+        src: db,
+        tgt: env.target_db(db).unwrap_or(db),
+    };
 
     // Round 1: type and expiry.
     let mut c = Calls::new(env);
@@ -640,7 +684,7 @@ async fn compare_small(
     env: &Env,
     conns: &mut Conns,
     s: usize,
-    db: u32,
+    db: Dbs,
     keys: &[Bytes],
     st: &mut [St],
     idx: &[usize],
@@ -807,7 +851,7 @@ async fn compare_big(
     conns: &mut Conns,
     s: usize,
     tn: usize,
-    db: u32,
+    db: Dbs,
     key: &Bytes,
     ty: Ty,
     tyname: &str,
@@ -841,7 +885,7 @@ async fn big_string(
     conns: &mut Conns,
     s: usize,
     tn: usize,
-    db: u32,
+    db: Dbs,
     key: &[u8],
     len: u64,
 ) -> Found {
@@ -873,7 +917,7 @@ async fn big_ranged(
     conns: &mut Conns,
     s: usize,
     tn: usize,
-    db: u32,
+    db: Dbs,
     key: &[u8],
     len: u64,
     zset: bool,
@@ -926,7 +970,7 @@ pub(super) fn scan_reply(r: &Reply) -> (Bytes, Vec<Bytes>) {
 }
 
 /// Every source member (SSCAN pages) must be on the target; the sizes are already equal.
-async fn big_set(env: &Env, conns: &mut Conns, s: usize, tn: usize, db: u32, key: &[u8]) -> Found {
+async fn big_set(env: &Env, conns: &mut Conns, s: usize, tn: usize, db: Dbs, key: &[u8]) -> Found {
     let page = env.opt.page.max(1).to_string();
     let mut cursor = Bytes::from_static(b"0");
     let mut missing = 0u64;
@@ -973,7 +1017,7 @@ async fn big_set(env: &Env, conns: &mut Conns, s: usize, tn: usize, db: u32, key
 
 /// Every source field (HSCAN pages) must have the same value on the target (`HMGET`), and the same
 /// expiry when both servers have hash field expiry; the sizes are already equal.
-async fn big_hash(env: &Env, conns: &mut Conns, s: usize, tn: usize, db: u32, key: &[u8]) -> Found {
+async fn big_hash(env: &Env, conns: &mut Conns, s: usize, tn: usize, db: Dbs, key: &[u8]) -> Found {
     let page = env.opt.page.max(1).to_string();
     let hfe = env.hash_field_ttl(s, tn);
     let mut cursor = Bytes::from_static(b"0");
@@ -1042,7 +1086,7 @@ async fn big_stream(
     conns: &mut Conns,
     s: usize,
     tn: usize,
-    db: u32,
+    db: Dbs,
     key: &[u8],
 ) -> Found {
     let page_n = env.opt.page.max(1) as u64;
@@ -1107,7 +1151,8 @@ async fn big_stream(
         .map(|d| (Kind::Value, d)))
 }
 
-/// Compare a target node's keys with the sources: each must be on a source that may hold it.
+/// Compare a target node's keys (target db `db`) with the sources: each must be on a source that may hold
+/// it, in a source db that maps to `db`.
 pub async fn reverse(
     env: &Env,
     conns: &mut Conns,
@@ -1116,38 +1161,63 @@ pub async fn reverse(
     keys: &[Bytes],
 ) -> Result<Vec<Verdict>, VerifyError> {
     let ttl_cmd: &[u8] = if env.abs_ttl { b"PEXPIRETIME" } else { b"PTTL" };
-    let mut c = Calls::new(env);
-    let mut slots = Vec::with_capacity(keys.len());
-    for k in keys {
-        let cands = env.candidates(k);
-        let exists: Vec<Slot> = cands.iter().map(|&n| c.s(n, &[b"EXISTS", k])).collect();
-        slots.push((c.t(t, &[ttl_cmd, k]), exists, cands));
-    }
-    let r = c.exec(env, conns, db).await?;
-    let now = r.now_ms;
-    let mut out = Vec::with_capacity(keys.len());
-    for (texp, exists, cands) in slots {
-        let texp = match r.get(env, texp) {
-            Ok(x) => exp_of(x, env.abs_ttl, now),
-            Err(Bad::Changed) => Exp::NoKey,
-            Err(Bad::Fail(e)) => return Err(e),
+    let src_dbs = env.source_dbs(db);
+    let mut found = vec![false; keys.len()];
+    let mut texp = vec![Exp::NoKey; keys.len()];
+    let mut now = now_ms();
+    let cands: Vec<Vec<usize>> = keys.iter().map(|k| env.candidates(k)).collect();
+    // One round per source db mapped here (usually one); the target's expiries come with the first.
+    let rounds = src_dbs.len().max(1);
+    for round in 0..rounds {
+        let sdb = src_dbs.get(round).copied();
+        let mut c = Calls::new(env);
+        let mut slots = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let exp = (round == 0).then(|| c.t(t, &[ttl_cmd, k]));
+            let exists: Vec<Slot> = match sdb {
+                Some(_) => cands[i].iter().map(|&n| c.s(n, &[b"EXISTS", k])).collect(),
+                None => Vec::new(),
+            };
+            slots.push((exp, exists));
+        }
+        let dbs = Dbs {
+            src: sdb.unwrap_or(db),
+            tgt: db,
         };
-        let mut found = false;
-        for e in exists {
-            match r.get(env, e) {
-                Ok(x) => found |= x.as_int().unwrap_or(0) > 0,
-                Err(Bad::Fail(e)) => return Err(e),
-                Err(Bad::Changed) => {}
+        let r = c.exec(env, conns, dbs).await?;
+        if round == 0 {
+            now = r.now_ms;
+        }
+        for (i, (exp, exists)) in slots.into_iter().enumerate() {
+            if let Some(e) = exp {
+                texp[i] = match r.get(env, e) {
+                    Ok(x) => exp_of(x, env.abs_ttl, now),
+                    Err(Bad::Changed) => Exp::NoKey,
+                    Err(Bad::Fail(e)) => return Err(e),
+                };
+            }
+            for e in exists {
+                match r.get(env, e) {
+                    Ok(x) => found[i] |= x.as_int().unwrap_or(0) > 0,
+                    Err(Bad::Fail(e)) => return Err(e),
+                    Err(Bad::Changed) => {}
+                }
             }
         }
-        out.push(match texp {
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        out.push(match texp[i] {
             Exp::NoKey => Verdict::Expired,
-            _ if found => Verdict::Match,
+            _ if found[i] => Verdict::Match,
             Exp::At(x) if x - now <= env.opt.ttl_tolerance_ms => Verdict::Expired,
             _ => Verdict::Diff(
                 Kind::Extra,
-                match (cands.len(), env.src.len()) {
-                    (1, n) if n > 1 => format!("not on its source {}", env.src[cands[0]].shown),
+                match (cands[i].len(), env.src.len(), src_dbs.is_empty()) {
+                    (_, _, true) => format!("no source db is compared with db{db}"),
+                    (1, n, _) if n > 1 => {
+                        format!("not on its source {}", env.src[cands[i][0]].shown)
+                    }
                     _ => "on no source".to_string(),
                 },
             ),

@@ -19,6 +19,7 @@ use super::compare::{self, CompareOptions, Conns, Env, Verdict};
 use super::conn::{Conn, Role, VerifyError};
 use super::report::{Counts, DbCounts, DbKeyCount, Difference, Kind, Report, TargetReport};
 use super::topology::{self, Endpoint, Group};
+use crate::apply::DbMap;
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct Settings {
     pub rate: Option<f64>,
     /// Use the DUMP fast path when both sides write the same RDB version.
     pub dump: bool,
+    /// `--db` / `--map-db`: the source dbs compared and the target db each is compared with.
+    pub dbmap: DbMap,
     /// A key ferry itself writes into sources (heartbeat): ignored on both sides.
     pub ignore_key: Option<Bytes>,
     /// Differences listed in the report (all are counted).
@@ -92,6 +95,7 @@ impl Default for Settings {
             round_pause: Duration::from_millis(1000),
             rate: None,
             dump: true,
+            dbmap: DbMap::default(),
             ignore_key: Some(Bytes::from_static(b"ferry:heartbeat")),
             max_listed: 100_000,
             max_recheck: 100_000,
@@ -239,6 +243,9 @@ impl Shared {
                     );
                     d.src_node = src_node;
                     d.tgt_node = tn;
+                    if w.role == Role::Source {
+                        d.target_db = self.env.target_db(w.db).filter(|&t| t != w.db);
+                    }
                     t.diffs.push(d);
                 }
             }
@@ -314,7 +321,7 @@ async fn verify_target(
         timeout: s.timeout,
     };
     let target_shown = tg.shown.clone();
-    let env = Env::new(opt, sources, tg);
+    let env = Env::new(opt, s.dbmap.clone(), sources, tg);
     let total: u64 = env
         .src
         .iter()
@@ -415,7 +422,7 @@ async fn verify_target(
             overflow_warned: false,
         },
     );
-    pair_other_db(&mut t);
+    pair_other_db(&mut t, &sh.env.dbmap);
     // A stable order (workers finish in any order): by kind, db, key.
     t.diffs
         .sort_by(|a, b| (a.kind, a.db, &a.raw_key).cmp(&(b.kind, b.db, &b.raw_key)));
@@ -447,7 +454,7 @@ async fn verify_target(
 }
 
 /// A key missing in one db and extra in another is one difference: "in another db".
-fn pair_other_db(t: &mut Tally) {
+fn pair_other_db(t: &mut Tally, dbmap: &DbMap) {
     let mut missing: HashMap<Bytes, Vec<usize>> = HashMap::new();
     for (i, d) in t.diffs.iter().enumerate() {
         if d.kind == Kind::Missing {
@@ -466,7 +473,10 @@ fn pair_other_db(t: &mut Tally) {
             continue;
         };
         let extra_db = t.diffs[j].db;
-        let Some(pos) = list.iter().position(|&i| t.diffs[i].db != extra_db) else {
+        let Some(pos) = list
+            .iter()
+            .position(|&i| dbmap.target(t.diffs[i].db) != Some(extra_db))
+        else {
             continue;
         };
         let i = list.swap_remove(pos);
@@ -608,6 +618,15 @@ async fn scan(
     let mut rng = SplitMix(sh.s.seed ^ h.finish());
     let count = sh.s.scan_count.max(1).to_string();
     for &(db, keys) in &n.keyspace {
+        let compared = match role {
+            Role::Source => sh.env.target_db(db).is_some(),
+            Role::Target => !sh.env.source_dbs(db).is_empty(),
+        };
+        if !compared {
+            tracing::debug!(%role, server = %n.shown, db, keys, "db left out by --db/--map-db");
+            sh.progress.inc(keys);
+            continue;
+        }
         tracing::debug!(%role, server = %n.shown, db, keys, "scanning");
         conn.select(db);
         let mut cursor = Bytes::from_static(b"0");
@@ -650,6 +669,23 @@ async fn scan(
     Ok(())
 }
 
+/// Keys in `db` (DBSIZE), ferry's own key not counted.
+async fn keys_in(c: &mut Conn, db: u32, ignore: Option<&Bytes>) -> Result<u64, VerifyError> {
+    c.select(db);
+    let mut p = super::conn::Pipeline::new();
+    p.push(&[b"DBSIZE"]);
+    if let Some(k) = ignore {
+        p.push(&[b"EXISTS", k]);
+    }
+    let r = c.run(&p).await?;
+    if let Some(Reply::Error(e)) = r.iter().find(|x| x.is_error()) {
+        return Err(c.command_error(b"DBSIZE", e));
+    }
+    let n = r.first().and_then(|x| x.as_int()).unwrap_or(0)
+        - r.get(1).and_then(|x| x.as_int()).unwrap_or(0);
+    Ok(n.max(0) as u64)
+}
+
 /// `--mode count`: keys per db (DBSIZE, minus ferry's own key), sources summed against the target, re-counted
 /// in later rounds while they differ.
 async fn count_target(
@@ -658,11 +694,18 @@ async fn count_target(
     tg: &Group,
     cancel: &CancellationToken,
 ) -> Result<TargetReport, VerifyError> {
+    // Target dbs compared: where kept source dbs with keys go, and target dbs with keys that some source
+    // db maps to.
     let mut dbs: Vec<u32> = sources
         .iter()
         .flat_map(|g| g.nodes.iter())
-        .chain(tg.nodes.iter())
-        .flat_map(|n| n.keyspace.iter().map(|(d, _)| *d))
+        .flat_map(|n| n.keyspace.iter().filter_map(|(d, _)| s.dbmap.target(*d)))
+        .chain(
+            tg.nodes
+                .iter()
+                .flat_map(|n| n.keyspace.iter().map(|(d, _)| *d))
+                .filter(|d| !compare::source_dbs(&s.dbmap, *d).is_empty()),
+        )
         .collect();
     dbs.sort_unstable();
     dbs.dedup();
@@ -678,27 +721,25 @@ async fn count_target(
     for round in 0..=s.rounds {
         counts.clear();
         for &db in &dbs {
+            let src_dbs = compare::source_dbs(&s.dbmap, db);
             let (mut src, mut tgt) = (0u64, 0u64);
             for (role, c) in conns.iter_mut() {
-                c.select(db);
-                let mut p = super::conn::Pipeline::new();
-                p.push(&[b"DBSIZE"]);
-                if let Some(k) = &s.ignore_key {
-                    p.push(&[b"EXISTS", k]);
-                }
-                let r = c.run(&p).await?;
-                if let Some(Reply::Error(e)) = r.iter().find(|x| x.is_error()) {
-                    return Err(c.command_error(b"DBSIZE", e));
-                }
-                let n = r.first().and_then(|x| x.as_int()).unwrap_or(0)
-                    - r.get(1).and_then(|x| x.as_int()).unwrap_or(0);
-                match role {
-                    Role::Source => src += n.max(0) as u64,
-                    Role::Target => tgt += n.max(0) as u64,
+                let own = [db];
+                let dbs_here: &[u32] = match role {
+                    Role::Source => &src_dbs,
+                    Role::Target => &own,
+                };
+                for &d in dbs_here {
+                    let n = keys_in(c, d, s.ignore_key.as_ref()).await?;
+                    match role {
+                        Role::Source => src += n,
+                        Role::Target => tgt += n,
+                    }
                 }
             }
             counts.push(DbKeyCount {
                 db,
+                source_dbs: src_dbs,
                 source_keys: src,
                 target_keys: tgt,
             });

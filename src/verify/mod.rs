@@ -121,6 +121,14 @@ pub struct VerifyArgs {
     /// Never use the DUMP fast path (compare every value type-aware).
     #[arg(long)]
     pub no_dump: bool,
+    /// Compare only these source databases, e.g. `--db 0,2` (default: all), as `ferry sync --db`.
+    /// Repeatable.
+    #[arg(long = "db", value_name = "DBS")]
+    pub dbs: Vec<String>,
+    /// Source db SRC was written into target db DST, e.g. `--map-db 1:0`, as `ferry sync --map-db`.
+    /// Repeatable.
+    #[arg(long = "map-db", value_name = "SRC:DST")]
+    pub map_db: Vec<String>,
     /// ferry's heartbeat key, ignored on both sides in every db ("" to ignore nothing).
     #[arg(long, default_value = "ferry:heartbeat", value_name = "KEY")]
     pub heartbeat_key: String,
@@ -184,6 +192,13 @@ impl VerifyArgs {
         if self.timeout_secs == 0 {
             problems.push("--timeout-secs must be at least 1".into());
         }
+        let dbmap = match crate::apply::DbMap::parse(&self.dbs, &self.map_db) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(e);
+                crate::apply::DbMap::default()
+            }
+        };
         if !problems.is_empty() {
             return Err(VerifyError::Config(problems.join("; ")));
         }
@@ -209,6 +224,7 @@ impl VerifyArgs {
                 round_pause: Duration::from_millis(self.round_pause_ms),
                 rate: self.rate,
                 dump: !self.no_dump,
+                dbmap,
                 ignore_key: (!self.heartbeat_key.is_empty())
                     .then(|| Bytes::from(self.heartbeat_key.into_bytes())),
                 max_listed: self.max_listed,

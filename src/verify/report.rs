@@ -193,7 +193,10 @@ pub struct DbCounts {
 /// `--mode count`: keys per db on the sources (summed) and on the target.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct DbKeyCount {
+    /// The target db.
     pub db: u32,
+    /// The source dbs counted into it (`[db]` unless `--map-db`/`--db` say otherwise).
+    pub source_dbs: Vec<u32>,
     pub source_keys: u64,
     pub target_keys: u64,
 }
@@ -294,9 +297,21 @@ impl Report {
                 );
             } else {
                 for k in &t.key_counts {
+                    let from = if k.source_dbs == [k.db] {
+                        String::new()
+                    } else {
+                        format!(
+                            " (from source db {})",
+                            k.source_dbs
+                                .iter()
+                                .map(|d| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        )
+                    };
                     let _ = writeln!(
                         s,
-                        "  db{}: {} keys on the source(s), {} on the target{}",
+                        "  db{}{from}: {} keys on the source(s), {} on the target{}",
                         k.db,
                         k.source_keys,
                         k.target_keys,

@@ -804,6 +804,69 @@ fn a_live_copy_with_a_concurrent_writer_gives_no_false_report() {
     );
 }
 
+/// `--db` and `--map-db` as `ferry sync` takes them: only the kept source dbs are compared, each with
+/// the target db it was written into; target dbs no kept source db maps to are not looked at.
+#[test]
+fn db_filter_and_mapping_match_sync() {
+    let (src, tgt) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    let keys = |c: &mut Client, db: &str, prefix: &str| {
+        c.ok(&["SELECT", db]);
+        let cmds: Vec<Vec<Vec<u8>>> = (0..200)
+            .map(|i| args(&["HSET", &format!("{prefix}{i}"), "f", &i.to_string()]))
+            .collect();
+        pipeline(c, &cmds);
+    };
+    let (mut s, mut t) = (src.client(), tgt.client());
+    keys(&mut s, "0", "zero:"); // not synced
+    keys(&mut s, "1", "one:");
+    keys(&mut s, "2", "two:");
+    keys(&mut t, "0", "one:"); // db 1 went into db 0
+    keys(&mut t, "2", "two:");
+    keys(&mut t, "5", "other:"); // no kept source db maps here
+    let map = ["--db", "1,2", "--map-db", "1:0", "--rounds", "0", "--json"];
+    let o = src_tgt(&src.url(), &tgt.url(), &map);
+    assert_eq!(o.code, 0, "{}\n{}", o.out, o.err);
+    assert_eq!(o.totals()["checked"], 400);
+    assert_eq!(o.totals()["target_keys_checked"], 400);
+    let o = src_tgt(
+        &src.url(),
+        &tgt.url(),
+        &[&map[..], &["--mode", "count"]].concat(),
+    );
+    assert_eq!(o.code, 0, "{}\n{}", o.out, o.err);
+    // Without the mapping, everything is where it should not be.
+    let o = src_tgt(&src.url(), &tgt.url(), &["--rounds", "0", "--json"]);
+    assert_eq!(o.code, 1);
+
+    t.ok(&["SELECT", "0"]);
+    t.ok(&["DEL", "one:5"]);
+    t.ok(&["SET", "stray", "v"]);
+    t.ok(&["SELECT", "2"]);
+    t.ok(&["HSET", "two:9", "f", "changed"]);
+    let o = src_tgt(&src.url(), &tgt.url(), &map);
+    assert_eq!(o.code, 1);
+    let d = |kind: &str, db: u64, key: &str| (kind.to_string(), db, key.to_string());
+    assert_eq!(
+        o.diffs(),
+        [
+            d("missing", 1, "one:5"),
+            d("extra", 0, "stray"),
+            d("value", 2, "two:9")
+        ]
+        .into_iter()
+        .collect()
+    );
+    let j = o.json();
+    let missing = j["targets"][0]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "missing")
+        .cloned()
+        .unwrap();
+    assert_eq!(missing["target_db"], 0, "{missing}");
+}
+
 /// A difference that is gone by the re-check is not reported: it counts as equal after a re-check.
 #[test]
 fn a_difference_fixed_before_the_recheck_is_not_reported() {
