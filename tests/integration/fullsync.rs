@@ -5,6 +5,7 @@
 
 use crate::support::*;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Fill `c` with every type and encoding across dbs 0–3. Returns the number of keys per db.
 pub fn fill_every_type(c: &mut Client) -> [i64; 4] {
@@ -311,5 +312,77 @@ fn wrong_target_password_is_reported_without_the_password() {
     assert!(
         !err.contains("wrong-secret") && !err.contains("right-secret"),
         "{err}"
+    );
+}
+
+/// The master's replica output buffer is tiny and the target is paused in bursts while the master keeps
+/// writing: the link must read at network speed (the spool absorbs), so the master never drops us and the
+/// job needs exactly one full sync.
+#[test]
+fn a_slow_target_never_makes_the_master_drop_us() {
+    use crate::support::ferry_proc::Ferry;
+    let master = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--client-output-buffer-limit",
+        "replica 1mb 512kb 1",
+        "--repl-diskless-sync",
+        "no",
+    ]);
+    let target = RedisServer::start(&["--enable-debug-command", "yes"]);
+    let mut m = master.client();
+    m.ok(&["DEBUG", "POPULATE", "200000", "pre", "64"]);
+    let state = TempDir::new("slow");
+    let ferry = Ferry::sync(
+        &[master.url()],
+        &target.url(),
+        state.path(),
+        &["--spool-mem-bytes", "1048576"],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, port) = (stop.clone(), master.port);
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        // A steady load of about 0.5–1 MB/s: enough to overflow a 1 MB replica buffer within seconds
+        // when the replica stops reading, little enough for the master's own snapshot phase.
+        let v = "w".repeat(100);
+        let mut n = 0u64;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            c.ok(&["SET", &format!("load:{}", n % 50_000), &v]);
+            n += 1;
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        n
+    });
+    let mut t = target.client();
+    // Shape the scenario (not a synchronisation): the target is paused for 300 ms out of every 400 ms,
+    // 15 times, while the master takes writes.
+    for _ in 0..15 {
+        t.ok(&["CLIENT", "PAUSE", "300", "WRITE"]);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while digest(&mut t) != digest(&mut m) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "target never caught up; log:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        m.info_field("stats", "sync_full").as_deref(),
+        Some("1"),
+        "exactly one full sync; master log:\n{}",
+        master.log()
+    );
+    assert!(
+        ferry.log().contains("spilling to disk"),
+        "the scenario must have made the target slower than the link; log:\n{}",
+        ferry.log()
     );
 }
