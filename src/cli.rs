@@ -40,6 +40,14 @@ pub enum OnConflict {
     Overwrite,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Count, log once per distinct error, show in status, continue.
+    Log,
+    /// Stop the job (exit 1) at the first rejected write.
+    Stop,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Sync sources into a target: the full data first, then every change.
@@ -101,6 +109,10 @@ pub struct SyncArgs {
     /// Serve status on HOST:PORT: GET /status (JSON), /metrics (Prometheus), /healthz.
     #[arg(long, value_name = "HOST:PORT")]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// What a write the target rejects does: `log` (count it, log it once per distinct error, show it in
+    /// status, keep going; `--once` then exits 1) or `stop` (end the job with exit 1).
+    #[arg(long, value_enum, default_value_t = OnError::Log)]
+    pub on_error: OnError,
     /// Sync only these source databases, e.g. `--db 0,2` (default: all). Repeatable.
     #[arg(long = "db", value_name = "DBS")]
     pub dbs: Vec<String>,
@@ -138,6 +150,7 @@ impl SyncArgs {
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),
             status_addr: self.status_addr,
             dbs,
+            stop_on_error: self.on_error == OnError::Stop,
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct SyncConfig {
     pub status_addr: Option<std::net::SocketAddr>,
     /// Which source dbs are synced and where they go.
     pub dbs: crate::apply::DbMap,
+    /// End the job at the first write the target rejects (`--on-error stop`).
+    pub stop_on_error: bool,
 }
 
 /// How `ferry sync` ended.

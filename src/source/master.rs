@@ -179,6 +179,11 @@ pub async fn run(
                 link_result = Some(r);
             }
             _ = tick.tick() => {
+                if cfg.stop_on_error && applier.pool().stats().failed() > 0 {
+                    break Err(link_err(format!(
+                        "the target rejected {} writes and --on-error stop is set (see the log for the commands, keys and errors)",
+                        applier.pool().stats().failed())));
+                }
                 let a = applied.load(Ordering::Acquire);
                 shared.applied.store(a, Ordering::Release);
                 st.set_received_offset(shared.received.load(Ordering::Acquire));

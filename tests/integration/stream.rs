@@ -533,3 +533,57 @@ fn a_forced_full_resync_leaves_no_ghosts_and_no_duplicates() {
         "no duplicated list items"
     );
 }
+
+#[test]
+fn a_rejected_write_is_counted_and_logged_and_on_error_stop_ends_the_job() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let mut t = target.client();
+    // A key of another type on the target: the source's INCR will be rejected with WRONGTYPE.
+    t.ok(&["RPUSH", "clash", "x"]);
+    let mut m = master.client();
+    // --on-error log: counted and logged, the job keeps going.
+    let state = TempDir::new("onerr-log");
+    let ferry = Ferry::sync(
+        &[master.url()],
+        &target.url(),
+        state.path(),
+        &["--on-conflict", "overwrite"],
+    );
+    m.ok(&["SET", "first", "1"]);
+    crate::support::wait_until("streaming", Duration::from_secs(20), || {
+        t.cmd(&["EXISTS", "first"]).as_int() == 1
+    });
+    m.ok(&["INCR", "clash"]);
+    m.ok(&["SET", "after", "1"]);
+    crate::support::wait_until(
+        "the write after the rejected one",
+        Duration::from_secs(20),
+        || t.cmd(&["EXISTS", "after"]).as_int() == 1,
+    );
+    crate::support::wait_until("the rejection in the log", Duration::from_secs(10), || {
+        ferry.log().contains("WRONGTYPE")
+    });
+    let log = ferry.log();
+    assert!(log.contains("INCR") && log.contains("clash"), "{log}");
+    drop(ferry);
+
+    // --on-error stop: the job ends with exit 1.
+    m.ok(&["DEL", "clash"]);
+    t.ok(&["FLUSHALL"]);
+    t.ok(&["RPUSH", "clash", "x"]);
+    let state = TempDir::new("onerr-stop");
+    let mut ferry = Ferry::sync(
+        &[master.url()],
+        &target.url(),
+        state.path(),
+        &["--on-conflict", "overwrite", "--on-error", "stop"],
+    );
+    crate::support::wait_until("streaming", Duration::from_secs(20), || {
+        t.cmd(&["EXISTS", "first"]).as_int() == 1
+    });
+    m.ok(&["INCR", "clash"]);
+    let st = ferry.wait(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{}", ferry.log());
+    assert!(ferry.log().contains("--on-error stop"), "{}", ferry.log());
+}
