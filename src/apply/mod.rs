@@ -98,6 +98,8 @@ pub struct ApplyStats {
     pub keys_applied: AtomicU64,
     /// Keys of the snapshot skipped because their expiry had already passed.
     pub keys_expired_skipped: AtomicU64,
+    /// Empty collections in the snapshot, skipped as Redis skips them on load.
+    pub keys_empty_skipped: AtomicU64,
     /// Keys of the snapshot in databases that are not synced (`--db`).
     pub keys_filtered: AtomicU64,
     /// Keys written with RESTORE (fast path).
