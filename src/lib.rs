@@ -28,6 +28,7 @@ pub mod apply;
 pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
+pub mod precheck;
 pub mod rdb;
 pub mod repl;
 pub mod resp;

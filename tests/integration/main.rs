@@ -5,6 +5,7 @@ mod support;
 mod fixtures;
 mod fullsync;
 mod link;
+mod precheck;
 mod smoke;
 mod status;
 mod stream;
