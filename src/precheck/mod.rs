@@ -239,6 +239,20 @@ impl Default for CheckOptions {
     }
 }
 
+impl CheckOptions {
+    /// The options `ferry sync` runs its precheck with: its conflict mode, db filter, state directory and
+    /// in-target checkpoint, and the default timeouts and thresholds.
+    pub fn for_sync(cfg: &crate::sync::SyncConfig) -> CheckOptions {
+        CheckOptions {
+            overwrite: cfg.overwrite,
+            dbs: cfg.dbs.clone(),
+            state_dir: Some(cfg.state_dir.clone()),
+            target_checkpoint: cfg.target_checkpoint.clone(),
+            ..CheckOptions::default()
+        }
+    }
+}
+
 /// What a source told us, for the target's checks (version, memory, dbs, identity).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SourceFacts {

@@ -28,13 +28,39 @@ pub(crate) struct TargetFacts {
     pub checkpoint_keys: Option<(u32, u64)>,
 }
 
-/// Connect, identify, and read what the verdicts need.
+/// Connect, identify, and read what the verdicts need; bounded as a whole, like each source's checks.
 pub(crate) async fn probe_target(
     addr: &RedisAddr,
     sources: &[RedisAddr],
     opts: &CheckOptions,
 ) -> TargetProbe {
     let subject = format!("target {}", addr.host_port());
+    let budget = opts.timeout * 6 + std::time::Duration::from_secs(1);
+    match tokio::time::timeout(budget, probe(addr, &subject, sources, opts)).await {
+        Ok(p) => p,
+        Err(_) => TargetProbe {
+            checks: vec![Check::error(
+                "target.reachable",
+                &subject,
+                format!(
+                    "the checks did not finish within {}: the server answers too slowly",
+                    probe::fmt_timeout(budget)
+                ),
+            )
+            .advice("check the server's load and the network")],
+            subject,
+            facts: None,
+        },
+    }
+}
+
+async fn probe(
+    addr: &RedisAddr,
+    subject: &str,
+    sources: &[RedisAddr],
+    opts: &CheckOptions,
+) -> TargetProbe {
+    let subject = subject.to_string();
     let opened = match probe::open(addr, Side::Target, &subject, opts.timeout).await {
         Outcome::Failed(checks) => {
             return TargetProbe {

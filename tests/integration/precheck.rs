@@ -446,3 +446,59 @@ fn cli_exit_status() {
         2
     );
 }
+
+#[test]
+fn other_versions_pre_acl_source_and_valkey_source() {
+    let dst = RedisServer::start(&[]);
+    let t = format!("127.0.0.1:{}", dst.port);
+    if let Some(old) = versions::start_version("5.0", &[]) {
+        let s = format!("127.0.0.1:{}", old.port);
+        let r = check(&[old.url()], &dst.url());
+        assert!(!r.has_errors(), "{}", r.render_text());
+        assert!(find(&r, "source.reachable", &s)
+            .message
+            .contains("Redis 5.0."));
+        assert!(find(&r, "source.psync", &s)
+            .message
+            .contains("PSYNC and REPLCONF available"));
+        assert_eq!(find(&r, "target.version", &t).level, Level::Ok);
+    }
+    if let Some(vk) = versions::start_version("valkey-9", &[]) {
+        let s = format!("127.0.0.1:{}", vk.port);
+        let r = check(&[vk.url()], &dst.url());
+        assert!(!r.has_errors(), "{}", r.render_text());
+        assert!(find(&r, "source.reachable", &s)
+            .message
+            .contains("Valkey 9."));
+        let v = find(&r, "target.version", &t);
+        assert_eq!(v.level, Level::Warn, "{}", r.render_text());
+        assert!(v.message.contains("Valkey 9."), "{}", v.message);
+    }
+}
+
+#[test]
+fn rdb_file_sources() {
+    let dst = RedisServer::start(&[]);
+    let dir = TempDir::new("precheck-rdb");
+    let good = dir.path().join("dump.rdb");
+    std::fs::write(&good, b"REDIS0011\xfa\x09redis-ver\x057.2.4\xff").unwrap();
+    let missing = dir.path().join("missing.rdb");
+    let bad = dir.path().join("bad.rdb");
+    std::fs::write(&bad, b"not an rdb file").unwrap();
+    let r = check(
+        &[
+            format!("rdb:{}", good.display()),
+            format!("rdb:{}", missing.display()),
+            format!("rdb:{}", bad.display()),
+        ],
+        &dst.url(),
+    );
+    let c = find(&r, "source.rdb", "dump.rdb");
+    assert_eq!(c.level, Level::Ok);
+    assert!(c.message.contains("format 11"), "{}", c.message);
+    assert_eq!(find(&r, "source.rdb", "missing.rdb").level, Level::Error);
+    assert_eq!(find(&r, "source.rdb", "bad.rdb").level, Level::Error);
+    // Format 11 (Redis 7.2) into Redis 7.0 (RDB 10): re-encoded.
+    let v = find(&r, "target.version", &format!("127.0.0.1:{}", dst.port));
+    assert_eq!(v.level, Level::Warn, "{}", r.render_text());
+}
