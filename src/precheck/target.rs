@@ -224,9 +224,18 @@ fn version_check(s: &str, info: &Info, sources: &[SourceFacts]) -> Option<Check>
     }
     let dst = info.server.rdb_version;
     let ours = format!("{} (RDB {dst})", info.server.version_string());
-    let slow: Vec<String> = known
+    let slow: Vec<&&SourceFacts> = known
         .iter()
         .filter(|f| !restore_compatible(f.rdb_version, dst))
+        .collect();
+    // Older, or a format of the other family (Redis 7.4+'s 12 on a Valkey 9 target).
+    let relation = if slow.iter().all(|f| f.rdb_version > dst) {
+        "is older than"
+    } else {
+        "does not load the RDB format of"
+    };
+    let slow: Vec<String> = slow
+        .iter()
         .map(|f| format!("{} ({}, RDB {})", f.subject, f.version, f.rdb_version))
         .collect();
     Some(if slow.is_empty() {
@@ -240,8 +249,7 @@ fn version_check(s: &str, info: &Info, sources: &[SourceFacts]) -> Option<Check>
             "target.version",
             s,
             format!(
-                "{ours} is older than (or of another family than) {}: values will be re-encoded with \
-                 native commands (slower)",
+                "{ours} {relation} {}: values will be re-encoded with native commands (slower)",
                 slow.join(", ")
             ),
         )
