@@ -502,6 +502,31 @@ fn a_sample_compares_about_that_share_of_the_keys() {
 }
 
 #[test]
+fn the_rate_limit_paces_the_comparison() {
+    let (src, tgt) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    for s in [&src, &tgt] {
+        let cmds: Vec<Vec<Vec<u8>>> = (0..1000)
+            .map(|i| args(&["SET", &format!("k{i}"), "v"]))
+            .collect();
+        pipeline(&mut s.client(), &cmds);
+    }
+    // 2000 keys (both directions) at 2000 keys/s in batches of 100: the first batch is free, the other
+    // 1900 keys take ~0.95 s.
+    let t0 = Instant::now();
+    let o = src_tgt(
+        &src.url(),
+        &tgt.url(),
+        &["--rate", "2000", "--scan-count", "100", "--rounds", "0"],
+    );
+    assert_eq!(o.code, 0, "{}\n{}", o.out, o.err);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn passwords_never_appear_and_failures_exit_2() {
     let src = RedisServer::start(&["--requirepass", "src-Secret-1"]);
     let tgt = RedisServer::start(&[
