@@ -54,6 +54,8 @@ pub enum Command {
     Sync(SyncArgs),
     /// Prove the copy: compare sources and target key by key (exit 0 equal, 1 differences found).
     Verify(crate::verify::VerifyArgs),
+    /// Check sources and target before a sync: one line per check and what to do (exit 1 on errors).
+    Check(crate::precheck::CheckArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -198,6 +200,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
+        Command::Check(args) => rt.block_on(crate::precheck::run_cli(args)),
     }
 }
 

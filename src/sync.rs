@@ -239,6 +239,28 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     let plan = expand_sources(&cfg.sources)?;
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
+    // Every check of `ferry check`, once, before any source writes: refuse on errors, log warnings.
+    let report = crate::precheck::run_checks(
+        &plan,
+        &cfg.target,
+        &crate::precheck::CheckOptions::for_sync(&cfg),
+    )
+    .await;
+    for line in report.render_text().lines() {
+        if line.starts_with("WARN") {
+            tracing::warn!("precheck: {line}");
+        } else if !line.starts_with("ERROR") {
+            tracing::info!("precheck: {line}");
+        }
+    }
+    if report.has_errors() {
+        let text = report.render_text();
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
+        return Err(SyncError::Precheck(format!(
+            "precheck failed; nothing was written:\n{}",
+            errors.join("\n")
+        )));
+    }
     let info = precheck_target(&cfg).await?;
     let stats = Arc::new(TargetStats::default());
     let pool = WriterPool::connect(

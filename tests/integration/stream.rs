@@ -21,6 +21,22 @@ fn info_i64(c: &mut Client, section: &str, field: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Poll until the master sees ferry as an online replica (its snapshot delivered).
+fn wait_streaming(m: &mut Client, ferry: &Ferry) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !m
+        .info_field("replication", "slave0")
+        .is_some_and(|l| l.contains("state=online"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ferry never became an online replica; log:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Poll until both servers hold the same data (DEBUG DIGEST over every db), with a clear failure.
 pub fn wait_equal(master: &RedisServer, target: &RedisServer, ferry: &Ferry, what: &str) {
     let mut m = master.client();
@@ -326,12 +342,12 @@ fn every_command_is_applied_then_a_stop_resumes_with_a_partial_resync() {
 
 #[test]
 fn a_killed_replica_link_continues_with_a_partial_resync_under_load() {
-    let master = debug_server(&[]);
+    let master = debug_server(&["--repl-backlog-size", "64mb"]);
     let target = debug_server(&[]);
     let state = TempDir::new("stream-kill");
     let mut m = master.client();
     let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
-    wait_equal(&master, &target, &ferry, "after the snapshot");
+    wait_streaming(&mut m, &ferry);
     for i in 0..2000 {
         m.ok(&["INCR", "counter"]);
         m.ok(&["RPUSH", "log", &i.to_string()]);
@@ -419,7 +435,8 @@ impl Load {
 }
 
 fn crash_and_restart(target_checkpoint: bool) {
-    let master = debug_server(&[]);
+    // A backlog that outlives the restart (the default 1 MB holds less than a second of this load).
+    let master = debug_server(&["--repl-backlog-size", "64mb"]);
     let target = debug_server(&[]);
     let state = TempDir::new("stream-crash");
     let extra: &[&str] = if target_checkpoint {
