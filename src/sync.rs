@@ -273,6 +273,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     .map_err(|e| SyncError::Precheck(e.to_string()))?;
     let target_status = status.add_target(&cfg.target, stats.clone());
     target_status.set_connections(pool.len() as u64);
+    let _ = stats.latency.set(target_status.latency());
     let pool = Arc::new(pool);
     let apply_stats = Arc::new(ApplyStats::default());
     status.set_apply_stats(apply_stats.clone());

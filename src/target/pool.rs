@@ -295,6 +295,8 @@ struct InFlight {
     resent: bool,
     /// An error reply seen inside the current group (MULTI…EXEC), reported when the group completes.
     group_error: Option<String>,
+    /// When the batch was written (for round-trip latency).
+    sent: std::time::Instant,
 }
 
 struct ConnTask {
@@ -410,7 +412,7 @@ impl ConnTask {
                     };
                     let mut f = InFlight {
                         batch, permits, next: 0, frames_seen: 0, select_pending: false, resent: false,
-                        group_error: None,
+                        group_error: None, sent: std::time::Instant::now(),
                     };
                     let mut select = BytesMut::new();
                     if let Some(db) = f.batch.db {
@@ -530,6 +532,11 @@ impl ConnTask {
             }
             let mut f = self.unanswered.pop_front().expect("front exists");
             self.inflight.add_permits(f.permits as usize);
+            if !f.batch.cmds.is_empty() {
+                if let Some(l) = self.stats.latency.get() {
+                    l.record(f.sent.elapsed());
+                }
+            }
             if let Some((atomic, v)) = f.batch.applied.take() {
                 atomic.fetch_max(v, Ordering::AcqRel);
             }

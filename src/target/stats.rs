@@ -20,6 +20,8 @@ pub struct TargetStats {
     pub resent: AtomicU64,
     /// Rejected writes by command name, and the distinct error messages seen (for log-once).
     rejected: Mutex<Rejected>,
+    /// Round-trip times of batches (written → last reply), when status is watching.
+    pub latency: std::sync::OnceLock<std::sync::Arc<crate::status::LatencyRecorder>>,
 }
 
 #[derive(Debug, Default)]

@@ -604,3 +604,69 @@ fn a_rejected_write_is_counted_and_logged_and_on_error_stop_ends_the_job() {
     assert_eq!(st.code(), Some(1), "{}", ferry.log());
     assert!(ferry.log().contains("--on-error stop"), "{}", ferry.log());
 }
+
+/// GET a path from ferry's status endpoint over plain HTTP/1.1.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn status_shows_a_live_sync_without_the_password() {
+    let master = debug_server(&["--requirepass", "s3cret-pw"]);
+    let target = debug_server(&[]);
+    let mut m = Client::connect(master.port);
+    m.ok(&["AUTH", "s3cret-pw"]);
+    m.ok(&["SET", "k", "v"]);
+    let port = crate::support::free_port();
+    let state = TempDir::new("status-live");
+    let src = format!("redis://:s3cret-pw@127.0.0.1:{}", master.port);
+    let ferry = Ferry::sync(
+        &[src],
+        &target.url(),
+        state.path(),
+        &["--status-addr", &format!("127.0.0.1:{port}")],
+    );
+    for i in 0..100 {
+        m.ok(&["SET", &format!("s{i}"), "v"]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let body = http_get(port, "/status").unwrap_or_default();
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) {
+            let src = &v["sources"][0];
+            let tgt = &v["targets"][0];
+            if src["state"] == "streaming"
+                && src["applied_offset"].as_i64().unwrap_or(-1) > 0
+                && tgt["latency"]["count"].as_u64().unwrap_or(0) > 0
+                && tgt["writes_ok"].as_u64().unwrap_or(0) >= 101
+            {
+                break body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the live sync: {body}\nlog:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!body.contains("s3cret-pw"), "{body}");
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert!(metrics.contains("ferry_"), "{metrics}");
+    assert!(!metrics.contains("s3cret-pw"));
+    assert!(http_get(port, "/healthz")
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    assert!(!ferry.log().contains("s3cret-pw"));
+}
