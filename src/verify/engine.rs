@@ -641,7 +641,7 @@ async fn scan(
             let scanned = keys.len() as u64;
             let keys: Vec<Bytes> = keys
                 .into_iter()
-                .filter(|k| sh.s.ignore_key.as_ref() != Some(k))
+                .filter(|k| sh.s.ignore_key.as_ref() != Some(k) && !is_ferry_internal(k))
                 .filter(|_| match sh.s.sample {
                     Some(p) => rng.chance(p),
                     None => true,
@@ -804,4 +804,10 @@ mod tests {
         let mut r = SplitMix(1);
         assert_eq!((0..1000).filter(|_| r.chance(1.0)).count(), 1000);
     }
+}
+
+/// ferry's own keys on a target: in-target checkpoints and temporary big-value keys (`ferry sync`
+/// writes them; no source has them). Never compared.
+fn is_ferry_internal(key: &[u8]) -> bool {
+    key.starts_with(b"ferry:checkpoint:") || key.starts_with(b"ferry:tmp:")
 }

@@ -480,6 +480,23 @@ fn crash_and_restart(target_checkpoint: bool) {
     if target_checkpoint {
         let cp = t.ok(&["KEYS", "ferry:checkpoint:*"]);
         assert_eq!(cp.as_array().len(), 1, "one in-target checkpoint key");
+        // ferry verify knows its own checkpoint key: the copy verifies as equal.
+        let out = std::process::Command::new(crate::support::ferry_bin())
+            .args([
+                "verify",
+                "--source",
+                &master.url(),
+                "--target",
+                &target.url(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "verify: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(
         t.ok(&["LLEN", "list"]).as_int() as u64,
