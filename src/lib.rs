@@ -21,6 +21,10 @@
 //! - [`checkpoint`]: per-source replication position, written atomically, for resume.
 //! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
+//! - [`precheck`]: `ferry check` and the checks `ferry sync` runs before any write.
+//! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
+//! - [`status`]: the metrics registry, `/status` `/metrics` `/healthz`, progress bars and summary logs.
+//! - [`twemproxy`]: nutcracker configs and nutcracker's exact key placement.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
