@@ -174,7 +174,7 @@ pub async fn run(
             r = &mut link, if link_result.is_none() => {
                 let r = r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
                 if let Err(e) = &r {
-                    break Err(link_err(e.to_string()));
+                    break Err(SourceError::Named(e.to_string()));
                 }
                 link_result = Some(r);
             }
@@ -208,11 +208,11 @@ pub async fn run(
                     Ok(None) => {
                         // The link ended: it returned (cancel or error), handled above.
                         match link_result.take() {
-                            Some(Err(e)) => break Err(link_err(e.to_string())),
+                            Some(Err(e)) => break Err(SourceError::Named(e.to_string())),
                             _ => {
                                 let r = (&mut link).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
                                 match r {
-                                    Err(e) => break Err(link_err(e.to_string())),
+                                    Err(e) => break Err(SourceError::Named(e.to_string())),
                                     Ok(()) => break Ok(()),
                                 }
                             }

@@ -31,6 +31,9 @@ pub enum SourceError {
     },
     #[error("source {source_name}: {msg}")]
     Link { source_name: String, msg: String },
+    /// An error whose message already names the source (the replication link's).
+    #[error("{0}")]
+    Named(String),
 }
 
 /// What a loaded RDB held, for logs and `--once` accounting.
