@@ -118,6 +118,8 @@ pub struct PlannedSource {
     pub router: Option<(Arc<crate::twemproxy::Router>, usize)>,
     /// For a server of a twemproxy pool: the pool's name.
     pub pool: Option<String>,
+    /// How the operator knows this source: its address, and for a pool server the pool and server name.
+    pub label: String,
 }
 
 /// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
@@ -141,12 +143,18 @@ pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, Sync
                 tracing::info!(source = %s, pool = %p.name, servers = masters.len(),
                     "twemproxy pool: syncing every server as a master");
                 out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
+                    label: format!(
+                        "{a} (twemproxy pool {}, server {})",
+                        p.name,
+                        p.servers[i].key_name()
+                    ),
                     spec: SourceSpec::Redis(a),
                     router: Some((router.clone(), i)),
                     pool: Some(p.name.clone()),
                 }));
             }
             other => out.push(PlannedSource {
+                label: other.to_string(),
                 spec: other.clone(),
                 router: None,
                 pool: None,
@@ -297,8 +305,9 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         let own = ownership(&plan, idx);
         let cfg = cfg.clone();
         let cancel = cancel.clone();
+        let label = plan[idx].label.clone();
         tasks.spawn(async move {
-            let name = spec.to_string();
+            let name = label;
             let r = run_source(idx, spec, own, applier, &cfg, src_status.clone(), cancel).await;
             match &r {
                 Ok(()) => src_status.done(),
@@ -314,7 +323,11 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
             Ok((_, Ok(()))) => {}
             Ok((name, Err(e))) => {
                 tracing::error!(source = %name, error = %e, "source failed");
-                failures.push(e.to_string());
+                if name.contains("twemproxy pool") {
+                    failures.push(format!("{e} [{name}]"));
+                } else {
+                    failures.push(e.to_string());
+                }
             }
             Err(e) => failures.push(format!("a source task panicked: {e}")),
         }

@@ -253,3 +253,33 @@ fn db_filter_and_map_apply_to_snapshot_and_stream() {
     t.ok(&["SELECT", "1"]);
     assert_eq!(t.dbsize(), 0, "db 1 is not synced");
 }
+
+#[test]
+fn a_dead_master_does_not_stall_the_others() {
+    let a = RedisServer::start(&[]);
+    let mut b = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let mut ac = a.client();
+    ac.ok(&["SET", "a:0", "x"]);
+    b.client().ok(&["SET", "b:0", "y"]);
+    let state = TempDir::new("dead");
+    let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), &[]);
+    let mut t = target.client();
+    wait_until("both snapshots", Duration::from_secs(20), || {
+        t.dbsize() == 2
+    });
+    let b_port = b.port;
+    b.kill();
+    for i in 1..100 {
+        ac.ok(&["SET", &format!("a:{i}"), "x"]);
+    }
+    wait_until(
+        "a's writes while b is down",
+        Duration::from_secs(20),
+        || t.dbsize() == 101,
+    );
+    wait_until("b's link reported down", Duration::from_secs(20), || {
+        let log = ferry.log();
+        log.contains("link down") && log.contains(&b_port.to_string())
+    });
+}
