@@ -16,13 +16,16 @@
 
 pub mod crc64;
 mod decoder;
-mod encodings;
+pub mod encodings;
 pub mod lzf;
+mod reader;
+mod scan;
 mod value;
 
 pub use decoder::{Decoder, DecoderOptions};
 pub use value::{
-    decode_value, PendingEntry, Stream, StreamConsumer, StreamEntry, StreamGroup, StreamId, Value,
+    decode_value, decode_value_for, PendingEntry, Stream, StreamConsumer, StreamEntry, StreamGroup,
+    StreamId, Value, VALKEY_HASH_2,
 };
 
 use bytes::Bytes;
@@ -192,7 +195,7 @@ pub enum Event {
 }
 
 /// Why the decoder stopped. Every variant names the byte offset in the input where the problem is.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RdbError {
     #[error("not an RDB file at offset 0: expected REDISnnnn or VALKEYnnn magic, found {found:?}")]
     BadMagic { found: String },
@@ -240,3 +243,6 @@ pub fn dump_footer(rdb_type: u8, payload: &[u8], version: u16) -> [u8; 10] {
     out[2..].copy_from_slice(&crc);
     out
 }
+
+#[cfg(test)]
+mod tests;
