@@ -792,6 +792,12 @@ async fn count_target(
 
 use crate::resp::Reply;
 
+/// ferry's own keys on a target: in-target checkpoints and temporary big-value keys (`ferry sync`
+/// writes them; no source has them). Never compared.
+fn is_ferry_internal(key: &[u8]) -> bool {
+    key.starts_with(b"ferry:checkpoint:") || key.starts_with(b"ferry:tmp:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,10 +810,4 @@ mod tests {
         let mut r = SplitMix(1);
         assert_eq!((0..1000).filter(|_| r.chance(1.0)).count(), 1000);
     }
-}
-
-/// ferry's own keys on a target: in-target checkpoints and temporary big-value keys (`ferry sync`
-/// writes them; no source has them). Never compared.
-fn is_ferry_internal(key: &[u8]) -> bool {
-    key.starts_with(b"ferry:checkpoint:") || key.starts_with(b"ferry:tmp:")
 }
