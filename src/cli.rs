@@ -56,6 +56,44 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Check sources and target before a sync: one line per check and what to do (exit 1 on errors).
     Check(crate::precheck::CheckArgs),
+    /// Show a running sync's status (from its --status endpoint) for a person.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The running sync's status address.
+    #[arg(value_name = "ADDR", default_value = "127.0.0.1:9121")]
+    pub addr: std::net::SocketAddr,
+    /// Print the raw JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn status_main(args: StatusArgs) -> i32 {
+    match crate::status::fetch_snapshot(args.addr, std::time::Duration::from_secs(5)).await {
+        Ok(snap) => {
+            if args.json {
+                match serde_json::to_string_pretty(&snap) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        return 1;
+                    }
+                }
+            } else {
+                print!("{}", crate::status::report::render_text(&snap));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "ferry: {e}. Is a ferry sync running with --status {}?",
+                args.addr
+            );
+            1
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,7 +147,7 @@ pub struct SyncArgs {
     )]
     pub checkpoint_key_prefix: String,
     /// Serve status on HOST:PORT: GET /status (JSON), /metrics (Prometheus), /healthz.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long = "status", alias = "status-addr", value_name = "HOST:PORT")]
     pub status_addr: Option<std::net::SocketAddr>,
     /// What a write the target rejects does: `log` (count it, log it once per distinct error, show it in
     /// status, keep going; `--once` then exits 1) or `stop` (end the job with exit 1).
@@ -201,6 +239,7 @@ pub fn main() -> i32 {
         },
         Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
         Command::Check(args) => rt.block_on(crate::precheck::run_cli(args)),
+        Command::Status(args) => rt.block_on(status_main(args)),
     }
 }
 

@@ -651,7 +651,7 @@ fn status_shows_a_live_sync_without_the_password() {
         &[src],
         &target.url(),
         state.path(),
-        &["--status-addr", &format!("127.0.0.1:{port}")],
+        &["--status", &format!("127.0.0.1:{port}")],
     );
     for i in 0..100 {
         m.ok(&["SET", &format!("s{i}"), "v"]);
