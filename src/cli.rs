@@ -153,6 +153,13 @@ pub struct SyncArgs {
     /// status, keep going; `--once` then exits 1) or `stop` (end the job with exit 1).
     #[arg(long, value_enum, default_value_t = OnError::Log)]
     pub on_error: OnError,
+    /// Write a timestamp key into each source master every SECONDS (default 1) and use it to measure the
+    /// true end-to-end lag per source (shown in status). The key is never copied to the target.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+    pub heartbeat: Option<u64>,
+    /// The heartbeat key (in db 0 of each source).
+    #[arg(long, default_value = "ferry:heartbeat")]
+    pub heartbeat_key: String,
     /// Sync only these source databases, e.g. `--db 0,2` (default: all). Repeatable.
     #[arg(long = "db", value_name = "DBS")]
     pub dbs: Vec<String>,
@@ -191,6 +198,12 @@ impl SyncArgs {
             status_addr: self.status_addr,
             dbs,
             stop_on_error: self.on_error == OnError::Stop,
+            heartbeat: self.heartbeat.map(|secs| {
+                (
+                    std::time::Duration::from_secs(secs.max(1)),
+                    self.heartbeat_key.clone(),
+                )
+            }),
         })
     }
 }

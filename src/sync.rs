@@ -49,6 +49,9 @@ pub struct SyncConfig {
     pub dbs: crate::apply::DbMap,
     /// End the job at the first write the target rejects (`--on-error stop`).
     pub stop_on_error: bool,
+    /// Write `SET <key> <unix ms>` into each source master this often, to measure end-to-end lag; the key
+    /// is never copied.
+    pub heartbeat: Option<(Duration, String)>,
 }
 
 /// How `ferry sync` ended.
@@ -295,6 +298,10 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         opts.overwrite = cfg.overwrite;
         opts.chunk_elements = cfg.chunk_elements;
         opts.dbs = cfg.dbs.clone();
+        opts.skip_key = cfg
+            .heartbeat
+            .as_ref()
+            .map(|(_, k)| bytes::Bytes::from(k.clone()));
         let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
         let spec = spec.clone();
         let kind = match &plan[idx].pool {

@@ -38,6 +38,8 @@ pub struct SnapshotOptions {
     pub force_reencode: bool,
     /// Which dbs are synced and where they go.
     pub dbs: super::DbMap,
+    /// ferry's heartbeat key on the sources: never copied.
+    pub skip_key: Option<Bytes>,
 }
 
 impl SnapshotOptions {
@@ -50,6 +52,7 @@ impl SnapshotOptions {
             tmp_prefix: tmp_prefix.into(),
             force_reencode: false,
             dbs: super::DbMap::default(),
+            skip_key: None,
         }
     }
 }
@@ -228,6 +231,9 @@ impl SnapshotApplier {
     }
 
     async fn entry(&mut self, mut e: Entry) -> Result<(), ApplyError> {
+        if self.opts.skip_key.as_ref() == Some(&e.key) {
+            return Ok(());
+        }
         if is_empty_collection(&e) {
             // Redis skips empty keys when loading an RDB (they cannot exist in a live server); so do we.
             self.stats

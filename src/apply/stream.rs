@@ -60,6 +60,9 @@ impl TargetCheckpoint {
     }
 }
 
+/// Receives the end-to-end lag measured from a heartbeat write (source clock at write → here).
+pub type HeartbeatSink = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Applies one source's command stream to one target connection, in order.
 pub struct StreamApplier {
     pool: Arc<WriterPool>,
@@ -89,6 +92,8 @@ pub struct StreamApplier {
     dbs: super::DbMap,
     /// A SELECT inside the open MULTI changed the db: restore the connection's db after EXEC.
     group_selected: bool,
+    /// ferry's heartbeat key on the source: its SETs are consumed (never copied) and measure the lag.
+    heartbeat: Option<(Bytes, HeartbeatSink)>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -132,6 +137,7 @@ impl StreamApplier {
             target_cp: None,
             dbs: super::DbMap::default(),
             group_selected: false,
+            heartbeat: None,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -170,6 +176,12 @@ impl StreamApplier {
     /// so the target holds exactly the offset its data reflects, even after kill -9.
     pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
         self.target_cp = cp;
+        self
+    }
+
+    /// Consume `SET <key> <unix ms>` heartbeats written by ferry into the source, reporting the lag.
+    pub fn with_heartbeat(mut self, key: Option<Bytes>, sink: HeartbeatSink) -> Self {
+        self.heartbeat = key.map(|k| (k, sink));
         self
     }
 
@@ -283,6 +295,22 @@ impl StreamApplier {
                 self.batch.db = Some(self.tdb());
             }
             return Ok(());
+        }
+        if let Some((key, sink)) = &self.heartbeat {
+            if cmd.argc() >= 3 && cmd.arg(1) == &key[..] && name.eq_ignore_ascii_case(b"SET") {
+                let sent = std::str::from_utf8(cmd.arg(2))
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let (Some(sent), Ok(now)) = (
+                    sent,
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH),
+                ) {
+                    let now = now.as_millis() as u64;
+                    sink(std::time::Duration::from_millis(now.saturating_sub(sent)));
+                }
+                self.stats.chatter.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
         }
         let mut rewritten: Option<Vec<Vec<u8>>> = None;
         if !self.dbs.is_identity() || name.eq_ignore_ascii_case(b"SELECT") {

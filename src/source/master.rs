@@ -146,6 +146,17 @@ pub async fn run(
         ..LinkConfig::new(addr.clone())
     };
     let link_cancel = cancel.child_token();
+    let hb_key = cfg
+        .heartbeat
+        .as_ref()
+        .map(|(_, k)| bytes::Bytes::from(k.clone()));
+    let hb_sink: crate::apply::stream::HeartbeatSink = {
+        let st = st.clone();
+        Arc::new(move |lag| st.set_heartbeat_lag(lag))
+    };
+    if let Some((every, key)) = cfg.heartbeat.clone() {
+        tokio::spawn(heartbeat(addr.clone(), every, key, link_cancel.clone()));
+    }
     let mut link = tokio::spawn(repl::run(
         link_cfg,
         shared.clone(),
@@ -287,6 +298,7 @@ pub async fn run(
                             .with_connection(idx)
                             .forward_flush(matches!(ownership, Ownership::Sole))
                             .with_dbs(cfg.dbs.clone())
+                            .with_heartbeat(hb_key.clone(), hb_sink.clone())
                             .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
                         s.add_scripts(&applier.scripts);
                         if full_syncs > 1 || had_checkpoint {
@@ -320,6 +332,7 @@ pub async fn run(
                                     .with_connection(idx)
                                     .forward_flush(matches!(ownership, Ownership::Sole))
                             .with_dbs(cfg.dbs.clone())
+                            .with_heartbeat(hb_key.clone(), hb_sink.clone())
                                     .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
                                 phase = Phase::Streaming(Box::new(s));
                                 reached_stream = true;
@@ -455,4 +468,41 @@ async fn read_target_checkpoint(
     c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
     let r = c.cmd_ok(&[b"GET", &tc.key]).await?;
     Ok(r.as_bytes().and_then(TargetCheckpoint::parse))
+}
+
+/// Write `SET <key> <unix ms>` into the source master every `every` until cancelled. A source that refuses
+/// (a read-only replica, no write permission) is logged once and left alone.
+async fn heartbeat(addr: RedisAddr, every: Duration, key: String, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    let mut client: Option<Client> = None;
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if client.is_none() {
+            client = Client::connect(&addr).await.ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .to_string();
+        let r = async {
+            c.cmd_ok(&[b"SELECT", b"0"]).await?;
+            c.cmd_ok(&[b"SET", key.as_bytes(), now.as_bytes()]).await
+        }
+        .await;
+        if let Err(e) = r {
+            if !warned {
+                tracing::warn!(source = %addr, error = %e, "heartbeat write refused; lag is estimated from offsets instead");
+                warned = true;
+            }
+            if !matches!(e, crate::target::TargetError::Command { .. }) {
+                client = None;
+            }
+        }
+    }
 }

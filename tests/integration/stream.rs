@@ -651,7 +651,7 @@ fn status_shows_a_live_sync_without_the_password() {
         &[src],
         &target.url(),
         state.path(),
-        &["--status", &format!("127.0.0.1:{port}")],
+        &["--status", &format!("127.0.0.1:{port}"), "--heartbeat", "1"],
     );
     for i in 0..100 {
         m.ok(&["SET", &format!("s{i}"), "v"]);
@@ -667,6 +667,7 @@ fn status_shows_a_live_sync_without_the_password() {
                 && src["applied_offset"].as_i64().unwrap_or(-1) > 0
                 && tgt["latency"]["count"].as_u64().unwrap_or(0) > 0
                 && tgt["writes_ok"].as_u64().unwrap_or(0) >= 101
+                && src["heartbeat_lag_ms"].as_i64().unwrap_or(-1) >= 0
             {
                 break body;
             }
@@ -679,6 +680,12 @@ fn status_shows_a_live_sync_without_the_password() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!body.contains("s3cret-pw"), "{body}");
+    // The heartbeat lives on the source only.
+    assert_eq!(m.ok(&["EXISTS", "ferry:heartbeat"]).as_int(), 1);
+    assert_eq!(
+        target.client().ok(&["EXISTS", "ferry:heartbeat"]).as_int(),
+        0
+    );
     let metrics = http_get(port, "/metrics").unwrap();
     assert!(metrics.contains("ferry_"), "{metrics}");
     assert!(!metrics.contains("s3cret-pw"));
