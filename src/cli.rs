@@ -146,6 +146,10 @@ pub struct SyncArgs {
         requires = "target_checkpoint"
     )]
     pub checkpoint_key_prefix: String,
+    /// Read options from a TOML file (keys are these long options: `target = "redis://…"`,
+    /// `source = [..]`, `once = true`); options on the command line win. Unknown keys are errors.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Serve status on HOST:PORT: GET /status (JSON), /metrics (Prometheus), /healthz.
     #[arg(long = "status", alias = "status-addr", value_name = "HOST:PORT")]
     pub status_addr: Option<std::net::SocketAddr>,
@@ -222,9 +226,123 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// `--config FILE` (after the subcommand): a TOML file whose keys are the subcommand's long options
+/// (`target = "redis://…"`, `source = ["redis://…", "twemproxy:/etc/nc.yml"]`, `once = true`,
+/// `connections = 8`). They are inserted as if typed before the command line's own options, and an option
+/// given on the command line replaces the file's (for repeatable options, all of the file's values).
+/// Unknown keys are errors, like unknown options.
+pub fn with_config_file(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    let strs: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let Some(pos) = strs
+        .iter()
+        .position(|a| a == "--config" || a.starts_with("--config="))
+    else {
+        return Ok(args);
+    };
+    let (path, used) = match strs[pos].strip_prefix("--config=") {
+        Some(p) => (p.to_string(), 1),
+        None => (
+            strs.get(pos + 1)
+                .cloned()
+                .ok_or("--config needs a file path")?,
+            2,
+        ),
+    };
+    // The subcommand is the first argument that is not an option (global options come first).
+    let mut sub = None;
+    let mut i = 1;
+    while i < strs.len() {
+        if strs[i] == "--log-format" {
+            i += 2; // the global option's value is not the subcommand
+            continue;
+        }
+        if !strs[i].starts_with('-') {
+            sub = Some(i);
+            break;
+        }
+        i += 1;
+    }
+    let Some(sub) = sub else {
+        return Err("--config goes after a subcommand, e.g. ferry sync --config ferry.toml".into());
+    };
+    if pos < sub {
+        return Err(
+            "--config goes after the subcommand, e.g. ferry sync --config ferry.toml".into(),
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("config file {path}: cannot read it: {e}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("config file {path}: {e}"))?;
+    let given: Vec<&str> = strs
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .collect();
+    let mut from_file: Vec<String> = Vec::new();
+    for (key, value) in &table {
+        let opt = key.replace('_', "-");
+        if opt == "config" {
+            return Err(format!(
+                "config file {path}: `config` cannot be set in a config file"
+            ));
+        }
+        if given.contains(&opt.as_str()) {
+            continue; // the command line wins
+        }
+        let scalar = |v: &toml::Value| -> Result<String, String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                other => Err(format!(
+                    "config file {path}: `{key}` must be a string or a number, not {}",
+                    other.type_str()
+                )),
+            }
+        };
+        match value {
+            toml::Value::Boolean(true) => from_file.push(format!("--{opt}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for v in items {
+                    from_file.push(format!("--{opt}"));
+                    from_file.push(scalar(v)?);
+                }
+            }
+            v => {
+                from_file.push(format!("--{opt}"));
+                from_file.push(scalar(v)?);
+            }
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = Vec::with_capacity(args.len() + from_file.len());
+    for (i, a) in args.into_iter().enumerate() {
+        if i >= pos && i < pos + used {
+            continue;
+        }
+        out.push(a);
+        if i == sub {
+            out.extend(from_file.iter().map(std::ffi::OsString::from));
+        }
+    }
+    Ok(out)
+}
+
 /// Parse arguments, run, and return the process exit status.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match with_config_file(args) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("ferry: {msg}");
+            return 2;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -314,4 +432,62 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         tracing::info!("stop requested: draining, acknowledging and checkpointing");
         cancel.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(std::ffi::OsString::from).collect()
+    }
+
+    fn parse(args: &[&str]) -> Result<SyncConfig, String> {
+        let args = with_config_file(os(args))?;
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Sync(a) => a.into_config(),
+            _ => Err("not sync".into()),
+        }
+    }
+
+    #[test]
+    fn config_file_fills_options_and_the_command_line_wins() {
+        let dir = std::env::temp_dir().join(format!("ferry-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("ferry.toml");
+        std::fs::write(
+            &f,
+            "source = [\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]\n\
+             target = \"redis://127.0.0.1:7100\"\nonce = true\nconnections = 7\non_conflict = \"overwrite\"\n",
+        )
+        .unwrap();
+        let p = f.display().to_string();
+        let c = parse(&["ferry", "--log-format", "json", "sync", "--config", &p]).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert!(c.once && c.overwrite);
+        assert_eq!(c.pool.connections, 7);
+        // The command line replaces the file's value, also for repeatable options.
+        let c = parse(&[
+            "ferry",
+            "sync",
+            "--config",
+            &p,
+            "--connections",
+            "2",
+            "--source",
+            "redis://127.0.0.1:7003",
+        ])
+        .unwrap();
+        assert_eq!(c.pool.connections, 2);
+        assert_eq!(c.sources.len(), 1);
+        // Unknown keys are errors naming the key.
+        std::fs::write(&f, "tagret = \"redis://x:1\"\n").unwrap();
+        let e = parse(&["ferry", "sync", "--config", &p]).unwrap_err();
+        assert!(e.contains("tagret"), "{e}");
+        std::fs::write(&f, "target = [\n").unwrap();
+        let e = parse(&["ferry", "sync", "--config", &p]).unwrap_err();
+        assert!(e.contains("config file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
