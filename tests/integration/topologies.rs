@@ -365,3 +365,39 @@ fn verify_of_a_live_synced_pair_under_writes_reports_no_false_difference() {
         ferry.log()
     );
 }
+
+#[test]
+fn a_replica_serves_as_the_source_to_keep_load_off_the_master() {
+    let master = RedisServer::start(&[]);
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let target = RedisServer::start(&[]);
+    let mut m = master.client();
+    m.ok(&["SET", "a", "1"]);
+    let mut r = replica.client();
+    wait_until("the replica to sync", Duration::from_secs(20), || {
+        r.cmd(&["EXISTS", "a"]).as_int() == 1
+    });
+    let state = TempDir::new("from-replica");
+    let ferry = Ferry::sync(&[replica.url()], &target.url(), state.path(), &[]);
+    let mut t = target.client();
+    wait_until(
+        "the snapshot from the replica",
+        Duration::from_secs(20),
+        || t.cmd(&["EXISTS", "a"]).as_int() == 1,
+    );
+    for i in 0..100 {
+        m.ok(&["SET", &format!("k{i}"), "v"]);
+    }
+    wait_until(
+        "the master's writes through the replica",
+        Duration::from_secs(20),
+        || t.dbsize() == 101,
+    );
+    // ferry is the replica's replica, not the master's.
+    assert_eq!(
+        m.info_field("replication", "connected_slaves").as_deref(),
+        Some("1"),
+        "{}",
+        ferry.log()
+    );
+}
