@@ -102,9 +102,9 @@ pub struct SyncArgs {
     /// twemproxy:PATH[#POOL] (every server of a nutcracker pool). Repeatable.
     #[arg(long = "source", required = true, value_name = "SRC")]
     pub sources: Vec<SourceSpec>,
-    /// The target: redis://[[user]:password@]host:port.
-    #[arg(long, value_name = "DST")]
-    pub target: RedisAddr,
+    /// The target: redis://[[user]:password@]host:port. Repeatable: every target gets every change.
+    #[arg(long = "target", value_name = "DST", required = true)]
+    pub targets: Vec<RedisAddr>,
     /// What to do when the target already holds data.
     #[arg(long, value_enum, default_value_t = OnConflict::Error)]
     pub on_conflict: OnConflict,
@@ -183,7 +183,8 @@ impl SyncArgs {
         };
         Ok(SyncConfig {
             sources: self.sources,
-            target: self.target,
+            target: self.targets[0].clone(),
+            more_targets: self.targets[1..].to_vec(),
             overwrite: self.on_conflict == OnConflict::Overwrite,
             once: self.once,
             state_dir: self.state_dir,

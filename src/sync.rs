@@ -24,6 +24,9 @@ use crate::target::ServerInfo;
 pub struct SyncConfig {
     pub sources: Vec<SourceSpec>,
     pub target: RedisAddr,
+    /// Further targets (`--target` repeated): every target gets every change; a source acknowledges the
+    /// lowest offset applied across them.
+    pub more_targets: Vec<RedisAddr>,
     /// Source values replace target values; otherwise a non-empty target is refused before any write.
     pub overwrite: bool,
     /// Exit when every source's full sync has been applied.
@@ -250,59 +253,77 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     let plan = expand_sources(&cfg.sources)?;
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
-    // Every check of `ferry check`, once, before any source writes: refuse on errors, log warnings.
-    let report = crate::precheck::run_checks(
-        &plan,
-        &cfg.target,
-        &crate::precheck::CheckOptions::for_sync(&cfg),
-    )
-    .await;
-    for line in report.render_text().lines() {
-        if line.starts_with("WARN") {
-            tracing::warn!("precheck: {line}");
-        } else if !line.starts_with("ERROR") {
-            tracing::info!("precheck: {line}");
+    // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
+    let mut all_targets = vec![cfg.target.clone()];
+    all_targets.extend(cfg.more_targets.iter().cloned());
+    let mut per_target = Vec::new();
+    for t in &all_targets {
+        let tcfg = SyncConfig {
+            target: t.clone(),
+            more_targets: Vec::new(),
+            ..cfg.clone()
+        };
+        let report = crate::precheck::run_checks(
+            &plan,
+            &tcfg.target,
+            &crate::precheck::CheckOptions::for_sync(&tcfg),
+        )
+        .await;
+        for line in report.render_text().lines() {
+            if line.starts_with("WARN") {
+                tracing::warn!("precheck: {line}");
+            } else if !line.starts_with("ERROR") {
+                tracing::info!("precheck: {line}");
+            }
         }
+        if report.has_errors() {
+            let text = report.render_text();
+            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
+            return Err(SyncError::Precheck(format!(
+                "precheck failed; nothing was written:\n{}",
+                errors.join("\n")
+            )));
+        }
+        let info = precheck_target(&tcfg).await?;
+        per_target.push((tcfg, info));
     }
-    if report.has_errors() {
-        let text = report.render_text();
-        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
-        return Err(SyncError::Precheck(format!(
-            "precheck failed; nothing was written:\n{}",
-            errors.join("\n")
-        )));
-    }
-    let info = precheck_target(&cfg).await?;
-    let stats = Arc::new(TargetStats::default());
-    let pool = WriterPool::connect(
-        &cfg.target,
-        cfg.pool.clone(),
-        stats.clone(),
-        cancel.child_token(),
-    )
-    .await
-    .map_err(|e| SyncError::Precheck(e.to_string()))?;
-    let target_status = status.add_target(&cfg.target, stats.clone());
-    target_status.set_connections(pool.len() as u64);
-    let _ = stats.latency.set(target_status.latency());
-    let pool = Arc::new(pool);
     let apply_stats = Arc::new(ApplyStats::default());
     status.set_apply_stats(apply_stats.clone());
+    let mut pools = Vec::new();
+    for (tcfg, info) in &per_target {
+        let stats = Arc::new(TargetStats::default());
+        let pool = WriterPool::connect(
+            &tcfg.target,
+            cfg.pool.clone(),
+            stats.clone(),
+            cancel.child_token(),
+        )
+        .await
+        .map_err(|e| SyncError::Precheck(e.to_string()))?;
+        let target_status = status.add_target(&tcfg.target, stats.clone());
+        target_status.set_connections(pool.len() as u64);
+        let _ = stats.latency.set(target_status.latency());
+        pools.push((tcfg.clone(), info.clone(), Arc::new(pool), stats));
+    }
     if !cancel.is_cancelled() {
         status.set_phase(JobPhase::Running);
     }
 
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
-        let mut opts = SnapshotOptions::new(info.clone(), format!("ferry:tmp:{idx}:"));
-        opts.overwrite = cfg.overwrite;
-        opts.chunk_elements = cfg.chunk_elements;
-        opts.dbs = cfg.dbs.clone();
-        opts.skip_key = cfg
-            .heartbeat
-            .as_ref()
-            .map(|(_, k)| bytes::Bytes::from(k.clone()));
-        let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
+        let mut appliers = Vec::new();
+        for (tcfg, info, pool, _) in &pools {
+            let mut opts = SnapshotOptions::new(info.clone(), format!("ferry:tmp:{idx}:"));
+            opts.overwrite = cfg.overwrite;
+            opts.chunk_elements = cfg.chunk_elements;
+            opts.dbs = cfg.dbs.clone();
+            opts.skip_key = cfg
+                .heartbeat
+                .as_ref()
+                .map(|(_, k)| bytes::Bytes::from(k.clone()));
+            let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
+            appliers.push((tcfg.clone(), applier));
+        }
         let spec = spec.clone();
         let kind = match &plan[idx].pool {
             Some(pool) => SourceKind::TwemproxyMember { pool: pool.clone() },
@@ -315,7 +336,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         let label = plan[idx].label.clone();
         tasks.spawn(async move {
             let name = label;
-            let r = run_source(idx, spec, own, applier, &cfg, src_status.clone(), cancel).await;
+            let r = run_source(idx, spec, own, appliers, &cfg, src_status.clone(), cancel).await;
             match &r {
                 Ok(()) => src_status.done(),
                 Err(e) => src_status.failed(e),
@@ -339,15 +360,22 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
             Err(e) => failures.push(format!("a source task panicked: {e}")),
         }
     }
-    let pool =
-        Arc::try_unwrap(pool).map_err(|_| SyncError::Runtime("writer pool still in use".into()))?;
-    if let Err(e) = pool.close().await {
-        failures.push(e.to_string());
+    let mut writes_rejected = 0;
+    for (_, _, pool, stats) in pools {
+        writes_rejected += stats.failed();
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => {
+                if let Err(e) = pool.close().await {
+                    failures.push(e.to_string());
+                }
+            }
+            Err(_) => failures.push("writer pool still in use".into()),
+        }
     }
     let report = SyncReport {
         keys_applied: apply_stats.keys_applied.load(Ordering::Relaxed),
         keys_expired_skipped: apply_stats.keys_expired_skipped.load(Ordering::Relaxed),
-        writes_rejected: stats.failed(),
+        writes_rejected,
     };
     if !failures.is_empty() {
         status.set_phase(JobPhase::Failed);
@@ -361,7 +389,7 @@ async fn run_source(
     idx: usize,
     spec: SourceSpec,
     ownership: Ownership,
-    mut applier: SnapshotApplier,
+    mut appliers: Vec<(SyncConfig, SnapshotApplier)>,
     cfg: &SyncConfig,
     st: Arc<SourceStatus>,
     cancel: CancellationToken,
@@ -370,14 +398,15 @@ async fn run_source(
     match &spec {
         SourceSpec::RdbFile(path) => {
             st.set_state(crate::status::SourceState::FullSync);
+            let mut refs: Vec<&mut SnapshotApplier> = appliers.iter_mut().map(|(_, a)| a).collect();
             let summary =
-                source::load_rdb_file(&name, path, cfg.decoder.clone(), &mut applier).await?;
+                source::load_rdb_file(&name, path, cfg.decoder.clone(), &mut refs).await?;
             tracing::info!(source = %name, rdb_version = summary.version, bytes = summary.bytes,
                 keys = summary.entries, "RDB file loaded");
             Ok(())
         }
         SourceSpec::Redis(addr) => {
-            source::master::run(idx, addr, ownership, applier, cfg, st, cancel).await
+            source::master::run(idx, addr, ownership, appliers, cfg, st, cancel).await
         }
         SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
             source_name: name,

@@ -94,6 +94,9 @@ pub struct StreamApplier {
     group_selected: bool,
     /// ferry's heartbeat key on the source: its SETs are consumed (never copied) and measure the lag.
     heartbeat: Option<(Bytes, HeartbeatSink)>,
+    /// Commands ending at or before this master offset are already on the target (its in-target
+    /// checkpoint says so): skipped, not applied twice.
+    skip_until: i64,
     pub stats: Arc<StreamStats>,
 }
 
@@ -138,6 +141,7 @@ impl StreamApplier {
             dbs: super::DbMap::default(),
             group_selected: false,
             heartbeat: None,
+            skip_until: -1,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -176,6 +180,12 @@ impl StreamApplier {
     /// so the target holds exactly the offset its data reflects, even after kill -9.
     pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
         self.target_cp = cp;
+        self
+    }
+
+    /// Skip the commands that end at or before `offset`: this target already has them.
+    pub fn skip_until(mut self, offset: i64) -> Self {
+        self.skip_until = offset;
         self
     }
 
@@ -232,6 +242,9 @@ impl StreamApplier {
                 }
             };
             self.offset += cmd.raw().len() as i64;
+            if self.offset <= self.skip_until {
+                continue; // already on this target
+            }
             self.on_command(cmd, &mut signals).await?;
             if signals.flush.is_some() {
                 // Hold the rest back until the caller removed this source's keys.

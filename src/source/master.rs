@@ -36,8 +36,8 @@ enum Phase {
     Waiting,
     /// An RDB is being applied.
     Snapshot(Box<RdbFeeder>),
-    /// The command stream is being applied.
-    Streaming(Box<StreamApplier>),
+    /// The command stream is being applied (by every target's stream applier).
+    Streaming,
 }
 
 /// Read the master's current replication offset (for `--once`).
@@ -57,12 +57,33 @@ async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
         .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
 }
 
-/// Run one master until its job is done (`--once`) or `cancel` fires.
+/// One target of this source: its snapshot applier, its stream applier, its applied offset.
+struct Sink {
+    /// The job's configuration with `target` set to this sink's target.
+    cfg: SyncConfig,
+    applier: SnapshotApplier,
+    stream: Option<Box<StreamApplier>>,
+    applied: Arc<AtomicI64>,
+    /// From an in-target checkpoint: this target already holds every command up to this offset.
+    skip_until: i64,
+}
+
+/// The lowest applied offset over the targets (what the master may consider acknowledged).
+fn min_applied(sinks: &[Sink]) -> i64 {
+    sinks
+        .iter()
+        .map(|k| k.applied.load(Ordering::Acquire))
+        .min()
+        .unwrap_or(-1)
+}
+
+/// Run one master until its job is done (`--once`) or `cancel` fires. Every change goes to every target
+/// (`targets`: the job's configuration per target, with its snapshot applier).
 pub async fn run(
     idx: usize,
     addr: &RedisAddr,
     ownership: Ownership,
-    mut applier: SnapshotApplier,
+    targets: Vec<(SyncConfig, SnapshotApplier)>,
     cfg: &SyncConfig,
     st: Arc<SourceStatus>,
     cancel: CancellationToken,
@@ -76,6 +97,16 @@ pub async fn run(
         source_name: addr.to_string(),
         err,
     };
+    let mut sinks: Vec<Sink> = targets
+        .into_iter()
+        .map(|(cfg, applier)| Sink {
+            cfg,
+            applier,
+            stream: None,
+            applied: Arc::new(AtomicI64::new(-1)),
+            skip_until: -1,
+        })
+        .collect();
     let id = checkpoint::source_id(&addr.to_string());
     let cp_path = checkpoint::path_for(&cfg.state_dir, &id);
     let loaded = checkpoint::load(&cp_path).map_err(|e| link_err(e.to_string()))?;
@@ -103,7 +134,8 @@ pub async fn run(
         None => None,
     };
 
-    // The in-target checkpoint, when kept, is exact: it wins over the file.
+    // The in-target checkpoints, when kept, are exact: they win over the file. With several targets the
+    // stream resumes at the lowest, and each target skips what it already holds.
     let target_cp = cfg
         .target_checkpoint
         .as_ref()
@@ -115,15 +147,30 @@ pub async fn run(
     let mut resume = resume;
     let mut had_checkpoint = had_checkpoint;
     if let Some(tc) = &target_cp {
-        match read_target_checkpoint(cfg, tc).await {
-            Ok(Some((rid, off))) => {
-                tracing::info!(source = %addr, replid = %rid, offset = off,
-                    "resuming from the checkpoint kept in the target (exact)");
-                resume = Some((rid, off));
-                had_checkpoint = true;
+        let mut found = Vec::new();
+        for k in sinks.iter() {
+            match read_target_checkpoint(&k.cfg, tc).await {
+                Ok(cp) => found.push(cp),
+                Err(e) => return Err(link_err(format!("reading the in-target checkpoint: {e}"))),
             }
-            Ok(None) => {}
-            Err(e) => return Err(link_err(format!("reading the in-target checkpoint: {e}"))),
+        }
+        let same_id = found
+            .iter()
+            .all(|c| c.as_ref().map(|c| &c.0) == found[0].as_ref().map(|c| &c.0));
+        if found.iter().all(|c| c.is_some()) && same_id {
+            let rid = found[0].as_ref().map(|c| c.0.clone()).unwrap_or_default();
+            let low = found.iter().flatten().map(|c| c.1).min().unwrap_or(0);
+            for (k, c) in sinks.iter_mut().zip(&found) {
+                k.skip_until = c.as_ref().map(|c| c.1).unwrap_or(-1);
+            }
+            tracing::info!(source = %addr, replid = %rid, offset = low,
+                "resuming from the checkpoints kept in the targets (exact)");
+            resume = Some((rid, low));
+            had_checkpoint = true;
+        } else if found.iter().any(|c| c.is_some()) {
+            tracing::warn!(source = %addr, "the targets' checkpoints disagree or one is missing: full resync");
+            resume = None;
+            had_checkpoint = true;
         }
     }
 
@@ -164,9 +211,22 @@ pub async fn run(
         link_cancel.clone(),
     ));
 
-    // The applied offset as the target confirmed it; copied to the link for ACKs.
-    let applied = Arc::new(AtomicI64::new(-1));
-    st.use_applied_offset(applied.clone());
+    // Status shows the first target's applied offset; ACKs and checkpoints use the lowest of all.
+    st.use_applied_offset(sinks[0].applied.clone());
+    let new_stream = |k: &Sink, start: i64, replid: &str| -> Box<StreamApplier> {
+        let mut s = StreamApplier::new(k.applier.pool(), start, 0, k.applied.clone())
+            .with_connection(idx)
+            .forward_flush(matches!(ownership, Ownership::Sole))
+            .with_dbs(cfg.dbs.clone())
+            .with_heartbeat(hb_key.clone(), hb_sink.clone())
+            .with_target_checkpoint(target_cp.clone().map(|mut t| {
+                t.replid = replid.to_string();
+                t
+            }))
+            .skip_until(k.skip_until);
+        s.add_scripts(&k.applier.scripts);
+        Box::new(s)
+    };
     let mut progress: Option<FullSyncProgress> = None;
     let mut replid = resume.as_ref().map(|r| r.0.clone()).unwrap_or_default();
     let mut phase = Phase::Waiting;
@@ -178,7 +238,7 @@ pub async fn run(
     let mut last_cp = std::time::Instant::now();
     let mut link_result: Option<Result<(), String>> = None;
 
-    let outcome: Result<(), SourceError> = loop {
+    let outcome: Result<(), SourceError> = 'run: loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Ok(()),
@@ -190,21 +250,21 @@ pub async fn run(
                 link_result = Some(r);
             }
             _ = tick.tick() => {
-                if cfg.stop_on_error && applier.pool().stats().failed() > 0 {
+                let failed: u64 = sinks.iter().map(|k| k.applier.pool().stats().failed()).sum();
+                if cfg.stop_on_error && failed > 0 {
                     break Err(link_err(format!(
-                        "the target rejected {} writes and --on-error stop is set (see the log for the commands, keys and errors)",
-                        applier.pool().stats().failed())));
+                        "the target rejected {failed} writes and --on-error stop is set (see the log for the commands, keys and errors)")));
                 }
-                let a = applied.load(Ordering::Acquire);
+                let a = min_applied(&sinks);
                 shared.applied.store(a, Ordering::Release);
                 st.set_received_offset(shared.received.load(Ordering::Acquire));
-                if let (Some(t), Phase::Streaming(_)) = (once_target, &phase) {
+                if let (Some(t), Phase::Streaming) = (once_target, &phase) {
                     if a >= t {
                         tracing::info!(source = %addr, offset = a, "caught up with the master's offset at the end of the snapshot (--once)");
                         break Ok(());
                     }
                 }
-                if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming(_)) && a >= 0 {
+                if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming) && a >= 0 {
                     last_cp = std::time::Instant::now();
                     let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset: a, clean: false };
                     match checkpoint::store(&cp_path, &cp) {
@@ -236,11 +296,13 @@ pub async fn run(
                         full_syncs += 1;
                         if full_syncs > 1 || !matches!(phase, Phase::Waiting) || resume.is_some() {
                             tracing::warn!(source = %addr, "the master started a full resync: values are \
-                                replaced; keys deleted on the master during the gap may remain on the target \
-                                (run `ferry verify`)");
+                                replaced, and keys it lost during the gap are removed from the target");
                         }
-                        if let Phase::Streaming(mut s) = std::mem::replace(&mut phase, Phase::Waiting) {
-                            if let Err(e) = s.send().await { break Err(apply_err(e)); }
+                        for k in sinks.iter_mut() {
+                            if let Some(mut s) = k.stream.take() {
+                                if let Err(e) = s.send().await { break 'run Err(apply_err(e)); }
+                            }
+                            k.skip_until = -1;
                         }
                         tracing::info!(source = %addr, replid = %id, offset, "full sync: receiving the snapshot");
                         let total = shared.rdb_size.load(Ordering::Acquire);
@@ -248,10 +310,12 @@ pub async fn run(
                         if let Some(p) = progress.take() { p.finish().await; }
                         progress = Some(FullSyncProgress::start(&ProgressOutput::stderr(), st.clone()));
                         replid = id;
-                        if full_syncs > 1 || had_checkpoint {
-                            applier.set_overwrite(true);
+                        for k in sinks.iter_mut() {
+                            if full_syncs > 1 || had_checkpoint {
+                                k.applier.set_overwrite(true);
+                            }
+                            k.applied.store(offset, Ordering::Release);
                         }
-                        applied.store(offset, Ordering::Release);
                         // Before the first write: mark that this source's data is going to the target, so
                         // a restart after a crash knows the keys are ours (full resync with REPLACE), not
                         // someone else's (refused by the emptiness precheck).
@@ -271,7 +335,8 @@ pub async fn run(
                             if total >= 0 { st.set_rdb_total(Some(total as u64)); }
                         }
                         let keys_before = f.summary.entries;
-                        if let Err(e) = f.push(&bytes, &mut applier).await { break Err(apply_err(e)); }
+                        let mut appliers: Vec<&mut SnapshotApplier> = sinks.iter_mut().map(|k| &mut k.applier).collect();
+                        if let Err(e) = f.push(&bytes, &mut appliers).await { break Err(apply_err(e)); }
                         st.add_rdb_applied(bytes.len() as u64);
                         st.add_keys_loaded(f.summary.entries - keys_before);
                     }
@@ -279,11 +344,12 @@ pub async fn run(
                         let Phase::Snapshot(mut f) = std::mem::replace(&mut phase, Phase::Waiting) else {
                             break Err(link_err("RDB end outside a full sync".into()));
                         };
-                        let summary = match f.finish(&mut applier).await {
+                        let mut appliers: Vec<&mut SnapshotApplier> = sinks.iter_mut().map(|k| &mut k.applier).collect();
+                        let summary = match f.finish(&mut appliers).await {
                             Ok(s) => s,
                             Err(e) => break Err(apply_err(e)),
                         };
-                        let start = applied.load(Ordering::Acquire);
+                        let start = min_applied(&sinks);
                         if let Some(p) = progress.take() { p.finish().await; }
                         st.set_state(SourceState::Streaming);
                         tracing::info!(source = %addr, rdb_version = summary.version, bytes = summary.bytes,
@@ -294,32 +360,39 @@ pub async fn run(
                                 Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
                             }
                         }
-                        let mut s = StreamApplier::new(applier.pool(), start, 0, applied.clone())
-                            .with_connection(idx)
-                            .forward_flush(matches!(ownership, Ownership::Sole))
-                            .with_dbs(cfg.dbs.clone())
-                            .with_heartbeat(hb_key.clone(), hb_sink.clone())
-                            .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
-                        s.add_scripts(&applier.scripts);
-                        if full_syncs > 1 || had_checkpoint {
-                            // Keys this source deleted while we were not streaming must not stay behind.
-                            if let Err(e) = remove_keys(&mut s, cfg, addr, &ownership, None, SweepKind::MissingOnSource).await {
-                                break Err(apply_err(e));
+                        for k in sinks.iter_mut() {
+                            let mut s = new_stream(k, start, &replid);
+                            if full_syncs > 1 || had_checkpoint {
+                                // Keys this source deleted while we were not streaming must not stay behind.
+                                if let Err(e) = remove_keys(&mut s, &k.cfg, addr, &ownership, None, SweepKind::MissingOnSource).await {
+                                    break 'run Err(apply_err(e));
+                                }
                             }
+                            k.stream = Some(s);
                         }
-                        phase = Phase::Streaming(Box::new(s));
+                        phase = Phase::Streaming;
                         reached_stream = true;
                     }
                     Record::Continue { replid: id, offset } => {
                         replid = id;
-                        match &mut phase {
-                            Phase::Streaming(s) if s.offset() == offset => {
-                                s.set_replid(&replid);
+                        match &phase {
+                            Phase::Streaming => {
+                                for k in sinks.iter_mut() {
+                                    if let Some(s) = k.stream.as_mut() {
+                                        if s.offset() != offset {
+                                            break 'run Err(link_err(format!(
+                                                "the link continued at offset {offset} but the stream was applied up to {}", s.offset())));
+                                        }
+                                        s.set_replid(&replid);
+                                    }
+                                }
                                 st.partial_sync_started(&replid, offset);
                                 st.set_state(SourceState::Streaming);
                             }
                             Phase::Waiting => {
-                                applied.store(offset, Ordering::Release);
+                                for k in sinks.iter() {
+                                    k.applied.store(offset.max(k.skip_until), Ordering::Release);
+                                }
                                 st.partial_sync_started(&replid, offset);
                                 st.set_state(SourceState::Streaming);
                                 if cfg.once {
@@ -328,18 +401,11 @@ pub async fn run(
                                         Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
                                     }
                                 }
-                                let s = StreamApplier::new(applier.pool(), offset, 0, applied.clone())
-                                    .with_connection(idx)
-                                    .forward_flush(matches!(ownership, Ownership::Sole))
-                            .with_dbs(cfg.dbs.clone())
-                            .with_heartbeat(hb_key.clone(), hb_sink.clone())
-                                    .with_target_checkpoint(target_cp.clone().map(|mut t| { t.replid = replid.clone(); t }));
-                                phase = Phase::Streaming(Box::new(s));
+                                for k in sinks.iter_mut() {
+                                    k.stream = Some(new_stream(k, offset, &replid));
+                                }
+                                phase = Phase::Streaming;
                                 reached_stream = true;
-                            }
-                            Phase::Streaming(s) => {
-                                break Err(link_err(format!(
-                                    "the link continued at offset {offset} but the stream was applied up to {}", s.offset())));
                             }
                             Phase::Snapshot(_) => {
                                 // The link broke during the RDB transfer: the master will send it again.
@@ -348,27 +414,32 @@ pub async fn run(
                         }
                     }
                     Record::Stream(bytes) => {
-                        let Phase::Streaming(s) = &mut phase else {
+                        if !matches!(phase, Phase::Streaming) {
                             break Err(link_err("stream bytes before the snapshot ended".into()));
-                        };
-                        let mut pushed = s.push(&bytes).await;
-                        while let Ok(crate::apply::stream::Signals { flush: Some(scope), .. }) = &pushed {
-                            let dbs = scope.map(|d| vec![d]);
-                            if let Err(e) = remove_keys(s, cfg, addr, &ownership, dbs, SweepKind::All).await {
-                                pushed = Err(e);
-                                break;
-                            }
-                            pushed = s.push(&[]).await;
                         }
-                        match pushed {
-                            Ok(sig) => {
-                                if let Err(e) = s.send().await { break Err(apply_err(e)); }
-                                if sig.ack_now {
-                                    shared.applied.store(applied.load(Ordering::Acquire), Ordering::Release);
-                                    shared.ack_now.notify_one();
+                        let mut ack_now = false;
+                        for k in sinks.iter_mut() {
+                            let Some(s) = k.stream.as_mut() else { continue };
+                            let mut pushed = s.push(&bytes).await;
+                            while let Ok(crate::apply::stream::Signals { flush: Some(scope), .. }) = &pushed {
+                                let dbs = scope.map(|d| vec![d]);
+                                if let Err(e) = remove_keys(s, &k.cfg, addr, &ownership, dbs, SweepKind::All).await {
+                                    pushed = Err(e);
+                                    break;
                                 }
+                                pushed = s.push(&[]).await;
                             }
-                            Err(e) => break Err(apply_err(e)),
+                            match pushed {
+                                Ok(sig) => {
+                                    if let Err(e) = s.send().await { break 'run Err(apply_err(e)); }
+                                    ack_now |= sig.ack_now;
+                                }
+                                Err(e) => break 'run Err(apply_err(e)),
+                            }
+                        }
+                        if ack_now {
+                            shared.applied.store(min_applied(&sinks), Ordering::Release);
+                            shared.ack_now.notify_one();
                         }
                     }
                     Record::LinkDown { reason } => {
@@ -384,19 +455,20 @@ pub async fn run(
         }
     };
 
-    // Stop the link, drain what the target has in flight, acknowledge, write the checkpoint.
+    // Stop the link, drain what the targets have in flight, acknowledge, write the checkpoint.
     link_cancel.cancel();
-    let streaming = if let Phase::Streaming(mut s) = phase {
-        let r = s.send().await;
-        Some(r)
-    } else {
-        None
-    };
-    let flushed = applier.pool().flush().await;
-    if let Some(Err(e)) = streaming {
-        tracing::warn!(source = %addr, error = %e, "could not flush the stream on shutdown");
+    let mut flushed: Result<(), crate::target::TargetError> = Ok(());
+    for k in sinks.iter_mut() {
+        if let Some(s) = k.stream.as_mut() {
+            if let Err(e) = s.send().await {
+                tracing::warn!(source = %addr, error = %e, "could not flush the stream on shutdown");
+            }
+        }
+        if let Err(e) = k.applier.pool().flush().await {
+            flushed = Err(e);
+        }
     }
-    let a = applied.load(Ordering::Acquire);
+    let a = min_applied(&sinks);
     shared.applied.store(a, Ordering::Release);
     if link_result.is_none() {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut link).await;

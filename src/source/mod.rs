@@ -66,7 +66,7 @@ impl RdbFeeder {
     pub async fn push(
         &mut self,
         chunk: &[u8],
-        applier: &mut SnapshotApplier,
+        appliers: &mut [&mut SnapshotApplier],
     ) -> Result<(), ApplyError> {
         self.summary.bytes += chunk.len() as u64;
         self.buf.extend_from_slice(chunk);
@@ -83,7 +83,13 @@ impl RdbFeeder {
                 }
                 _ => {}
             }
-            applier.apply(ev).await?;
+            if let [one] = &mut *appliers {
+                one.apply(ev).await?;
+            } else {
+                for a in appliers.iter_mut() {
+                    a.apply(ev.clone()).await?;
+                }
+            }
             if self.buf.len() < self.decoder.needed() {
                 break;
             }
@@ -95,10 +101,12 @@ impl RdbFeeder {
     /// answered every write.
     pub async fn finish(
         &mut self,
-        applier: &mut SnapshotApplier,
+        appliers: &mut [&mut SnapshotApplier],
     ) -> Result<RdbSummary, ApplyError> {
         self.decoder.finish()?;
-        applier.finish().await?;
+        for a in appliers.iter_mut() {
+            a.finish().await?;
+        }
         Ok(self.summary.clone())
     }
 }
@@ -108,7 +116,7 @@ pub async fn load_rdb_file(
     name: &str,
     path: &Path,
     opts: DecoderOptions,
-    applier: &mut SnapshotApplier,
+    appliers: &mut [&mut SnapshotApplier],
 ) -> Result<RdbSummary, SourceError> {
     let file_err = |err| SourceError::File {
         source_name: name.to_string(),
@@ -127,7 +135,10 @@ pub async fn load_rdb_file(
         if n == 0 {
             break;
         }
-        feeder.push(&chunk[..n], applier).await.map_err(apply_err)?;
+        feeder
+            .push(&chunk[..n], appliers)
+            .await
+            .map_err(apply_err)?;
     }
-    feeder.finish(applier).await.map_err(apply_err)
+    feeder.finish(appliers).await.map_err(apply_err)
 }

@@ -401,3 +401,88 @@ fn a_replica_serves_as_the_source_to_keep_load_off_the_master() {
         ferry.log()
     );
 }
+
+#[test]
+fn one_source_into_two_targets_gets_every_change_to_both() {
+    let master = RedisServer::start(&["--repl-backlog-size", "16mb"]);
+    let t1 = RedisServer::start(&[]);
+    let t2 = RedisServer::start(&[]);
+    let mut m = master.client();
+    for i in 0..300 {
+        m.ok(&["SET", &format!("k{i}"), "v"]);
+    }
+    m.ok(&["RPUSH", "list", "a"]);
+    let state = TempDir::new("fanout");
+    let mut ferry = Ferry::start(&[
+        "sync",
+        "--source",
+        &master.url(),
+        "--target",
+        &t1.url(),
+        "--target",
+        &t2.url(),
+        "--state-dir",
+        &state.path().display().to_string(),
+        "--target-checkpoint",
+    ]);
+    for t in [&t1, &t2] {
+        let mut c = t.client();
+        wait_until(
+            "the snapshot on both targets",
+            Duration::from_secs(20),
+            || c.dbsize() == 301,
+        );
+    }
+    for i in 0..300 {
+        m.ok(&["INCR", &format!("n{}", i % 10)]);
+    }
+    m.ok(&["RPUSH", "list", "b"]);
+    for t in [&t1, &t2] {
+        let mut c = t.client();
+        wait_until(
+            "the stream on both targets",
+            Duration::from_secs(20),
+            || c.cmd(&["LLEN", "list"]).as_int() == 2 && c.cmd(&["GET", "n9"]).as_string() == "30",
+        );
+    }
+    // Stop, write more, restart: both targets resume exactly (no duplicated list items).
+    assert!(
+        ferry.terminate(Duration::from_secs(15)).success(),
+        "{}",
+        ferry.log()
+    );
+    m.ok(&["RPUSH", "list", "c"]);
+    let partial_before = m.info_field("stats", "sync_partial_ok").unwrap();
+    let ferry2 = Ferry::start(&[
+        "sync",
+        "--source",
+        &master.url(),
+        "--target",
+        &t1.url(),
+        "--target",
+        &t2.url(),
+        "--state-dir",
+        &state.path().display().to_string(),
+        "--target-checkpoint",
+    ]);
+    for t in [&t1, &t2] {
+        let mut c = t.client();
+        wait_until(
+            "the restart's changes on both targets",
+            Duration::from_secs(20),
+            || c.cmd(&["LLEN", "list"]).as_int() == 3,
+        );
+        assert_eq!(
+            c.ok(&["LRANGE", "list", "0", "-1"]).as_array().len(),
+            3,
+            "{}",
+            ferry2.log()
+        );
+        assert_eq!(c.ok(&["GET", "n0"]).as_string(), "30");
+    }
+    assert_ne!(
+        m.info_field("stats", "sync_partial_ok").unwrap(),
+        partial_before
+    );
+    assert_eq!(m.info_field("stats", "sync_full").as_deref(), Some("1"));
+}
