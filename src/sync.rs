@@ -263,12 +263,11 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
             more_targets: Vec::new(),
             ..cfg.clone()
         };
-        let report = crate::precheck::run_checks(
-            &plan,
-            &tcfg.target,
-            &crate::precheck::CheckOptions::for_sync(&tcfg),
-        )
-        .await;
+        // A shorter write-rate sample than `ferry check` takes (1 s): enough for the backlog warning, and
+        // the sync starts sooner.
+        let mut opts = crate::precheck::CheckOptions::for_sync(&tcfg);
+        opts.rate_sample = Duration::from_millis(250);
+        let report = crate::precheck::run_checks(&plan, &tcfg.target, &opts).await;
         for line in report.render_text().lines() {
             if line.starts_with("WARN") {
                 tracing::warn!("precheck: {line}");
