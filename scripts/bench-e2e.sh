@@ -29,7 +29,7 @@
 #   BENCH_VERIFY=2000        random keys per master whose values are compared after ferry's sync (not timed)
 #   BENCH_STAGES=ferry,replication,rdbload,pipe   which measurements to run (the dataset is always made)
 #   BENCH_STREAM=0           1 adds the `stream` stage
-#   BENCH_STREAM_N=1000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
+#   BENCH_STREAM_N=3000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
 #   BENCH_STREAM_SAMPLE_MS=10  pause between lag probes
 #   BENCH_DISKLESS=yes       the masters' repl-diskless-sync (yes|no); repl-diskless-sync-delay is always 0
 #   BENCH_TIMEOUT=900        seconds any one timed step may take before it counts as failed
@@ -52,7 +52,7 @@ BIG=${BENCH_BIG:-20}
 VERIFY=${BENCH_VERIFY:-2000}
 STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe}
 [[ "${BENCH_STREAM:-0}" == 1 ]] && STAGES+=",stream"
-STREAM_N=${BENCH_STREAM_N:-1000000}
+STREAM_N=${BENCH_STREAM_N:-3000000}
 STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-10}
 DISKLESS=${BENCH_DISKLESS:-yes}
 TIMEOUT=${BENCH_TIMEOUT:-900}
@@ -439,6 +439,8 @@ def compare(target, sample, nbig, *masters):
 # ---- rec: append one JSON line (numbers stay numbers) -----------------------------------------------------------
 def rec(path, *kvs):
     d = {}
+    with open("/proc/loadavg") as f:  # how busy the machine was when the line was written (other work skews figures)
+        kvs = kvs + ("load1=" + f.read().split()[0],)
     for kv in kvs:
         k, v = kv.split("=", 1)
         try:
@@ -750,8 +752,10 @@ fi
 STAGE=report
 say "results ($MASTERS master(s) x $KEYS keys = $TOTAL_KEYS keys, $((TOTAL_MEM / 1048576)) MiB used_memory; redis $REDIS_VER; $NPROC cores)"
 row() { printf '  %-44s %12s %12s\n' "$@"; }
-row "measurement" "seconds" "ferry / it"
-row "--------------------------------------------" "------------" "------------"
+if has_stage ferry || has_stage replication || has_stage rdbload || has_stage pipe; then
+  row "measurement" "seconds" "ferry / it"
+  row "--------------------------------------------" "------------" "------------"
+fi
 if has_stage ferry; then
   if ((FERRY_FAILED)); then row "ferry sync --once (FAILED: see above)" "$(fmt "$FERRY_S")" ""; else row "ferry sync --once (all masters at once)" "$(fmt "$FERRY_S")" "1.00"; fi
 fi
@@ -787,6 +791,8 @@ for name, r in json.load(open(sys.argv[1])).items():
           r["p999_ms"], r["max_ms"], r["drain_ms"], r["apply_rate_ops_s"]))
     if "peak_rss_mib" in r:
         print("  %-8s peak RSS %.1f MiB" % ("", r["peak_rss_mib"]))
+    if r["samples"] < 1000:
+        print("  %-8s (fewer than 1000 samples: p99.9 is the max; raise BENCH_STREAM_N)" % "")
 EOF
 fi
 echo
