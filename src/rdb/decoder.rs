@@ -100,6 +100,39 @@ enum State {
     Done,
 }
 
+/// Whether a value being walked is bigger than its limit, decided the same way however the input was
+/// split: by its first bytes up to `cut` (the buffer index the limit ends at) alone. `r` is the walk's
+/// result on the whole buffer and `pos` where it stands; `before` the walk as it was before that run
+/// (never past `cut`: it had stopped for more input within it). Returns the index of the end of the first
+/// read that goes past `cut` (the value is at least that long), or `None` when the value ends within the
+/// limit or is corrupt within it, or more input is needed to tell.
+///
+/// An error or the value's end found past `cut` in one buffer must give the same answer as a walk fed in
+/// pieces, which stops for more input somewhere past `cut` first (and goes big, or refuses the value as
+/// too large, there): the walk is re-run on the buffer cut at `cut` to find where.
+fn beyond(r: &R<()>, pos: usize, before: Scan, cut: usize, buf: &[u8], base: u64) -> Option<usize> {
+    let end = match r {
+        Ok(()) => pos,
+        Err(Stop::Need(n)) => *n,
+        Err(Stop::Err(_)) => pos,
+    };
+    if end <= cut && !matches!(r, Err(Stop::Err(_))) {
+        return None;
+    }
+    if buf.len() <= cut {
+        // The whole buffer is within the limit: the run was the walk of the first bytes itself.
+        return match r {
+            Err(Stop::Need(n)) if *n > cut => Some(*n),
+            _ => None,
+        };
+    }
+    let mut s = before;
+    match s.run(&buf[..cut], base) {
+        Err(Stop::Need(n)) => Some(n),
+        _ => None,
+    }
+}
+
 /// The streaming RDB decoder. See the module docs of [`crate::rdb`].
 pub struct Decoder {
     opts: DecoderOptions,
@@ -447,17 +480,13 @@ impl Decoder {
             Kind::Stream | Kind::Module => self.opts.max_unchunked_bytes,
             _ => self.opts.max_entry_bytes,
         };
+        let before = p.scan.clone();
         let r = p.scan.run(&buf[..], self.offset);
-        let end = match &r {
-            Ok(()) => p.scan.pos,
-            Err(Stop::Need(n)) => *n,
-            Err(Stop::Err(_)) => 0,
-        };
-        let size = end.saturating_sub(p.value_start);
-        if size > limit && !matches!(r, Err(Stop::Err(_))) {
+        let cut = p.value_start.saturating_add(limit);
+        if let Some(end) = beyond(&r, p.scan.pos, before, cut, buf, self.offset) {
             if matches!(kind, Kind::Stream | Kind::Module) {
                 return Err(Stop::Err(RdbError::TooLarge {
-                    len: size as u64,
+                    len: (end - p.value_start) as u64,
                     offset: self.offset,
                     limit: limit as u64,
                 }));
@@ -643,10 +672,13 @@ impl Decoder {
                 Ok(Some(Event::BigChunk(Chunk::StringPart(part))))
             }
             BigPhase::StrLzf(s) => {
+                // Errors name where the compressed bytes start (as for a whole LZF string), not where
+                // this call began: the same offset however the input was split.
+                let start = self.offset - s.input_used();
                 let lzf_err = |e: lzf::LzfError| {
                     Stop::Err(RdbError::Corrupt {
                         what: "LZF string",
-                        offset: base,
+                        offset: start,
                         detail: e.to_string(),
                     })
                 };
@@ -676,13 +708,9 @@ impl Decoder {
         let State::ModuleAux(a) = &mut self.state else {
             return Ok(None);
         };
+        let before = a.scan.clone();
         let r = a.scan.run(&buf[..], self.offset);
-        let end = match &r {
-            Ok(()) => a.scan.pos,
-            Err(Stop::Need(n)) => *n,
-            Err(Stop::Err(_)) => 0,
-        };
-        if end > limit && !matches!(r, Err(Stop::Err(_))) {
+        if let Some(end) = beyond(&r, a.scan.pos, before, limit, buf, self.offset) {
             return Err(Stop::Err(RdbError::TooLarge {
                 len: end as u64,
                 offset: self.offset,

@@ -144,6 +144,8 @@ pub struct Stream {
     /// Output bytes before `buf[0]`.
     base: usize,
     out_len: usize,
+    /// Compressed length, and how much of it is still expected.
+    clen: u64,
     in_left: u64,
 }
 
@@ -158,6 +160,7 @@ impl Stream {
             keep: 0,
             base: 0,
             out_len,
+            clen,
             in_left: clen,
         })
     }
@@ -167,21 +170,35 @@ impl Stream {
         self.in_left
     }
 
+    /// Compressed bytes used so far.
+    pub fn input_used(&self) -> u64 {
+        self.clen - self.in_left
+    }
+
     /// Output bytes produced and not yet taken.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.keep
     }
 
     /// Decompress whole tokens from `input` (at most the compressed bytes still expected) until `pending()`
-    /// reaches `want` or the input has no whole token left. Returns the input bytes used.
+    /// reaches `want` or the input has no whole token left. Returns the input bytes used. A
+    /// [`LzfError::BadReference`] names its position in the whole compressed string (not in `input`), the
+    /// same however the string was fed.
     pub fn feed(&mut self, input: &[u8], want: usize) -> Result<usize, LzfError> {
         let limit = input
             .len()
             .min(usize::try_from(self.in_left).unwrap_or(usize::MAX));
         let input = &input[..limit];
+        let used_before = self.input_used() as usize;
         let mut ip = 0;
         while ip < input.len() && self.pending() < want {
-            match token(input, ip, &mut self.buf, self.base, self.out_len)? {
+            let t = token(input, ip, &mut self.buf, self.base, self.out_len).map_err(|e| match e {
+                LzfError::BadReference { at } => LzfError::BadReference {
+                    at: used_before + at,
+                },
+                e => e,
+            });
+            match t? {
                 Some(used) => ip += used,
                 None => {
                     if input.len() as u64 == self.in_left {

@@ -225,7 +225,11 @@ pub enum RdbError {
     Truncated { offset: u64, inside: &'static str },
     #[error("data after the RDB EOF marker at offset {offset}")]
     TrailingData { offset: u64 },
-    #[error("element of {len} bytes at offset {offset} exceeds the limit of {limit} bytes")]
+    /// `len` is how far the value was walked when it went past the limit: the same for any split of the
+    /// input, and a lower bound of its size.
+    #[error(
+        "element of at least {len} bytes at offset {offset} exceeds the limit of {limit} bytes"
+    )]
     TooLarge { len: u64, offset: u64, limit: u64 },
 }
 
