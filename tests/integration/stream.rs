@@ -694,3 +694,45 @@ fn status_shows_a_live_sync_without_the_password() {
         .starts_with("HTTP/1.1 200"));
     assert!(!ferry.log().contains("s3cret-pw"));
 }
+
+#[test]
+fn a_transaction_is_atomic_for_a_reader_of_the_target() {
+    let master = debug_server(&[]);
+    let target = debug_server(&[]);
+    let mut m = master.client();
+    m.ok(&["MSET", "a", "0", "b", "0"]);
+    let state = TempDir::new("stream-atomic");
+    let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    wait_streaming(&mut m, &ferry);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, port) = (stop.clone(), target.port);
+    // A reader of the target: a and b are always written together, so it must never see them differ.
+    let reader = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        let mut reads = 0u64;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = c.ok(&["MGET", "a", "b"]);
+            let v: Vec<String> = r.as_array().iter().map(|x| x.as_string()).collect();
+            assert_eq!(v[0], v[1], "a reader saw half a transaction");
+            reads += 1;
+        }
+        reads
+    });
+    for i in 1..=500 {
+        m.ok(&["MULTI"]);
+        m.send(&["INCR", "a"]);
+        m.read().unwrap();
+        m.send(&["SET", "filler", &i.to_string()]);
+        m.read().unwrap();
+        m.send(&["INCR", "b"]);
+        m.read().unwrap();
+        m.ok(&["EXEC"]);
+    }
+    let mut t = target.client();
+    crate::support::wait_until("the last transaction", Duration::from_secs(20), || {
+        t.cmd(&["GET", "b"]).as_string() == "500"
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw half a transaction");
+    assert!(reads > 0);
+}
