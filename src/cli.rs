@@ -40,6 +40,11 @@ pub enum OnConflict {
     Overwrite,
 }
 
+/// A secret from the command line, never shown by `Debug`.
+fn parse_secret(s: &str) -> Result<crate::endpoint::Secret, String> {
+    Ok(crate::endpoint::Secret::new(s))
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnError {
     /// Count, log once per distinct error, show in status, continue.
@@ -164,6 +169,12 @@ pub struct SyncArgs {
     /// The heartbeat key (in db 0 of each source).
     #[arg(long, default_value = "ferry:heartbeat")]
     pub heartbeat_key: String,
+    /// Credentials for the servers of `twemproxy:` sources, `[USER:]PASSWORD`, instead of the pool's
+    /// `redis_auth` (e.g. an ACL user allowed to PSYNC). Prefer the environment variable: arguments are
+    /// visible to other users of the machine.
+    #[arg(long, value_name = "[USER:]PASSWORD", env = "FERRY_POOL_AUTH", hide_env_values = true,
+        value_parser = parse_secret)]
+    pub pool_auth: Option<crate::endpoint::Secret>,
     /// Sync only these source databases, e.g. `--db 0,2` (default: all). Repeatable.
     #[arg(long = "db", value_name = "DBS")]
     pub dbs: Vec<String>,
@@ -203,6 +214,18 @@ impl SyncArgs {
             status_addr: self.status_addr,
             dbs,
             stop_on_error: self.on_error == OnError::Stop,
+            pool_auth: self.pool_auth.as_ref().map(|a| a.expose()).map(|a| {
+                match a.split_once(':') {
+                    Some((u, p)) => crate::endpoint::Auth {
+                        user: (!u.is_empty()).then(|| u.to_string()),
+                        password: crate::endpoint::Secret::new(p),
+                    },
+                    None => crate::endpoint::Auth {
+                        user: None,
+                        password: crate::endpoint::Secret::new(a),
+                    },
+                }
+            }),
             heartbeat: self.heartbeat.map(|secs| {
                 (
                     std::time::Duration::from_secs(secs.max(1)),

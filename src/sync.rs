@@ -50,6 +50,8 @@ pub struct SyncConfig {
     pub status_addr: Option<std::net::SocketAddr>,
     /// Which source dbs are synced and where they go.
     pub dbs: crate::apply::DbMap,
+    /// Credentials for the servers of `twemproxy:` sources instead of the pool's `redis_auth`.
+    pub pool_auth: Option<crate::endpoint::Auth>,
     /// End the job at the first write the target rejects (`--on-error stop`).
     pub stop_on_error: bool,
     /// Write `SET <key> <unix ms>` into each source master this often, to measure end-to-end lag; the key
@@ -130,6 +132,15 @@ pub struct PlannedSource {
 
 /// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
 pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
+    expand_sources_with(sources, None)
+}
+
+/// As [`expand_sources`], with `pool_auth` (if given) replacing the pools' `redis_auth` for their servers,
+/// e.g. an ACL user allowed to PSYNC.
+pub fn expand_sources_with(
+    sources: &[SourceSpec],
+    pool_auth: Option<&crate::endpoint::Auth>,
+) -> Result<Vec<PlannedSource>, SyncError> {
     let mut out = Vec::new();
     for s in sources {
         match s {
@@ -139,9 +150,14 @@ pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, Sync
                 let p = conf
                     .select_pool(pool.as_deref())
                     .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
-                let masters = p
+                let mut masters = p
                     .masters()
                     .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                if let Some(auth) = pool_auth {
+                    for m in masters.iter_mut() {
+                        m.auth = Some(auth.clone());
+                    }
+                }
                 let router = Arc::new(
                     crate::twemproxy::Router::new(p)
                         .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?,
@@ -250,7 +266,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         });
     }
 
-    let plan = expand_sources(&cfg.sources)?;
+    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref())?;
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.

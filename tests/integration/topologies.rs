@@ -486,3 +486,53 @@ fn one_source_into_two_targets_gets_every_change_to_both() {
     );
     assert_eq!(m.info_field("stats", "sync_full").as_deref(), Some("1"));
 }
+
+#[test]
+fn pool_auth_overrides_the_pools_redis_auth() {
+    let a = RedisServer::start(&["--requirepass", "poolpw"]);
+    let target = RedisServer::start(&[]);
+    let mut ac = a.client_auth("poolpw");
+    ac.ok(&["ACL", "SETUSER", "repl", "on", ">rp", "~*", "+@all"]);
+    ac.ok(&["SET", "k", "v"]);
+    let dir = TempDir::new("pool-auth");
+    let conf = dir.path().join("nc.yml");
+    let opts = NutcrackerOpts {
+        redis_auth: Some("not-the-password".into()),
+        ..Default::default()
+    };
+    std::fs::write(
+        &conf,
+        crate::support::nutcracker_yaml(crate::support::free_port(), &[(a.port, "s1")], &opts),
+    )
+    .unwrap();
+    let src = format!("twemproxy:{}", conf.display());
+    let run = |env: Option<&str>| {
+        let state = TempDir::new("pool-auth-state");
+        let mut cmd = std::process::Command::new(crate::support::ferry_bin());
+        cmd.args([
+            "sync",
+            "--source",
+            &src,
+            "--target",
+            &target.url(),
+            "--once",
+            "--state-dir",
+        ])
+        .arg(state.path());
+        if let Some(e) = env {
+            cmd.env("FERRY_POOL_AUTH", e);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "redis_auth is wrong for this server"
+    );
+    let out = run(Some("repl:rp"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("rp@") && !err.contains(":rp"), "{err}");
+    assert_eq!(target.client().ok(&["GET", "k"]).as_string(), "v");
+}
