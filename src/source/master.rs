@@ -267,7 +267,7 @@ pub async fn run(
                 if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming) && a >= 0 {
                     last_cp = std::time::Instant::now();
                     let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset: a, clean: false };
-                    match checkpoint::store(&cp_path, &cp) {
+                    match store_checkpoint(&cp_path, cp.clone()).await {
                         Ok(()) => st.checkpoint_written(a),
                         Err(e) => tracing::warn!(source = %addr, error = %e, "checkpoint not written"),
                     }
@@ -320,7 +320,7 @@ pub async fn run(
                         // a restart after a crash knows the keys are ours (full resync with REPLACE), not
                         // someone else's (refused by the emptiness precheck).
                         let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset, clean: false };
-                        if let Err(e) = checkpoint::store(&cp_path, &cp) {
+                        if let Err(e) = store_checkpoint(&cp_path, cp.clone()).await {
                             break Err(link_err(e.to_string()));
                         }
                         phase = Phase::Snapshot(Box::new(RdbFeeder::new(cfg.decoder.clone())));
@@ -482,7 +482,7 @@ pub async fn run(
             offset: a,
             clean,
         };
-        match checkpoint::store(&cp_path, &cp) {
+        match store_checkpoint(&cp_path, cp.clone()).await {
             Ok(()) => {
                 tracing::info!(source = %addr, replid = %replid, offset = a, clean, "checkpoint written")
             }
@@ -576,5 +576,20 @@ async fn heartbeat(addr: RedisAddr, every: Duration, key: String, cancel: Cancel
                 client = None;
             }
         }
+    }
+}
+
+/// Write a checkpoint on the blocking pool (it fsyncs), awaited so writes stay in order.
+async fn store_checkpoint(
+    path: &std::path::Path,
+    cp: Checkpoint,
+) -> Result<(), checkpoint::CheckpointError> {
+    let path = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || checkpoint::store(&path, &cp)).await {
+        Ok(r) => r,
+        Err(e) => Err(checkpoint::CheckpointError::Io {
+            path: String::new(),
+            err: std::io::Error::other(e.to_string()),
+        }),
     }
 }
