@@ -30,7 +30,7 @@
 #   BENCH_STAGES=ferry,replication,rdbload,pipe   which measurements to run (the dataset is always made)
 #   BENCH_STREAM=0           1 adds the `stream` stage
 #   BENCH_STREAM_N=3000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
-#   BENCH_STREAM_SAMPLE_MS=10  pause between lag probes
+#   BENCH_STREAM_SAMPLE_MS=2   pause between lag probes
 #   BENCH_DISKLESS=yes       the masters' repl-diskless-sync (yes|no); repl-diskless-sync-delay is always 0
 #   BENCH_TIMEOUT=900        seconds any one timed step may take before it counts as failed
 #   BENCH_OUT=target/bench-e2e   where the JSON lines go
@@ -53,7 +53,7 @@ VERIFY=${BENCH_VERIFY:-2000}
 STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe}
 [[ "${BENCH_STREAM:-0}" == 1 ]] && STAGES+=",stream"
 STREAM_N=${BENCH_STREAM_N:-3000000}
-STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-10}
+STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-2}
 DISKLESS=${BENCH_DISKLESS:-yes}
 TIMEOUT=${BENCH_TIMEOUT:-900}
 OUTDIR=${BENCH_OUT:-target/bench-e2e}
