@@ -518,8 +518,10 @@ REDIS_VER=$(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2)
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo yes || echo no)
 FERRY_VER=$([[ -n "$FERRY" ]] && timeout 10 "$FERRY" --version 2>/dev/null || echo n/a)
+# `commit` is this work tree's; with FERRY_BIN the binary may come from elsewhere, so say which one was measured
+FERRY_FROM=$([[ -n "${FERRY_BIN:-}" ]] && echo "FERRY_BIN=$FERRY_BIN" || echo "cargo build --release of this work tree")
 rec kind=machine date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" nproc="$NPROC" mem_mib="$MEM_MIB" cpu="$CPU" \
-  kernel="$(uname -r)" redis="$REDIS_VER" commit="$COMMIT" worktree_dirty="$DIRTY" ferry="$FERRY_VER" \
+  kernel="$(uname -r)" redis="$REDIS_VER" commit="$COMMIT" worktree_dirty="$DIRTY" ferry="$FERRY_VER" ferry_from="$FERRY_FROM" \
   masters="$MASTERS" keys_per_master="$KEYS" big_per_master="$BIG" diskless="$DISKLESS" stages="$STAGES"
 say "machine: $NPROC cores, $MEM_MIB MiB, $CPU; redis $REDIS_VER; ferry commit $COMMIT (dirty worktree: $DIRTY)"
 echo "  work dir $WORK, results $OUT"
