@@ -434,6 +434,14 @@ async fn sync_main(cfg: SyncConfig) -> i32 {
 
 /// SIGINT and SIGTERM cancel the job: it then drains, acknowledges, checkpoints and exits 0.
 fn spawn_signal_handler(cancel: CancellationToken) {
+    on_stop_signal(
+        cancel,
+        "stop requested: draining, acknowledging and checkpointing",
+    );
+}
+
+/// Cancel `cancel` at the first SIGINT or SIGTERM (Ctrl-C elsewhere), logging `what` at info.
+pub(crate) fn on_stop_signal(cancel: CancellationToken, what: &'static str) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -453,7 +461,7 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
-        tracing::info!("stop requested: draining, acknowledging and checkpointing");
+        tracing::info!("{what}");
         cancel.cancel();
     });
 }

@@ -303,28 +303,7 @@ pub async fn run_cli_to(
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        tracing::info!("stop requested: verify stops without a verdict");
-        cancel.cancel();
-    });
+    crate::cli::on_stop_signal(cancel, "stop requested: verify stops without a verdict");
 }
 
 #[cfg(test)]
