@@ -284,7 +284,17 @@ impl Decoder {
             })
         };
         if !prefix_ok(SMALL) && !prefix_ok(VALKEY) {
-            return Err(bad());
+            // Quote up to the first byte no magic has there, so the text is the same for any split.
+            let common = |m: &str| {
+                have.iter()
+                    .zip(m.as_bytes())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
+            let n = (common(SMALL).max(common(VALKEY)) + 1).min(have.len());
+            return Err(Stop::Err(RdbError::BadMagic {
+                found: String::from_utf8_lossy(&have[..n]).into_owned(),
+            }));
         }
         if have.len() < 9 {
             return Err(Stop::Need(9));

@@ -6,6 +6,7 @@ mod fixtures;
 mod fullsync;
 mod link;
 mod precheck;
+mod rdb;
 mod rdb_bad_input;
 mod smoke;
 mod status;
