@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::job::{SyncConfig, SyncError};
 use crate::rdb::DecoderOptions;
-use crate::sync::{SyncConfig, SyncError};
 use crate::target::pool::PoolConfig;
 
 #[derive(Parser, Debug)]

@@ -20,6 +20,8 @@
 //! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting.
 //! - [`checkpoint`]: per-source replication position, written atomically, for resume.
 //! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
+//! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools expanded, and how
+//!   each source tells its keys on a shared target. Below `sync`, `precheck` and `source`.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
 //! - [`precheck`]: `ferry check` and the checks `ferry sync` runs before any write.
 //! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
@@ -32,6 +34,7 @@ pub mod apply;
 pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
+pub mod job;
 pub mod precheck;
 pub mod rdb;
 pub mod repl;

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::apply::DbMap;
 use crate::endpoint::{RedisAddr, SourceSpec};
-use crate::sync::PlannedSource;
+use crate::job::PlannedSource;
 
 pub use advice::{fmt_bytes, round_up_mb, suggest_backlog, BacklogVerdict, MemoryVerdict};
 pub use cli::{run_cli, CheckArgs};
@@ -242,7 +242,7 @@ impl Default for CheckOptions {
 impl CheckOptions {
     /// The options `ferry sync` runs its precheck with: its conflict mode, db filter, state directory and
     /// in-target checkpoint, and the default timeouts and thresholds.
-    pub fn for_sync(cfg: &crate::sync::SyncConfig) -> CheckOptions {
+    pub fn for_sync(cfg: &crate::job::SyncConfig) -> CheckOptions {
         CheckOptions {
             overwrite: cfg.overwrite,
             dbs: cfg.dbs.clone(),

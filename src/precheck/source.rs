@@ -53,7 +53,7 @@ pub(crate) async fn check_source(
                 "source.reachable",
                 subject,
                 "a twemproxy pool must be expanded into its servers before checking \
-                 (crate::sync::expand_sources)",
+                 (crate::job::expand_sources)",
             )],
             None,
         ),

@@ -24,10 +24,10 @@ use crate::apply::sweep::{self, Ownership, SweepKind};
 use crate::apply::ApplyError;
 use crate::checkpoint::{self, Checkpoint};
 use crate::endpoint::RedisAddr;
+use crate::job::SyncConfig;
 use crate::repl::{self, LinkConfig, LinkShared};
 use crate::spool::{self, Record, SpoolConfig};
 use crate::status::{FullSyncProgress, ProgressOutput, SourceState, SourceStatus};
-use crate::sync::SyncConfig;
 use crate::target::client::Client;
 
 /// Where the consumer is in the source's life.

@@ -67,6 +67,18 @@ impl Client {
         Ok(())
     }
 
+    /// The authenticated connection itself, for a pipelined writer to take over. Fails if a reply is still
+    /// buffered (the caller must have read every reply).
+    pub fn into_stream(self) -> Result<TcpStream, TargetError> {
+        if !self.buf.is_empty() {
+            return Err(TargetError::Protocol {
+                addr: self.addr,
+                detail: "unread reply bytes when handing the connection over".into(),
+            });
+        }
+        Ok(self.stream)
+    }
+
     /// The address as shown in messages (no password).
     pub fn addr(&self) -> &str {
         &self.addr

@@ -22,7 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::client::connect_tcp;
 use super::stats::TargetStats;
 use super::TargetError;
 use crate::endpoint::RedisAddr;
@@ -272,13 +271,12 @@ impl WriterPool {
     }
 }
 
+/// Connect, authenticate (the target URL's credentials), check that the server answers, and hand the very
+/// same connection to the writer: a second, unauthenticated connection would see every write refused.
 async fn open(addr: &RedisAddr, cfg: &PoolConfig) -> Result<tokio::net::TcpStream, TargetError> {
     let mut c = super::client::Client::connect_with_timeout(addr, cfg.connect_timeout).await?;
-    // Check the connection answers before handing it over (and AUTH already happened in connect).
     c.cmd_ok(&[b"PING"]).await?;
-    drop(c);
-    let stream = connect_tcp(addr, cfg.connect_timeout).await?;
-    Ok(stream)
+    c.into_stream()
 }
 
 /// A batch written to the socket whose replies have not all arrived.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use ferry::endpoint::{RedisAddr, SourceSpec};
+use ferry::job::expand_sources;
 use ferry::precheck::{run_checks, CheckArgs, CheckOptions, CheckReport, Level};
-use ferry::sync::expand_sources;
 
 fn opts() -> CheckOptions {
     CheckOptions {

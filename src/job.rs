@@ -1,0 +1,176 @@
+//! The job plan: what a `ferry sync` job is (its configuration) and its sources once twemproxy pools are
+//! expanded into their servers, with the rule each source uses to tell its keys on a shared target.
+//!
+//! It sits below `sync` (which runs the job), `precheck` (which checks it) and `source` (which runs one of
+//! its sources), so none of them needs another to know what the job is.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::apply::sweep::Ownership;
+use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::rdb::DecoderOptions;
+use crate::target::pool::PoolConfig;
+
+/// Everything `ferry sync` needs, after parsing.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub sources: Vec<SourceSpec>,
+    pub target: RedisAddr,
+    /// Further targets (`--target` repeated): every target gets every change; a source acknowledges the
+    /// lowest offset applied across them.
+    pub more_targets: Vec<RedisAddr>,
+    /// Source values replace target values; otherwise a non-empty target is refused before any write.
+    pub overwrite: bool,
+    /// Exit when every source's full sync has been applied.
+    pub once: bool,
+    /// Where checkpoints and spool files live. Default `./ferry-state`.
+    pub state_dir: PathBuf,
+    /// Writer pool settings.
+    pub pool: PoolConfig,
+    /// RDB decoder settings (big-value threshold, chunk size).
+    pub decoder: DecoderOptions,
+    /// Elements per native command on the re-encode path.
+    pub chunk_elements: usize,
+    /// Spool memory limit per source (default: the spool's own).
+    pub spool_mem_bytes: Option<u64>,
+    /// Spool disk limit per source (default: the spool's own).
+    pub spool_disk_bytes: Option<u64>,
+    /// Keep each source's checkpoint in the target too, in the same transaction as the commands it covers
+    /// (`Some((db, key prefix))`): exact resume even after kill -9.
+    pub target_checkpoint: Option<(u32, String)>,
+    /// Where to serve `/status`, `/metrics`, `/healthz`.
+    pub status_addr: Option<std::net::SocketAddr>,
+    /// Which source dbs are synced and where they go.
+    pub dbs: crate::apply::DbMap,
+    /// Credentials for the servers of `twemproxy:` sources instead of the pool's `redis_auth`.
+    pub pool_auth: Option<crate::endpoint::Auth>,
+    /// End the job at the first write the target rejects (`--on-error stop`).
+    pub stop_on_error: bool,
+    /// Write `SET <key> <unix ms>` into each source master this often, to measure end-to-end lag; the key
+    /// is never copied.
+    pub heartbeat: Option<(Duration, String)>,
+}
+
+/// How `ferry sync` ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A precondition failed before anything was written (exit 1).
+    #[error("{0}")]
+    Precheck(String),
+    /// Something failed while running (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+    /// The job's configuration cannot work (exit 2), e.g. an unreadable twemproxy config.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// One source to run, after twemproxy pools were expanded into their servers.
+#[derive(Clone, Debug)]
+pub struct PlannedSource {
+    pub spec: SourceSpec,
+    /// For a server of a twemproxy pool: the pool's placement and this server's index in it.
+    pub router: Option<(Arc<crate::twemproxy::Router>, usize)>,
+    /// For a server of a twemproxy pool: the pool's name.
+    pub pool: Option<String>,
+    /// How the operator knows this source: its address, and for a pool server the pool and server name.
+    pub label: String,
+}
+
+/// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
+pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
+    expand_sources_with(sources, None)
+}
+
+/// As [`expand_sources`], with `pool_auth` (if given) replacing the pools' `redis_auth` for their servers,
+/// e.g. an ACL user allowed to PSYNC.
+pub fn expand_sources_with(
+    sources: &[SourceSpec],
+    pool_auth: Option<&crate::endpoint::Auth>,
+) -> Result<Vec<PlannedSource>, SyncError> {
+    let mut out = Vec::new();
+    for s in sources {
+        match s {
+            SourceSpec::Twemproxy { path, pool } => {
+                let conf = crate::twemproxy::TwemproxyConfig::load(path)
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                let p = conf
+                    .select_pool(pool.as_deref())
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                let mut masters = p
+                    .masters()
+                    .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?;
+                if let Some(auth) = pool_auth {
+                    for m in masters.iter_mut() {
+                        m.auth = Some(auth.clone());
+                    }
+                }
+                let router = Arc::new(
+                    crate::twemproxy::Router::new(p)
+                        .map_err(|e| SyncError::Config(format!("source {s}: {e}")))?,
+                );
+                tracing::info!(source = %s, pool = %p.name, servers = masters.len(),
+                    "twemproxy pool: syncing every server as a master");
+                out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
+                    label: format!(
+                        "{a} (twemproxy pool {}, server {})",
+                        p.name,
+                        p.servers[i].key_name()
+                    ),
+                    spec: SourceSpec::Redis(a),
+                    router: Some((router.clone(), i)),
+                    pool: Some(p.name.clone()),
+                }));
+            }
+            other => out.push(PlannedSource {
+                label: other.to_string(),
+                spec: other.clone(),
+                router: None,
+                pool: None,
+            }),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &out {
+        if let SourceSpec::Redis(a) = &s.spec {
+            if !seen.insert(a.host_port()) {
+                return Err(SyncError::Config(format!(
+                    "source {a} is given twice (directly or through a twemproxy pool)"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How source `idx` of `plan` tells its keys on the shared target.
+pub fn ownership(plan: &[PlannedSource], idx: usize) -> Ownership {
+    if plan.len() == 1 {
+        return Ownership::Sole;
+    }
+    if let Some((router, me)) = &plan[idx].router {
+        // Only when the whole job is that one pool; otherwise other sources may hold the same keys.
+        if plan.iter().all(|p| {
+            p.router
+                .as_ref()
+                .is_some_and(|(r, _)| Arc::ptr_eq(r, router))
+        }) {
+            return Ownership::Router {
+                router: router.clone(),
+                me: *me,
+            };
+        }
+    }
+    Ownership::Others(
+        plan.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != idx)
+            .filter_map(|(_, p)| match &p.spec {
+                SourceSpec::Redis(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
