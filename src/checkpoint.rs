@@ -1,9 +1,14 @@
-//! Checkpoints: where each source's replication stands, so a restart continues with a partial resync.
+//! Checkpoints: where each (source, target) pair stands, so a restart continues with a partial resync.
 //!
-//! One file per source in the state directory, `checkpoint-<source-id>.json`, holding a format version, the
-//! master's replication id and the applied offset (the master offset of the next byte to apply minus one,
-//! as `REPLCONF ACK` reports it), and whether the run that wrote it stopped cleanly. Writes are atomic:
-//! temp file, `sync_all`, rename, then the directory is synced.
+//! One file per source and target in the state directory, `checkpoint-<source-id>--<target-id>.json`,
+//! holding a format version, whom it belongs to (the source, the target and what the job writes where: its
+//! db selection and mapping), the master's replication id, the applied offset (the master offset of the
+//! last byte applied, as `REPLCONF ACK` reports it), the stream's db at that offset, whether the target
+//! holds a finished snapshot (`streaming`) or one being loaded (`full_sync`), and whether the run that wrote
+//! it stopped cleanly. Writes are atomic: temp file, `sync_all`, rename, then the directory is synced.
+//!
+//! A checkpoint is only ever used for the job that wrote it: another target has its own file (and gets its
+//! own full sync), and the same pair with another db selection is refused by name (see [`Job`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,21 +16,121 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk format version this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
-/// A source's position.
+/// What the target's data is, as far as this source is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// A snapshot is being loaded: the target holds part of it. Only a full sync continues from here.
+    FullSync,
+    /// The snapshot is complete and the stream applied up to `offset`.
+    Streaming,
+}
+
+/// A source's position on one target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub format: u32,
-    /// The source as shown in logs (no password), to catch a state dir reused for another source.
+    /// The source as shown in logs (no password).
     pub source: String,
+    /// The target as shown in logs (no password).
+    pub target: String,
+    /// What the job writes where (see [`Job::describe`]); a checkpoint of another description is refused.
+    pub job: String,
     pub replid: String,
     /// Master offset applied on the target.
     pub offset: i64,
+    /// The source db the stream is in at `offset`.
+    pub db: u32,
+    pub state: State,
     /// False while running; true once a shutdown drained and acknowledged everything. A checkpoint that
     /// is not clean may be behind what the target applied.
     pub clean: bool,
+}
+
+/// Whom a checkpoint belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub source: String,
+    pub target: String,
+    /// The db selection and mapping, in a canonical text.
+    pub dbs: String,
+}
+
+impl Job {
+    /// `dbs` is the job's `--db`/`--map-db` (or a twemproxy pool's `redis_db`) in a canonical text.
+    pub fn new(source: &str, target: &str, dbs: String) -> Job {
+        Job {
+            source: source.to_string(),
+            target: target.to_string(),
+            dbs,
+        }
+    }
+
+    /// This job's checkpoint file in `state_dir`.
+    pub fn path(&self, state_dir: &Path) -> PathBuf {
+        path_for(state_dir, &self.source, &self.target)
+    }
+
+    /// The text stored in [`Checkpoint::job`].
+    pub fn describe(&self) -> String {
+        self.dbs.clone()
+    }
+
+    /// A checkpoint for this job.
+    pub fn checkpoint(
+        &self,
+        replid: &str,
+        offset: i64,
+        db: u32,
+        state: State,
+        clean: bool,
+    ) -> Checkpoint {
+        Checkpoint {
+            format: FORMAT,
+            source: self.source.clone(),
+            target: self.target.clone(),
+            job: self.describe(),
+            replid: replid.to_string(),
+            offset,
+            db,
+            state,
+            clean,
+        }
+    }
+
+    /// Read this job's checkpoint: `Ok(None)` when there is none; an error when the file belongs to
+    /// another job (it names the file and how to start over).
+    pub fn load(&self, state_dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = self.path(state_dir);
+        let Some(cp) = load(&path)? else {
+            return Ok(None);
+        };
+        let mismatch = if cp.source != self.source {
+            Some(format!("source {}", cp.source))
+        } else if cp.target != self.target {
+            Some(format!("target {}", cp.target))
+        } else if cp.job != self.describe() {
+            Some(format!("databases {}", cp.job))
+        } else {
+            None
+        };
+        if let Some(what) = mismatch {
+            return Err(CheckpointError::OtherJob {
+                path: path.display().to_string(),
+                theirs: what,
+                ours: format!(
+                    "source {}, target {}, databases {}",
+                    self.source,
+                    self.target,
+                    self.describe()
+                ),
+            });
+        }
+        Ok(Some(cp))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +139,17 @@ pub enum CheckpointError {
     Io { path: String, err: std::io::Error },
     #[error("checkpoint {path} is not readable ({err}); remove it to start with a full sync")]
     Corrupt { path: String, err: String },
-    #[error("checkpoint {path} has format {found}, this ferry reads format {FORMAT}")]
+    #[error("checkpoint {path} has format {found}, this ferry reads format {FORMAT}; remove it to start with a full sync (source values then replace the target's: pass --on-conflict overwrite if the target holds them)")]
     Format { path: String, found: u32 },
+    #[error("checkpoint {path} belongs to another job ({theirs}; this job: {ours}): the target's data was written under other settings, so ferry cannot continue from it. To start over, remove {path} and empty the target (or pass --on-conflict overwrite); or run with the settings that wrote it, or another --state-dir")]
+    OtherJob {
+        path: String,
+        theirs: String,
+        ours: String,
+    },
 }
 
-/// A stable file-name-safe id for a source: `host_port` with anything unusual replaced.
+/// A stable file-name-safe id for a source or target: `host_port` with anything unusual replaced.
 pub fn source_id(shown: &str) -> String {
     let s = shown.trim_start_matches("redis://");
     let s = s.rsplit('@').next().unwrap_or(s);
@@ -53,9 +164,13 @@ pub fn source_id(shown: &str) -> String {
         .collect()
 }
 
-/// The checkpoint file of a source.
-pub fn path_for(state_dir: &Path, source_id: &str) -> PathBuf {
-    state_dir.join(format!("checkpoint-{source_id}.json"))
+/// The checkpoint file of a source on a target (both as shown: no password).
+pub fn path_for(state_dir: &Path, source: &str, target: &str) -> PathBuf {
+    state_dir.join(format!(
+        "checkpoint-{}--{}.json",
+        source_id(source),
+        source_id(target)
+    ))
 }
 
 /// Read a checkpoint; `Ok(None)` when there is none.
@@ -112,24 +227,41 @@ mod tests {
     #[test]
     fn round_trip_and_errors() {
         let dir = std::env::temp_dir().join(format!("ferry-cp-{}", std::process::id()));
-        let p = path_for(&dir, &source_id("redis://u@127.0.0.1:6379"));
-        assert!(p.ends_with("checkpoint-127.0.0.1_6379.json"));
-        assert_eq!(load(&p).unwrap(), None);
-        let cp = Checkpoint {
-            format: FORMAT,
-            source: "redis://127.0.0.1:6379".into(),
-            replid: "a".repeat(40),
-            offset: 42,
-            clean: true,
-        };
+        let job = Job::new(
+            "redis://127.0.0.1:6379",
+            "redis://127.0.0.1:7000",
+            "all".into(),
+        );
+        let p = job.path(&dir);
+        assert!(p.ends_with("checkpoint-127.0.0.1_6379--127.0.0.1_7000.json"));
+        assert_eq!(job.load(&dir).unwrap(), None);
+        let cp = job.checkpoint(&"a".repeat(40), 42, 3, State::Streaming, true);
         store(&p, &cp).unwrap();
-        assert_eq!(load(&p).unwrap(), Some(cp));
+        assert_eq!(job.load(&dir).unwrap(), Some(cp.clone()));
+        // The same source into another target: another file, nothing to resume.
+        let other_target = Job::new(
+            "redis://127.0.0.1:6379",
+            "redis://127.0.0.1:7001",
+            "all".into(),
+        );
+        assert_eq!(other_target.load(&dir).unwrap(), None);
+        // The same pair with another db mapping: refused, naming the file and how to start over.
+        let other_dbs = Job::new(
+            "redis://127.0.0.1:6379",
+            "redis://127.0.0.1:7000",
+            "1:0".into(),
+        );
+        let e = other_dbs.load(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("remove"),
+            "{e}"
+        );
         std::fs::write(&p, "{not json").unwrap();
         assert!(matches!(load(&p), Err(CheckpointError::Corrupt { .. })));
-        std::fs::write(&p, r#"{"format": 99}"#).unwrap();
+        std::fs::write(&p, r#"{"format": 1}"#).unwrap();
         assert!(matches!(
             load(&p),
-            Err(CheckpointError::Format { found: 99, .. })
+            Err(CheckpointError::Format { found: 1, .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -137,19 +137,20 @@ pub struct SyncArgs {
     /// Disk a source's spool may use in the state directory (bytes); at the limit the link stops reading.
     #[arg(long, default_value_t = 64 << 30)]
     pub spool_disk_bytes: u64,
-    /// Keep each source's checkpoint in the target as well, updated in the same MULTI/EXEC as the commands
-    /// it covers, so a restart after a crash (kill -9) resumes exactly instead of running a full resync.
-    #[arg(long)]
+    /// Kept for compatibility: the in-target checkpoint is on by default.
+    #[arg(long, hide = true, conflicts_with = "no_target_checkpoint")]
     pub target_checkpoint: bool,
+    /// Do not keep each source's checkpoint in the target. By default every batch of stream commands is
+    /// applied in one MULTI/EXEC together with its checkpoint, which makes a lost reply or a kill -9 exact
+    /// (nothing applied twice, nothing lost). Without it, batches are plain pipelines: a command re-sent
+    /// after a lost target connection may be applied twice, and a restart after a crash runs a full resync.
+    #[arg(long)]
+    pub no_target_checkpoint: bool,
     /// Db of the in-target checkpoint keys.
-    #[arg(long, default_value_t = 0, requires = "target_checkpoint")]
+    #[arg(long, default_value_t = 0)]
     pub checkpoint_db: u32,
     /// Prefix of the in-target checkpoint keys (the source's host_port follows).
-    #[arg(
-        long,
-        default_value = "ferry:checkpoint:",
-        requires = "target_checkpoint"
-    )]
+    #[arg(long, default_value = "ferry:checkpoint:")]
     pub checkpoint_key_prefix: String,
     /// Read options from a TOML file (keys are these long options: `target = "redis://…"`,
     /// `source = [..]`, `once = true`); options on the command line win. Unknown keys are errors.
@@ -208,8 +209,7 @@ impl SyncArgs {
             chunk_elements: self.chunk_elements.max(1),
             spool_mem_bytes: Some(self.spool_mem_bytes.max(1 << 20)),
             spool_disk_bytes: Some(self.spool_disk_bytes),
-            target_checkpoint: self
-                .target_checkpoint
+            target_checkpoint: (!self.no_target_checkpoint)
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),
             status_addr: self.status_addr,
             dbs,

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apply::sweep::Ownership;
+use crate::apply::sweep::{Other, Ownership};
+use crate::apply::DbMap;
 use crate::endpoint::{RedisAddr, SourceSpec};
 use crate::rdb::DecoderOptions;
 use crate::target::pool::PoolConfig;
@@ -77,18 +78,23 @@ pub struct PlannedSource {
     pub pool: Option<String>,
     /// How the operator knows this source: its address, and for a pool server the pool and server name.
     pub label: String,
+    /// Which of its dbs are synced and where they go: the job's `--db`/`--map-db`, or for a server of a
+    /// twemproxy pool (when neither is given) the pool's `redis_db` into target db 0 — the one db the pool's
+    /// clients see, and the one they use once they talk to the target directly.
+    pub dbs: DbMap,
 }
 
 /// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
 pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
-    expand_sources_with(sources, None)
+    expand_sources_with(sources, None, &DbMap::default())
 }
 
 /// As [`expand_sources`], with `pool_auth` (if given) replacing the pools' `redis_auth` for their servers,
-/// e.g. an ACL user allowed to PSYNC.
+/// e.g. an ACL user allowed to PSYNC, and `dbs` the job's `--db`/`--map-db`.
 pub fn expand_sources_with(
     sources: &[SourceSpec],
     pool_auth: Option<&crate::endpoint::Auth>,
+    dbs: &DbMap,
 ) -> Result<Vec<PlannedSource>, SyncError> {
     let mut out = Vec::new();
     for s in sources {
@@ -113,6 +119,29 @@ pub fn expand_sources_with(
                 );
                 tracing::info!(source = %s, pool = %p.name, servers = masters.len(),
                     "twemproxy pool: syncing every server as a master");
+                let pool_dbs = if dbs.is_default() {
+                    let mut m = DbMap {
+                        keep: Some([p.redis_db].into_iter().collect()),
+                        ..DbMap::default()
+                    };
+                    if p.redis_db != 0 {
+                        m.map.insert(p.redis_db, 0);
+                        tracing::info!(source = %s, pool = %p.name, redis_db = p.redis_db,
+                            "the pool serves db {} of its servers (redis_db): it is written into target db 0, \
+                             the db its clients see; other dbs of the servers are not the pool's and are not synced",
+                            p.redis_db);
+                    }
+                    m
+                } else {
+                    dbs.clone()
+                };
+                if p.auto_eject_hosts {
+                    tracing::warn!(source = %s, pool = %p.name,
+                        "the pool has auto_eject_hosts: true: while a server was ejected, nutcracker sent its keys \
+                         to other servers, which may still hold stale copies of them; ferry copies every server, so a \
+                         key held by two servers is written twice (a conflict under --on-conflict error, the later \
+                         copy wins under overwrite). Check with ferry verify after the sync");
+                }
                 out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
                     label: format!(
                         "{a} (twemproxy pool {}, server {})",
@@ -122,6 +151,7 @@ pub fn expand_sources_with(
                     spec: SourceSpec::Redis(a),
                     router: Some((router.clone(), i)),
                     pool: Some(p.name.clone()),
+                    dbs: pool_dbs.clone(),
                 }));
             }
             other => out.push(PlannedSource {
@@ -129,6 +159,7 @@ pub fn expand_sources_with(
                 spec: other.clone(),
                 router: None,
                 pool: None,
+                dbs: dbs.clone(),
             }),
         }
     }
@@ -145,8 +176,13 @@ pub fn expand_sources_with(
     Ok(out)
 }
 
-/// How source `idx` of `plan` tells its keys on the shared target.
-pub fn ownership(plan: &[PlannedSource], idx: usize) -> Ownership {
+/// How source `idx` of `plan` tells its keys on the shared target. `files[i]` is the key set of source `i`
+/// when it is an `rdb:` file (filled once it is loaded).
+pub fn ownership(
+    plan: &[PlannedSource],
+    idx: usize,
+    files: &[Option<tokio::sync::watch::Receiver<Option<Arc<crate::keyset::KeySet>>>>],
+) -> Ownership {
     if plan.len() == 1 {
         return Ownership::Sole;
     }
@@ -167,9 +203,16 @@ pub fn ownership(plan: &[PlannedSource], idx: usize) -> Ownership {
         plan.iter()
             .enumerate()
             .filter(|(i, _)| *i != idx)
-            .filter_map(|(_, p)| match &p.spec {
-                SourceSpec::Redis(a) => Some(a.clone()),
-                _ => None,
+            .filter_map(|(i, p)| match &p.spec {
+                SourceSpec::Redis(a) => Some(Other::Live {
+                    addr: a.clone(),
+                    dbs: p.dbs.clone(),
+                }),
+                SourceSpec::RdbFile(_) => files.get(i).cloned().flatten().map(|keys| Other::File {
+                    name: p.label.clone(),
+                    keys,
+                }),
+                SourceSpec::Twemproxy { .. } => None,
             })
             .collect(),
     )

@@ -35,6 +35,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
 pub mod job;
+pub mod keyset;
 pub mod precheck;
 pub mod rdb;
 pub mod repl;

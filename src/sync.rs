@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::snapshot::{SnapshotApplier, SnapshotOptions};
-use crate::apply::sweep::Ownership;
+use crate::apply::sweep::{OwnKeys, Ownership};
 use crate::apply::ApplyStats;
 use crate::endpoint::SourceSpec;
 use crate::job::{expand_sources_with, ownership, SyncConfig, SyncError};
@@ -71,7 +71,8 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
             SourceSpec::Redis(addr) => {
                 let p = crate::checkpoint::path_for(
                     &cfg.state_dir,
-                    &crate::checkpoint::source_id(&addr.to_string()),
+                    &addr.to_string(),
+                    &cfg.target.to_string(),
                 );
                 p.exists().then(|| addr.to_string())
             }
@@ -103,7 +104,15 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         });
     }
 
-    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref())?;
+    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs)?;
+    if cfg.target_checkpoint.is_none() {
+        tracing::warn!(
+            "--no-target-checkpoint: stream commands are written as plain pipelines; a command sent again after \
+             a lost target connection may be applied twice (an INCR counted twice, a list item duplicated), and a \
+             restart after a crash runs a full resync. Without this option every batch is applied together with \
+             its checkpoint, which is exact"
+        );
+    }
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
@@ -161,14 +170,29 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         status.set_phase(JobPhase::Running);
     }
 
+    // The keys each `rdb:` file writes, for the other sources' sweeps (only when sources share the target).
+    let mut file_keys = Vec::new();
+    let mut file_keys_tx = Vec::new();
+    for p in &plan {
+        if matches!(p.spec, SourceSpec::RdbFile(_)) && plan.len() > 1 {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            file_keys.push(Some(rx));
+            file_keys_tx.push(Some(tx));
+        } else {
+            file_keys.push(None);
+            file_keys_tx.push(None);
+        }
+    }
+    let own_keys = own_keys(&cfg);
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
+        let sid = crate::checkpoint::source_id(&plan[idx].label);
         for (tcfg, info, pool, _) in &pools {
-            let mut opts = SnapshotOptions::new(info.clone(), format!("ferry:tmp:{idx}:"));
+            let mut opts = SnapshotOptions::new(info.clone(), format!("{TMP_PREFIX}{sid}:"));
             opts.overwrite = cfg.overwrite;
             opts.chunk_elements = cfg.chunk_elements;
-            opts.dbs = cfg.dbs.clone();
+            opts.dbs = plan[idx].dbs.clone();
             opts.skip_key = cfg
                 .heartbeat
                 .as_ref()
@@ -182,13 +206,20 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
             None => SourceKind::for_spec(&spec),
         };
         let src_status = status.add_source(&spec, kind);
-        let own = ownership(&plan, idx);
+        let run = SourceRun {
+            idx,
+            spec: spec.clone(),
+            ownership: ownership(&plan, idx, &file_keys),
+            dbs: plan[idx].dbs.clone(),
+            own_keys: own_keys.clone(),
+            file_keys: file_keys_tx[idx].take(),
+        };
         let cfg = cfg.clone();
         let cancel = cancel.clone();
         let label = plan[idx].label.clone();
         tasks.spawn(async move {
             let name = label;
-            let r = run_source(idx, spec, own, appliers, &cfg, src_status.clone(), cancel).await;
+            let r = run_source(run, appliers, &cfg, src_status.clone(), cancel).await;
             match &r {
                 Ok(()) => src_status.done(),
                 Err(e) => src_status.failed(e),
@@ -237,28 +268,80 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     Ok(report)
 }
 
-async fn run_source(
+/// ferry's temporary keys on a target start with this (the source's id and a number follow).
+pub const TMP_PREFIX: &str = "ferry:tmp:";
+
+/// ferry's own keys on the targets: in-target checkpoints, the heartbeat key, temporary keys.
+fn own_keys(cfg: &SyncConfig) -> OwnKeys {
+    let mut k = OwnKeys {
+        prefixes: vec![bytes::Bytes::from_static(TMP_PREFIX.as_bytes())],
+        exact: Vec::new(),
+    };
+    if let Some((_, prefix)) = &cfg.target_checkpoint {
+        k.prefixes.push(bytes::Bytes::from(prefix.clone()));
+    }
+    if let Some((_, key)) = &cfg.heartbeat {
+        k.exact.push(bytes::Bytes::from(key.clone()));
+    }
+    k
+}
+
+/// One source of the job, ready to run.
+struct SourceRun {
     idx: usize,
     spec: SourceSpec,
     ownership: Ownership,
+    dbs: crate::apply::DbMap,
+    own_keys: OwnKeys,
+    /// For an `rdb:` file sharing the target with other sources: where to publish the keys it wrote.
+    file_keys: Option<tokio::sync::watch::Sender<Option<Arc<crate::keyset::KeySet>>>>,
+}
+
+async fn run_source(
+    run: SourceRun,
     mut appliers: Vec<(SyncConfig, SnapshotApplier)>,
     cfg: &SyncConfig,
     st: Arc<SourceStatus>,
     cancel: CancellationToken,
 ) -> Result<(), source::SourceError> {
-    let name = spec.to_string();
-    match &spec {
+    let name = run.spec.to_string();
+    match &run.spec {
         SourceSpec::RdbFile(path) => {
             st.set_state(crate::status::SourceState::FullSync);
+            if run.file_keys.is_some() {
+                if let Some((_, a)) = appliers.first_mut() {
+                    a.start_index(&cfg.state_dir, &format!("file-{}", run.idx));
+                }
+            }
             let mut refs: Vec<&mut SnapshotApplier> = appliers.iter_mut().map(|(_, a)| a).collect();
             let summary =
                 source::load_rdb_file(&name, path, cfg.decoder.clone(), &mut refs).await?;
             tracing::info!(source = %name, rdb_version = summary.version, bytes = summary.bytes,
                 keys = summary.entries, "RDB file loaded");
+            if let (Some(tx), Some((_, a))) = (run.file_keys, appliers.first_mut()) {
+                if let Some(index) = a.take_index() {
+                    let set = tokio::task::spawn_blocking(move || index.finish())
+                        .await
+                        .map_err(|e| source::SourceError::Named(e.to_string()))?
+                        .map_err(|e| {
+                            source::SourceError::Named(format!(
+                                "source {name}: recording the keys it loaded: {e}"
+                            ))
+                        })?;
+                    let _ = tx.send(Some(Arc::new(set)));
+                }
+            }
             Ok(())
         }
         SourceSpec::Redis(addr) => {
-            source::master::run(idx, addr, ownership, appliers, cfg, st, cancel).await
+            let job = source::master::SourceJob {
+                idx: run.idx,
+                addr: addr.clone(),
+                dbs: run.dbs,
+                ownership: run.ownership,
+                own_keys: run.own_keys,
+            };
+            source::master::run(job, appliers, cfg, st, cancel).await
         }
         SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
             source_name: name,

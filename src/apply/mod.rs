@@ -37,6 +37,46 @@ impl DbMap {
         Some(self.map.get(&db).copied().unwrap_or(db))
     }
 
+    /// The source dbs whose keys land in target db `t` (at most the 16 default dbs plus mapped ones; a
+    /// server with more dbs is asked about the ones that can hold `t`'s keys: `t` itself and the mapped).
+    pub fn sources_for(&self, t: u32) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .map
+            .iter()
+            .filter(|(s, d)| **d == t && self.target(**s) == Some(t))
+            .map(|(s, _)| *s)
+            .collect();
+        if !self.map.contains_key(&t) && self.target(t) == Some(t) {
+            v.push(t);
+        }
+        v.sort_unstable();
+        v
+    }
+
+    /// Nothing chosen: every db to its own number.
+    pub fn is_default(&self) -> bool {
+        self.keep.is_none() && self.map.is_empty()
+    }
+
+    /// A canonical text for checkpoints and logs: `all`, or e.g. `0,2 (2->0)`.
+    pub fn describe(&self) -> String {
+        let keep = match &self.keep {
+            None => "all".to_string(),
+            Some(k) => k.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        };
+        let maps: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("{a}->{b}"))
+            .collect();
+        if maps.is_empty() {
+            keep
+        } else {
+            format!("{keep} ({})", maps.join(","))
+        }
+    }
+
     /// True when every db goes to its own number.
     pub fn is_identity(&self) -> bool {
         self.keep.is_none() && self.map.iter().all(|(a, b)| a == b)
@@ -136,5 +176,14 @@ mod tests {
         assert!(DbMap::parse(&[], &["1:0,1:2".into()])
             .unwrap_err()
             .contains("twice"));
+        // Which source dbs feed a target db: the mapped ones, and the db itself unless it moved away.
+        let m = DbMap::parse(&[], &["1:0".into()]).unwrap();
+        assert_eq!(m.sources_for(0), vec![0, 1]);
+        assert_eq!(m.sources_for(1), Vec::<u32>::new());
+        assert_eq!(m.sources_for(3), vec![3]);
+        let m = DbMap::parse(&["1".into()], &["1:0".into()]).unwrap();
+        assert_eq!(m.sources_for(0), vec![1]);
+        assert_eq!(m.describe(), "1 (1->0)");
+        assert_eq!(DbMap::default().describe(), "all");
     }
 }

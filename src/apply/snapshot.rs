@@ -15,9 +15,10 @@ use bytes::Bytes;
 
 use super::encode::{self, Caps, Mode, Progress};
 use super::{ApplyError, ApplyStats};
+use crate::keyset::KeySetBuilder;
 use crate::rdb::{self, BigHeader, Entry, Event, Kind};
 use crate::resp;
-use crate::target::pool::{Batch, ResendRule, WriterPool};
+use crate::target::pool::{Batch, ResendRule, Tx, WriterPool};
 use crate::target::{restore_compatible, ServerInfo};
 
 /// How a snapshot is applied.
@@ -32,7 +33,9 @@ pub struct SnapshotOptions {
     pub batch_bytes: usize,
     /// Elements per native command. Default 512.
     pub chunk_elements: usize,
-    /// Prefix of temporary keys for big values; a sequence number follows. Unique per source.
+    /// Prefix of temporary keys (big values, and whole values written without overwriting); a sequence
+    /// number follows. Unique per source (`ferry:tmp:<source id>:`), so two jobs writing one target never
+    /// build into the same temporary key.
     pub tmp_prefix: String,
     /// Always re-encode (never RESTORE), e.g. for targets that refuse RESTORE.
     pub force_reencode: bool,
@@ -79,6 +82,9 @@ pub struct SnapshotApplier {
     stats: Arc<ApplyStats>,
     /// Lua script bodies from `lua` AUX fields, kept for EVALSHA on the target.
     pub scripts: Vec<Bytes>,
+    /// Records the (target db, key) of every key written, when asked (see [`SnapshotApplier::start_index`]).
+    index: Option<KeySetBuilder>,
+    index_failed: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -109,7 +115,32 @@ impl SnapshotApplier {
             tmp_seq: 0,
             stats,
             scripts: Vec::new(),
+            index: None,
+            index_failed: None,
         }
+    }
+
+    /// Record every key written from now on (bounded memory; spills into `dir`): after a full resync, the
+    /// keys of the source that its snapshot did not write are removed.
+    pub fn start_index(&mut self, dir: &std::path::Path, name: &str) {
+        self.index = Some(KeySetBuilder::new(dir, name, 8 << 20));
+        self.index_failed = None;
+    }
+
+    /// The keys written since [`SnapshotApplier::start_index`].
+    pub fn take_index(&mut self) -> Option<KeySetBuilder> {
+        self.index.take()
+    }
+
+    fn indexed(&mut self, db: u32, key: &[u8]) -> Result<(), ApplyError> {
+        if let Some(ix) = self.index.as_mut() {
+            if let Err(e) = ix.insert(db, key) {
+                return Err(ApplyError::Unsupported(format!(
+                    "recording the snapshot's keys (needed to remove the keys the source no longer has): {e}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The writer pool this applier writes through (the stream of the same source continues on it).
@@ -255,6 +286,7 @@ impl SnapshotApplier {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        self.indexed(e.db, &e.key)?;
         let i = self.pool.conn_for_key(&e.key);
         let module = Kind::of(e.rdb_type) == Some(Kind::Module);
         if self.restore || module {
@@ -325,22 +357,15 @@ impl SnapshotApplier {
         let value = rdb::decode_value(e.rdb_type, &e.payload)?;
         let caps = self.caps;
         let key = e.key.clone();
+        if !self.opts.overwrite {
+            return self.reencode_new(i, e.db, key, value, e.expire_ms).await;
+        }
         let b = self.batch_for(i, Some(e.db)).await?;
         // MULTI, DEL key, the value's commands, PEXPIREAT, EXEC: atomic, and idempotent if sent again.
         resp::encode_command(&mut b.bytes, &[b"MULTI"]);
         resp::encode_command(&mut b.bytes, &[b"DEL", &key]);
         let mut n = 2u32;
-        match encode::value_chunks(value, caps.chunk) {
-            Ok(chunks) => {
-                let mut p = Progress::default();
-                for c in &chunks {
-                    n += encode::write_chunk(b, &key, c, &mut p, &caps, Mode::InGroup);
-                }
-            }
-            Err(other) => {
-                n += super::encode::write_value_commands(b, &key, &other, &caps)?;
-            }
-        }
+        n += write_value(b, &key, value, &caps)?;
         if let Some(ms) = e.expire_ms {
             let ms = ms.to_string();
             resp::encode_command(&mut b.bytes, &[b"PEXPIREAT", &key, ms.as_bytes()]);
@@ -348,6 +373,45 @@ impl SnapshotApplier {
         }
         resp::encode_command(&mut b.bytes, &[b"EXEC"]);
         b.finish_cmd("MULTI(re-encoded value)", key, n + 1, ResendRule::Strict);
+        Ok(())
+    }
+
+    /// The re-encode path without overwriting (`--on-conflict error`): the value is built under a temporary
+    /// key and moved with `RENAMENX`, all in one transaction, so a key the target already holds is left
+    /// alone and counted as a conflict (as `RESTORE` without `REPLACE` does with `BUSYKEY`).
+    async fn reencode_new(
+        &mut self,
+        i: usize,
+        db: u32,
+        key: Bytes,
+        value: rdb::Value,
+        expire_ms: Option<i64>,
+    ) -> Result<(), ApplyError> {
+        self.tmp_seq += 1;
+        let tmp = Bytes::from(format!("{}{}", self.opts.tmp_prefix, self.tmp_seq));
+        let caps = self.caps;
+        let b = self.batch_for(i, Some(db)).await?;
+        let none = Bytes::new();
+        b.push_tx("MULTI", &none, &[b"MULTI"], Tx::Multi);
+        resp::encode_command(&mut b.bytes, &[b"DEL", &tmp]);
+        let mut n = 1u32;
+        n += write_value(b, &tmp, value, &caps)?;
+        if let Some(ms) = expire_ms {
+            let ms = ms.to_string();
+            resp::encode_command(&mut b.bytes, &[b"PEXPIREAT", &tmp, ms.as_bytes()]);
+            n += 1;
+        }
+        b.finish_tx_n(
+            "re-encoded value",
+            key.clone(),
+            n,
+            Tx::Queued,
+            ResendRule::Strict,
+        );
+        resp::encode_command(&mut b.bytes, &[b"RENAMENX", &tmp, &key]);
+        b.finish_tx("RENAMENX", key.clone(), Tx::Queued, ResendRule::RenameNx);
+        b.push_tx("DEL", &tmp, &[b"DEL", &tmp], Tx::Queued);
+        b.push_tx("EXEC", &none, &[b"EXEC"], Tx::Exec);
         Ok(())
     }
 
@@ -367,6 +431,7 @@ impl SnapshotApplier {
                 .keys_expired_skipped
                 .fetch_add(1, Ordering::Relaxed);
         } else {
+            self.indexed(h.db, &h.key)?;
             // A leftover temporary key from an interrupted run must not leak into this value.
             let b = self.batch_for(conn, Some(h.db)).await?;
             b.push("DEL", &tmp, &[b"DEL", &tmp], ResendRule::Strict);
@@ -410,22 +475,57 @@ impl SnapshotApplier {
         if big.skip {
             return Ok(());
         }
+        let overwrite = self.opts.overwrite;
         let b = self.batch_for(big.conn, Some(big.header.db)).await?;
         if let Some(ms) = big.header.expire_ms {
             encode::write_pexpireat(b, &big.tmp, ms);
         }
         let key = big.header.key.clone();
-        b.push(
-            "RENAME",
-            &key,
-            &[b"RENAME", &big.tmp, &key],
-            ResendRule::NoSuchKey,
-        );
+        if overwrite {
+            b.push(
+                "RENAME",
+                &key,
+                &[b"RENAME", &big.tmp, &key],
+                ResendRule::NoSuchKey,
+            );
+        } else {
+            // --on-conflict error: a key the target already holds is not replaced (a counted conflict), and
+            // the temporary key does not stay behind.
+            b.push(
+                "RENAMENX",
+                &key,
+                &[b"RENAMENX", &big.tmp, &key],
+                ResendRule::RenameNx,
+            );
+            b.push("DEL", &big.tmp, &[b"DEL", &big.tmp], ResendRule::Strict);
+        }
         self.stats.big_keys.fetch_add(1, Ordering::Relaxed);
         self.stats.keys_reencoded.fetch_add(1, Ordering::Relaxed);
         self.stats.keys_applied.fetch_add(1, Ordering::Relaxed);
         self.maybe_send(big.conn).await
     }
+}
+
+/// The commands that build `value` under `key` inside a transaction; how many were written.
+fn write_value(
+    b: &mut Batch,
+    key: &Bytes,
+    value: rdb::Value,
+    caps: &Caps,
+) -> Result<u32, ApplyError> {
+    let mut n = 0;
+    match encode::value_chunks(value, caps.chunk) {
+        Ok(chunks) => {
+            let mut p = Progress::default();
+            for c in &chunks {
+                n += encode::write_chunk(b, key, c, &mut p, caps, Mode::InGroup);
+            }
+        }
+        Err(other) => {
+            n += super::encode::write_value_commands(b, key, &other, caps)?;
+        }
+    }
+    Ok(n)
 }
 
 /// A module's name from its 64-bit id: 9 characters of 6 bits each, then a 10-bit encoding version

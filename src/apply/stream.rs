@@ -1,21 +1,38 @@
-//! Applying the replication command stream of one source.
+//! Applying the replication command stream of one source to one target.
 //!
 //! Commands go to the target in source order through one ordered connection, as the very bytes the master
-//! sent (no re-encoding). The stream's SELECTs are consumed and become the db of each batch (the target
-//! connection selects by itself, also after a reconnect). A MULTI…EXEC block stays whole in one batch and
-//! is one entry for reply checking. Replication chatter (PING, REPLCONF) is consumed; `REPLCONF GETACK`
-//! asks the link for an immediate ACK. Every batch carries the master offset just after its last command,
-//! stored as the applied offset when the target has answered it.
+//! sent (no re-encoding). Replication chatter (PING, REPLCONF) is consumed; `REPLCONF GETACK` asks the
+//! link for an immediate ACK. Every batch carries the position (master offset, stream db) just after its
+//! last command, which becomes the applied position when the target has answered it.
+//!
+//! # Exact by default: every batch is one transaction with its checkpoint
+//! With an in-target checkpoint (the default), each batch is `MULTI`, the commands, `SET <checkpoint key>
+//! <replid>:<offset>:<db>`, `EXEC`: the target holds exactly the position its data reflects, even after
+//! kill -9, and the writer pool can tell after a lost reply whether the batch was applied (it reads the key
+//! back) instead of sending it again — so a target connection lost under load never applies an `INCR`
+//! twice. At most one such batch per stream is unanswered; commands that arrive meanwhile join the next
+//! batch (group commit), so the batch grows with the load instead of the round trips adding up. This is also
+//! what makes an `EXECABORT` recoverable: the pool takes out the commands the target refused while queueing
+//! and writes the rest again before anything later of this source is sent. The source's own `MULTI`/`EXEC`
+//! are dropped (the batch is already a transaction; nesting is an error) and never split across batches.
+//! The stream's `SELECT`s become `SELECT`s inside the transaction, which ends in the db it began in.
+//!
+//! Without it (`--no-target-checkpoint`), batches are pipelined as they come: faster on a very slow link to
+//! the target, but a command re-sent after a lost reply may be applied twice (`sync` says so at start-up).
+//! The stream's `SELECT`s are consumed and become the db of each batch; a source transaction is one group
+//! whose every command is checked on its own.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
 
 use super::ApplyError;
 use crate::resp::{Command, CommandDecoder};
-use crate::target::pool::{Batch, ResendRule, WriterPool};
+use crate::target::applied::{Applied, Pos};
+use crate::target::pool::{Batch, Commit, ResendRule, Tx, WriterPool};
 
 /// Counters of one source's stream, read by status.
 #[derive(Debug, Default)]
@@ -25,6 +42,8 @@ pub struct StreamStats {
     pub chatter: AtomicU64,
     /// Commands of dbs that are not synced (`--db`).
     pub filtered: AtomicU64,
+    /// Commands skipped on resume because this target already held them (its in-target checkpoint).
+    pub skipped: AtomicU64,
 }
 
 /// What the applier asks of its caller besides writes.
@@ -32,10 +51,13 @@ pub struct StreamStats {
 pub struct Signals {
     /// The master sent `REPLCONF GETACK`: acknowledge now.
     pub ack_now: bool,
-    /// The source flushed (FLUSHDB: `Some(db)`; FLUSHALL: `None`) and flushes are not forwarded (other
-    /// sources share the target): the caller removes this source's keys, then calls `push(&[])` to go on.
-    /// Commands after the flush are held back until then.
+    /// The source flushed (FLUSHDB: `Some(target db)`; FLUSHALL: `None`) and flushes are not forwarded
+    /// (other sources share the target): the caller removes this source's keys, then calls `push(&[])` to go
+    /// on. Commands after the flush are held back until then.
     pub flush: Option<Option<u32>>,
+    /// The source ran a command that cannot be applied to its own keys alone on a shared target (`SWAPDB`):
+    /// the caller must re-copy the source with a full resync. Nothing after it is applied by this applier.
+    pub resync: Option<String>,
 }
 
 /// Where the in-target checkpoint of a source lives, and the replication id it records.
@@ -46,17 +68,38 @@ pub struct TargetCheckpoint {
     pub replid: String,
 }
 
+/// A checkpoint read back from a target: where its data stands in the source's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub replid: String,
+    pub offset: i64,
+    /// The source db the stream was in at `offset` (0 for values written by older versions).
+    pub db: u32,
+}
+
+/// The value marking a full sync under way: the target's data is a partial snapshot, not a stream position.
+pub const LOADING: &str = "loading";
+
 impl TargetCheckpoint {
-    /// The stored value: `<replid>:<offset>`.
-    pub fn value(&self, offset: i64) -> String {
-        format!("{}:{offset}", self.replid)
+    /// The stored value: `<replid>:<offset>:<source db>`.
+    pub fn value(&self, offset: i64, db: u32) -> String {
+        format!("{}:{offset}:{db}", self.replid)
     }
 
-    /// Parse a stored value.
-    pub fn parse(v: &[u8]) -> Option<(String, i64)> {
+    /// Parse a stored value (`replid:offset[:db]`); `None` for anything else, including [`LOADING`].
+    pub fn parse(v: &[u8]) -> Option<StoredCheckpoint> {
         let s = std::str::from_utf8(v).ok()?;
-        let (id, off) = s.rsplit_once(':')?;
-        Some((id.to_string(), off.parse().ok()?))
+        let mut parts = s.split(':');
+        let replid = parts.next()?.to_string();
+        let offset = parts.next()?.parse().ok()?;
+        let db = match parts.next() {
+            Some(d) => d.parse().ok()?,
+            None => 0,
+        };
+        if parts.next().is_some() || replid.is_empty() {
+            return None;
+        }
+        Some(StoredCheckpoint { replid, offset, db })
     }
 }
 
@@ -68,21 +111,33 @@ pub struct StreamApplier {
     pool: Arc<WriterPool>,
     decoder: CommandDecoder,
     rbuf: BytesMut,
-    /// Master offset of the first byte in `rbuf`.
+    /// Master offset of the last byte decoded.
     offset: i64,
+    /// Full resyncs before this stream (its offsets' epoch).
+    epoch: u64,
+    /// The source db the stream is in.
     db: u32,
     batch: Batch,
-    /// Inside MULTI: commands of the open group, and its first byte's position in the batch.
-    group: Option<(u32, Bytes)>,
+    /// Inside the source's MULTI: the batch is not handed over before its EXEC.
+    in_group: bool,
+    /// Atomic mode: the target db the open transaction is in (it may SELECT inside).
+    tx_db: u32,
+    /// A batch is handed over when it reaches this many bytes (and nothing of this stream is unanswered).
     batch_bytes: usize,
+    /// Atomic mode: a batch this large waits for the unanswered one instead of growing.
+    max_batch_bytes: usize,
     /// The pool connection this source's stream is ordered on.
     conn: usize,
-    applied: Arc<AtomicI64>,
+    applied: Arc<Applied>,
+    /// Atomic mode: the batch handed over and not yet answered.
+    inflight: Option<oneshot::Receiver<()>>,
+    /// Offset covered by the last batch handed over.
+    sent_offset: i64,
     /// Lua script bodies seen (EVAL, SCRIPT LOAD, the RDB's `lua` AUX fields) by lowercase hex SHA1.
     scripts: HashMap<String, Bytes>,
     /// Scripts this applier has loaded on the target (SCRIPT FLUSH clears it).
     loaded: HashSet<String>,
-    /// Forward FLUSHDB/FLUSHALL as they are (the source is alone on the target).
+    /// Forward FLUSHDB/FLUSHALL/SWAPDB as they are (the source is alone on the target).
     forward_flush: bool,
     /// A flush seen inside MULTI, signalled after its EXEC.
     flush_after_group: Option<Option<u32>>,
@@ -90,13 +145,15 @@ pub struct StreamApplier {
     target_cp: Option<TargetCheckpoint>,
     /// Which source dbs are synced and where they go (`--db`, `--map-db`).
     dbs: super::DbMap,
-    /// A SELECT inside the open MULTI changed the db: restore the connection's db after EXEC.
+    /// Plain mode: a SELECT inside the open MULTI changed the db: restore the connection's db after EXEC.
     group_selected: bool,
     /// ferry's heartbeat key on the source: its SETs are consumed (never copied) and measure the lag.
     heartbeat: Option<(Bytes, HeartbeatSink)>,
     /// Commands ending at or before this master offset are already on the target (its in-target
-    /// checkpoint says so): skipped, not applied twice.
+    /// checkpoint says so): skipped, not applied twice (their SELECTs are followed).
     skip_until: i64,
+    /// A resync was signalled: nothing more is applied.
+    stopped: bool,
     pub stats: Arc<StreamStats>,
 }
 
@@ -119,20 +176,31 @@ pub fn script_sha(body: &[u8]) -> String {
     out
 }
 
+fn parse_db(a: &[u8]) -> Option<u32> {
+    std::str::from_utf8(a).ok().and_then(|s| s.parse().ok())
+}
+
 impl StreamApplier {
-    /// `offset` is the master offset of the first stream byte to come; `applied` receives applied offsets.
-    pub fn new(pool: Arc<WriterPool>, offset: i64, db: u32, applied: Arc<AtomicI64>) -> Self {
+    /// A stream starting just after `start` (its offset is the last byte already applied, its db the stream's
+    /// db there); `applied` receives the applied positions.
+    pub fn new(pool: Arc<WriterPool>, start: Pos, applied: Arc<Applied>) -> Self {
+        let max_batch_bytes = (pool.max_batch_bytes() / 2).clamp(64 << 10, 8 << 20);
         StreamApplier {
             pool,
             decoder: CommandDecoder::default(),
             rbuf: BytesMut::with_capacity(64 * 1024),
-            offset,
-            db,
-            batch: Batch::new(Some(db)),
-            group: None,
+            offset: start.offset,
+            epoch: start.epoch,
+            db: start.db,
+            batch: Batch::new(Some(start.db)),
+            in_group: false,
+            tx_db: start.db,
             batch_bytes: 64 * 1024,
+            max_batch_bytes,
             conn: 0,
             applied,
+            inflight: None,
+            sent_offset: start.offset,
             scripts: HashMap::new(),
             loaded: HashSet::new(),
             forward_flush: true,
@@ -142,6 +210,7 @@ impl StreamApplier {
             group_selected: false,
             heartbeat: None,
             skip_until: -1,
+            stopped: false,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -153,8 +222,8 @@ impl StreamApplier {
         self
     }
 
-    /// Whether FLUSHDB/FLUSHALL go to the target as they are (true: the default, one source per target) or
-    /// are signalled to the caller (several sources share the target).
+    /// Whether FLUSHDB/FLUSHALL/SWAPDB go to the target as they are (true: the default, one source per
+    /// target) or are signalled to the caller (several sources share the target).
     pub fn forward_flush(mut self, on: bool) -> Self {
         self.forward_flush = on;
         self
@@ -165,19 +234,13 @@ impl StreamApplier {
         (self.pool.clone(), self.conn)
     }
 
-    /// Wait until the target answered everything queued so far.
-    pub async fn pool_flush(&self) -> Result<(), ApplyError> {
-        self.pool.flush().await?;
-        Ok(())
-    }
-
-    /// The db the stream is in.
+    /// The source db the stream is in.
     pub fn db(&self) -> u32 {
         self.db
     }
 
-    /// Keep the checkpoint in the target: every batch becomes `MULTI … SET <key> <replid>:<offset> EXEC`,
-    /// so the target holds exactly the offset its data reflects, even after kill -9.
+    /// Keep the checkpoint in the target: every batch becomes one `MULTI … SET <key> <replid>:<offset>:<db>
+    /// EXEC` (see the module docs).
     pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
         self.target_cp = cp;
         self
@@ -199,12 +262,17 @@ impl StreamApplier {
     pub fn with_dbs(mut self, dbs: super::DbMap) -> Self {
         self.dbs = dbs;
         self.batch.db = Some(self.tdb());
+        self.tx_db = self.tdb();
         self
     }
 
     /// The target db of the current source db (its own number when filtered out: nothing is written then).
     fn tdb(&self) -> u32 {
         self.dbs.target(self.db).unwrap_or(self.db)
+    }
+
+    fn atomic(&self) -> bool {
+        self.target_cp.is_some()
     }
 
     /// The master's replication id changed (`+CONTINUE <new id>` after a failover): record the new one.
@@ -221,14 +289,31 @@ impl StreamApplier {
         }
     }
 
-    /// Master offset up to which commands have been handed to the target (not necessarily answered).
+    /// Master offset up to which commands have been decoded (handed over or waiting in the open batch).
     pub fn offset(&self) -> i64 {
         self.offset
+    }
+
+    /// Master offset of the last byte received (decoded, or waiting in the buffer as part of a command):
+    /// where a partial resync continues.
+    pub fn received(&self) -> i64 {
+        self.offset + self.rbuf.len() as i64
+    }
+
+    /// Record the current position on the target now (in atomic mode: a transaction holding only the
+    /// checkpoint), e.g. right after a snapshot, before any stream command.
+    pub async fn mark(&mut self) -> Result<(), ApplyError> {
+        self.ready().await;
+        self.open_tx();
+        self.hand_over().await
     }
 
     /// Feed stream bytes; complete commands are queued for the target.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<Signals, ApplyError> {
         let mut signals = Signals::default();
+        if self.stopped {
+            return Ok(signals);
+        }
         self.rbuf.extend_from_slice(chunk);
         loop {
             let cmd = match self.decoder.decode_frozen(&mut self.rbuf) {
@@ -243,34 +328,164 @@ impl StreamApplier {
             };
             self.offset += cmd.raw().len() as i64;
             if self.offset <= self.skip_until {
-                continue; // already on this target
+                self.skip(&cmd)?;
+                continue;
             }
             self.on_command(cmd, &mut signals).await?;
-            if signals.flush.is_some() {
-                // Hold the rest back until the caller removed this source's keys.
+            if signals.flush.is_some() || signals.resync.is_some() {
+                // Hold the rest back until the caller removed this source's keys (or resyncs it).
+                self.stopped = signals.resync.is_some();
                 return Ok(signals);
             }
         }
-        if self.group.is_none() && self.batch.len() >= self.batch_bytes {
+        if !self.in_group && self.batch.len() >= self.batch_bytes {
             self.send().await?;
         }
         Ok(signals)
     }
 
-    /// Hand the open batch to the target (at a command boundary outside MULTI).
+    /// A command this target already holds: only the db it leaves the stream in matters.
+    fn skip(&mut self, cmd: &Command) -> Result<(), ApplyError> {
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        if cmd.argc() == 2 && cmd.arg(0).eq_ignore_ascii_case(b"SELECT") {
+            self.db = parse_db(cmd.arg(1)).ok_or_else(|| self.bad_select())?;
+            self.batch.db = Some(self.tdb());
+            self.tx_db = self.tdb();
+        }
+        Ok(())
+    }
+
+    fn bad_select(&self) -> ApplyError {
+        ApplyError::Unsupported(format!(
+            "replication stream at master offset {}: bad SELECT",
+            self.offset
+        ))
+    }
+
+    /// Whether decoded commands wait to be handed over (the open batch, or an offset not yet covered).
+    pub fn pending(&self) -> bool {
+        !self.in_group && (self.offset > self.sent_offset || !self.batch.cmds.is_empty())
+    }
+
+    /// Whether a batch of this stream is unanswered (atomic mode).
+    pub fn waiting(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Resolves when this stream's unanswered batch is answered (at once when there is none). Cancel-safe.
+    pub async fn ready(&mut self) {
+        if let Some(rx) = self.inflight.as_mut() {
+            let _ = rx.await;
+            self.inflight = None;
+        }
+    }
+
+    /// Hand the open batch to the target when that keeps the order and bounds: in atomic mode only once the
+    /// previous batch is answered, unless it grew too large to keep growing (then wait for that answer).
+    /// Never in the middle of a source transaction.
     pub async fn send(&mut self) -> Result<(), ApplyError> {
-        if self.group.is_some() {
+        if self.in_group || !self.pending() {
             return Ok(());
         }
-        let tdb = self.tdb();
-        let mut b = std::mem::replace(&mut self.batch, Batch::new(Some(tdb)));
-        if let Some(cp) = &self.target_cp {
-            if !b.cmds.is_empty() {
-                wrap_with_checkpoint(&mut b, cp, self.offset, self.tdb());
+        if let Some(rx) = self.inflight.as_mut() {
+            if let Err(oneshot::error::TryRecvError::Empty) = rx.try_recv() {
+                if self.batch.len() < self.max_batch_bytes {
+                    return Ok(());
+                }
+                let _ = rx.await;
             }
+            self.inflight = None;
         }
-        b.applied = Some((self.applied.clone(), self.offset));
+        self.hand_over().await
+    }
+
+    /// Hand over everything decoded (outside an open source transaction) and wait until the target answered
+    /// it.
+    pub async fn drain(&mut self) -> Result<(), ApplyError> {
+        self.ready().await;
+        if self.pending() {
+            self.hand_over().await?;
+        }
+        self.ready().await;
+        self.pool.flush().await?;
+        Ok(())
+    }
+
+    async fn hand_over(&mut self) -> Result<(), ApplyError> {
+        let start_db = Some(self.tdb());
+        let mut b = std::mem::replace(&mut self.batch, Batch::new(start_db));
+        let pos = Pos {
+            epoch: self.epoch,
+            offset: self.offset,
+            db: self.db,
+        };
+        if let (Some(cp), false) = (&self.target_cp, b.cmds.is_empty()) {
+            // Close the transaction: the checkpoint, back to the db the batch began in, EXEC.
+            let value = Bytes::from(cp.value(pos.offset, pos.db));
+            let began = b.db.unwrap_or(0);
+            let none = Bytes::new();
+            if self.tx_db != cp.db {
+                b.push_tx(
+                    "SELECT",
+                    &none,
+                    &[b"SELECT", cp.db.to_string().as_bytes()],
+                    Tx::Queued,
+                );
+            }
+            b.push_tx("SET", &cp.key, &[b"SET", &cp.key, &value], Tx::Queued);
+            if cp.db != began {
+                b.push_tx(
+                    "SELECT",
+                    &none,
+                    &[b"SELECT", began.to_string().as_bytes()],
+                    Tx::Queued,
+                );
+            }
+            b.push_tx("EXEC", &none, &[b"EXEC"], Tx::Exec);
+            b.commit = Some(Commit {
+                db: cp.db,
+                key: cp.key.clone(),
+                value,
+            });
+        }
+        self.tx_db = self.tdb();
+        b.applied = Some((self.applied.clone(), pos));
+        if self.atomic() {
+            let (tx, rx) = oneshot::channel();
+            b.done = Some(tx);
+            self.inflight = Some(rx);
+        }
+        self.sent_offset = self.offset;
         self.pool.send(self.conn, b).await?;
+        Ok(())
+    }
+
+    /// The source db changed to `db` (a SELECT).
+    async fn select(&mut self, db: u32) -> Result<(), ApplyError> {
+        if db == self.db {
+            return Ok(());
+        }
+        self.db = db;
+        let t = self.tdb();
+        if self.batch.cmds.is_empty() {
+            self.batch.db = Some(t);
+            self.tx_db = t;
+        } else if self.atomic() {
+            if t != self.tx_db {
+                let none = Bytes::new();
+                self.batch.push_tx(
+                    "SELECT",
+                    &none,
+                    &[b"SELECT", t.to_string().as_bytes()],
+                    Tx::Queued,
+                );
+                self.tx_db = t;
+            }
+        } else {
+            // A plain batch holds one db: hand this one over (plain batches are never held back).
+            self.send().await?;
+            self.batch.db = Some(t);
+        }
         Ok(())
     }
 
@@ -290,22 +505,20 @@ impl StreamApplier {
             }
             return Ok(());
         }
-        if name.eq_ignore_ascii_case(b"SELECT") && self.group.is_none() {
-            let db = std::str::from_utf8(cmd.arg(1))
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    ApplyError::Unsupported(format!(
-                        "replication stream at master offset {}: bad SELECT",
-                        self.offset
-                    ))
-                })?;
-            if db != self.db {
-                if !self.batch.cmds.is_empty() {
-                    self.send().await?;
-                }
-                self.db = db;
-                self.batch.db = Some(self.tdb());
+        let atomic = self.atomic();
+        if name.eq_ignore_ascii_case(b"SELECT") && (atomic || !self.in_group) {
+            let db = parse_db(cmd.arg(1)).ok_or_else(|| self.bad_select())?;
+            return self.select(db).await;
+        }
+        if atomic && name.eq_ignore_ascii_case(b"MULTI") {
+            self.in_group = true;
+            return Ok(());
+        }
+        if atomic && name.eq_ignore_ascii_case(b"EXEC") {
+            self.in_group = false;
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if let Some(scope) = self.flush_after_group.take() {
+                signals.flush = Some(scope);
             }
             return Ok(());
         }
@@ -348,17 +561,122 @@ impl StreamApplier {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             let mut raw = BytesMut::new();
             crate::resp::encode_command(&mut raw, &refs);
-            let raw = raw.freeze();
             let mut dec = CommandDecoder::default();
-            let mut buf = BytesMut::from(&raw[..]);
-            if let Ok(Some(c)) = dec.decode_frozen(&mut buf) {
-                return self.on_forwarded(c, signals).await;
+            if let Ok(Some(c)) = dec.decode_frozen(&mut raw) {
+                return self.forward(c, signals).await;
             }
             return Ok(());
         }
-        self.on_forwarded(cmd, signals).await
+        self.forward(cmd, signals).await
     }
 
+    /// Queue a command that goes to the target (after chatter, heartbeat and db filtering).
+    async fn forward(&mut self, cmd: Command, signals: &mut Signals) -> Result<(), ApplyError> {
+        let name = cmd.arg(0);
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let is_flush =
+            name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL");
+        if is_flush && (!self.forward_flush || !self.dbs.is_identity()) {
+            // Shared target, or dbs filtered/mapped: remove this source's keys of the synced dbs only.
+            let scope = if name.eq_ignore_ascii_case(b"FLUSHDB") {
+                Some(self.tdb())
+            } else {
+                None
+            };
+            tracing::info!(command = %String::from_utf8_lossy(name).to_uppercase(), db = ?scope,
+                "the source flushed: removing only its own keys from the shared target");
+            if self.in_group {
+                self.flush_after_group = Some(scope);
+            } else {
+                signals.flush = Some(scope);
+            }
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"SWAPDB") && !self.forward_flush {
+            // Swapping two dbs of the target would swap every source's keys. Only a full copy of this source
+            // puts its keys where it now has them.
+            signals.resync = Some(format!(
+                "the source ran SWAPDB {} {} while other sources share the target",
+                String::from_utf8_lossy(cmd.arg(1)),
+                String::from_utf8_lossy(cmd.arg(2))
+            ));
+            return Ok(());
+        }
+        let atomic = self.atomic();
+        if let Some(body) = self.scripts_before(&cmd) {
+            let none = Bytes::new();
+            let args: [&[u8]; 3] = [b"SCRIPT", b"LOAD", &body];
+            if atomic || self.in_group {
+                self.open_tx();
+                self.batch.push_tx("SCRIPT", &none, &args, Tx::Queued);
+            } else {
+                self.batch.push("SCRIPT", &none, &args, ResendRule::Strict);
+            }
+        }
+        let key = if cmd.argc() > 1 {
+            cmd.arg_bytes(1)
+        } else {
+            Bytes::new()
+        };
+        if atomic {
+            self.open_tx();
+            self.batch.bytes.extend_from_slice(cmd.raw());
+            self.batch
+                .finish_tx(command_name(name), key, Tx::Queued, ResendRule::Strict);
+            return Ok(());
+        }
+        // Plain mode: the source's transaction is one described group in the batch.
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            self.batch.bytes.extend_from_slice(cmd.raw());
+            self.batch
+                .finish_tx("MULTI", Bytes::new(), Tx::Multi, ResendRule::Strict);
+            self.in_group = true;
+            return Ok(());
+        }
+        if self.in_group {
+            let exec = name.eq_ignore_ascii_case(b"EXEC");
+            self.batch.bytes.extend_from_slice(cmd.raw());
+            let tx = if exec { Tx::Exec } else { Tx::Queued };
+            self.batch
+                .finish_tx(command_name(name), key, tx, ResendRule::Strict);
+            if exec {
+                self.in_group = false;
+                if std::mem::take(&mut self.group_selected) {
+                    // The transaction moved the connection to another db: put it back where the batch
+                    // says it is, and continue in a batch of the new db.
+                    let back = self.batch.db.unwrap_or(0).to_string();
+                    self.batch.push(
+                        "SELECT",
+                        &Bytes::new(),
+                        &[b"SELECT", back.as_bytes()],
+                        ResendRule::Strict,
+                    );
+                    self.send().await?;
+                    self.batch.db = Some(self.tdb());
+                }
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                if let Some(scope) = self.flush_after_group.take() {
+                    signals.flush = Some(scope);
+                }
+            }
+            return Ok(());
+        }
+        self.batch.bytes.extend_from_slice(cmd.raw());
+        self.batch
+            .finish_cmd(command_name(name), key, 1, ResendRule::Strict);
+        Ok(())
+    }
+
+    /// Atomic mode: the open batch starts with MULTI.
+    fn open_tx(&mut self) {
+        if self.atomic() && self.batch.cmds.is_empty() {
+            self.batch
+                .push_tx("MULTI", &Bytes::new(), &[b"MULTI"], Tx::Multi);
+        }
+    }
+}
+
+impl StreamApplier {
     /// What to do with a command under a db filter or map.
     fn db_action(&mut self, cmd: &Command) -> DbAction {
         let name = cmd.arg(0);
@@ -442,97 +760,6 @@ impl StreamApplier {
         DbAction::Forward
     }
 
-    async fn on_forwarded(
-        &mut self,
-        cmd: Command,
-        signals: &mut Signals,
-    ) -> Result<(), ApplyError> {
-        let name = cmd.arg(0);
-        self.stats.commands.fetch_add(1, Ordering::Relaxed);
-        let script_load = self.scripts_before(&cmd);
-        if let Some(body) = &script_load {
-            crate::resp::encode_command(&mut self.batch.bytes, &[b"SCRIPT", b"LOAD", body]);
-            match self.group.as_mut() {
-                Some((n, _)) => *n += 1,
-                None => self
-                    .batch
-                    .finish_cmd("SCRIPT", Bytes::new(), 1, ResendRule::Strict),
-            }
-        }
-        let is_flush =
-            name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL");
-        if is_flush && (!self.forward_flush || !self.dbs.is_identity()) {
-            // Shared target, or dbs filtered/mapped: remove this source's keys of the synced dbs only.
-            let scope = if name.eq_ignore_ascii_case(b"FLUSHDB") {
-                Some(self.tdb())
-            } else {
-                None
-            };
-            tracing::info!(command = %String::from_utf8_lossy(name).to_uppercase(), db = ?scope,
-                "the source flushed: removing only its own keys from the shared target");
-            if self.group.is_some() {
-                self.flush_after_group = Some(scope);
-            } else {
-                signals.flush = Some(scope);
-            }
-            return Ok(());
-        }
-        // With the in-target checkpoint every batch is one transaction already: the source's own
-        // MULTI/EXEC are dropped (nesting is an error) and its commands stay together in the batch.
-        let wrap = self.target_cp.is_some();
-        if name.eq_ignore_ascii_case(b"MULTI") {
-            if !wrap {
-                self.batch.bytes.extend_from_slice(cmd.raw());
-            }
-            self.group = Some((u32::from(!wrap), Bytes::new()));
-            return Ok(());
-        }
-        if let Some((n, key)) = self.group.as_mut() {
-            let exec = name.eq_ignore_ascii_case(b"EXEC");
-            if !(wrap && exec) {
-                self.batch.bytes.extend_from_slice(cmd.raw());
-                *n += 1;
-            }
-            if key.is_empty() && cmd.argc() > 1 {
-                *key = cmd.arg_bytes(1);
-            }
-            if exec {
-                let (n, key) = self.group.take().expect("in a group");
-                if n > 0 {
-                    self.batch.finish_cmd("MULTI", key, n, ResendRule::Strict);
-                }
-                if std::mem::take(&mut self.group_selected) {
-                    // The transaction moved the connection to another db: put it back where the batch
-                    // says it is, and continue in a batch of the new db.
-                    let back = self.batch.db.unwrap_or(0).to_string();
-                    self.batch.push(
-                        "SELECT",
-                        &Bytes::new(),
-                        &[b"SELECT", back.as_bytes()],
-                        ResendRule::Strict,
-                    );
-                    self.send().await?;
-                }
-                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                if let Some(scope) = self.flush_after_group.take() {
-                    signals.flush = Some(scope);
-                }
-            }
-            return Ok(());
-        }
-        self.batch.bytes.extend_from_slice(cmd.raw());
-        let key = if cmd.argc() > 1 {
-            cmd.arg_bytes(1)
-        } else {
-            Bytes::new()
-        };
-        self.batch
-            .finish_cmd(command_name(name), key, 1, ResendRule::Strict);
-        Ok(())
-    }
-}
-
-impl StreamApplier {
     /// Track scripts; returns a body to `SCRIPT LOAD` on the target before this command (an EVALSHA of
     /// a script the target may not have).
     fn scripts_before(&mut self, cmd: &Command) -> Option<Bytes> {
@@ -563,25 +790,6 @@ impl StreamApplier {
         }
         None
     }
-}
-
-/// Turn a batch into one transaction that also stores the checkpoint: `MULTI`, the commands, `SELECT cp.db`,
-/// `SET cp.key replid:offset`, `SELECT db`, `EXEC`.
-fn wrap_with_checkpoint(b: &mut Batch, cp: &TargetCheckpoint, offset: i64, db: u32) {
-    let inner: u32 = b.cmds.iter().map(|c| c.replies).sum();
-    let key = b.cmds.first().map(|c| c.key.clone()).unwrap_or_default();
-    let mut bytes = BytesMut::with_capacity(b.bytes.len() + 128 + cp.key.len());
-    crate::resp::encode_command(&mut bytes, &[b"MULTI"]);
-    bytes.extend_from_slice(&b.bytes);
-    let cpdb = cp.db.to_string();
-    let dbs = b.db.unwrap_or(db).to_string();
-    crate::resp::encode_command(&mut bytes, &[b"SELECT", cpdb.as_bytes()]);
-    crate::resp::encode_command(&mut bytes, &[b"SET", &cp.key, cp.value(offset).as_bytes()]);
-    crate::resp::encode_command(&mut bytes, &[b"SELECT", dbs.as_bytes()]);
-    crate::resp::encode_command(&mut bytes, &[b"EXEC"]);
-    b.bytes = bytes;
-    b.cmds.clear();
-    b.finish_cmd("MULTI", key, inner + 5, ResendRule::Strict);
 }
 
 /// Delete `keys` of `db` through connection `conn` of `pool` (in order with what was sent there before).
@@ -713,12 +921,25 @@ mod tests {
             key: bytes::Bytes::from_static(b"ferry:checkpoint:x"),
             replid: "a".repeat(40),
         };
-        let v = cp.value(12345);
+        let v = cp.value(12345, 3);
+        let want = super::StoredCheckpoint {
+            replid: "a".repeat(40),
+            offset: 12345,
+            db: 3,
+        };
+        assert_eq!(super::TargetCheckpoint::parse(v.as_bytes()), Some(want));
+        // Values written before the stream db was kept: db 0.
+        let old = format!("{}:77", "b".repeat(40));
         assert_eq!(
-            super::TargetCheckpoint::parse(v.as_bytes()),
-            Some(("a".repeat(40), 12345))
+            super::TargetCheckpoint::parse(old.as_bytes()).map(|c| (c.offset, c.db)),
+            Some((77, 0))
         );
         assert_eq!(super::TargetCheckpoint::parse(b"garbage"), None);
+        assert_eq!(
+            super::TargetCheckpoint::parse(super::LOADING.as_bytes()),
+            None
+        );
+        assert_eq!(super::TargetCheckpoint::parse(b"a:1:2:3"), None);
     }
 
     #[test]

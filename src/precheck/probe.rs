@@ -133,6 +133,7 @@ pub(crate) fn describe(e: &TargetError, timeout: Duration) -> String {
         TargetError::Protocol { detail, .. } => format!("protocol error: {detail}"),
         TargetError::Timeout { .. } => format!("no answer within {}", fmt_timeout(timeout)),
         TargetError::Closed { .. } => "connection closed".into(),
+        TargetError::Restarted { detail, .. } => format!("the server restarted ({detail})"),
     }
 }
 

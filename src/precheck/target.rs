@@ -102,7 +102,7 @@ async fn probe(
     let mut resuming: Vec<String> = Vec::new();
     if let Some(dir) = &opts.state_dir {
         for a in sources {
-            let p = checkpoint::path_for(dir, &checkpoint::source_id(&a.to_string()));
+            let p = checkpoint::path_for(dir, &a.to_string(), &addr.to_string());
             if p.exists() {
                 resuming.push(a.host_port());
             }

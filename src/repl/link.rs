@@ -269,6 +269,10 @@ impl Link {
             }
         }
 
+        if self.shared.want_full.swap(false, Relaxed) {
+            tracing::info!(source = %name, "asking the master for a full resync");
+            self.pos = None;
+        }
         let (req_id, req_off) = match &self.pos {
             Some((id, off)) => (id.clone(), off + 1),
             None => ("?".to_string(), -1),
@@ -529,7 +533,7 @@ impl Link {
             acker.0 = Some(tokio::spawn(ack_loop(
                 wr,
                 self.shared.clone(),
-                base,
+                self.shared.full_syncs.load(Relaxed),
                 self.cfg.ack_interval,
             )));
             None
@@ -557,6 +561,9 @@ impl Link {
                 }
                 e = acker.failed() => {
                     return Err(End::Broken(format!("cannot send REPLCONF ACK: {e}")));
+                }
+                _ = self.shared.resync_now.notified() => {
+                    return Err(End::Broken("a full resync was requested".into()));
                 }
             }
         }
@@ -592,12 +599,13 @@ impl Drop for AckTask {
     }
 }
 
-/// Send `REPLCONF ACK <applied>` (or `base` while nothing is applied) at once, then every `every` and
-/// whenever the consumer asks. Returns the write error that ended it.
+/// Send `REPLCONF ACK <applied>` at once, then every `every` and whenever the consumer asks. Returns the
+/// write error that ended it. `epoch` is the number of full syncs this link had started when this
+/// connection began streaming.
 async fn ack_loop(
     mut wr: OwnedWriteHalf,
     shared: Arc<LinkShared>,
-    base: i64,
+    epoch: u64,
     every: Duration,
 ) -> std::io::Error {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
@@ -608,11 +616,7 @@ async fn ack_loop(
             _ = tick.tick() => {}
             _ = shared.ack_now.notified() => {}
         }
-        let offset = ack_offset(
-            shared.applied.load(Relaxed),
-            base,
-            shared.received.load(Relaxed),
-        );
+        let offset = ack_offset(shared.applied(), epoch, shared.received.load(Relaxed));
         out.clear();
         proto::encode_ack(&mut out, offset);
         if let Err(e) = wr.write_all(&out).await {
@@ -621,15 +625,15 @@ async fn ack_loop(
     }
 }
 
-/// What to acknowledge: `applied` when it lies within this link's epoch (`base..=received`), else `base`.
-/// `applied` is -1 before anything is applied; it may also still hold an offset from before a full resync
-/// (the consumer is behind, applying older records) which, after a master restart, can even be larger than
-/// anything this master sent — acknowledging that would make `WAIT` return early.
-fn ack_offset(applied: i64, base: i64, received: i64) -> i64 {
-    if applied >= base && applied <= received.max(base) {
-        applied
+/// What to acknowledge: what every target has applied when that belongs to this link's epoch, never more
+/// than was received; else 0, which claims nothing (the consumer is behind a full resync, or the new
+/// snapshot is not applied yet). A master only keeps the largest ACK of a connection, so a low value
+/// after a reconnect is harmless, and `WAIT` and `INFO replication` never count what is not on the targets.
+fn ack_offset((applied_epoch, applied): (u64, i64), epoch: u64, received: i64) -> i64 {
+    if applied_epoch == epoch && applied >= 0 {
+        applied.min(received.max(0))
     } else {
-        base
+        0
     }
 }
 
@@ -864,21 +868,22 @@ mod tests {
     }
 
     #[test]
-    fn ack_offset_stays_in_the_epoch() {
-        assert_eq!(ack_offset(-1, 100, 150), 100, "nothing applied yet");
-        assert_eq!(ack_offset(120, 100, 150), 120);
-        assert_eq!(ack_offset(150, 100, 150), 150);
+    fn ack_offset_never_claims_more_than_applied() {
         assert_eq!(
-            ack_offset(90, 100, 150),
-            100,
-            "applied is from before the resync"
-        );
-        assert_eq!(
-            ack_offset(5000, 0, 150),
+            ack_offset((1, -1), 1, 150),
             0,
-            "applied is from a former master's offsets"
+            "the snapshot is not applied yet"
         );
-        assert_eq!(ack_offset(100, 100, -1), 100);
+        assert_eq!(ack_offset((1, 120), 1, 150), 120);
+        assert_eq!(ack_offset((1, 150), 1, 150), 150);
+        // A +CONTINUE in the same epoch while the spool still holds a backlog: applied, not received.
+        assert_eq!(ack_offset((0, 90), 0, 5000), 90);
+        assert_eq!(
+            ack_offset((0, 5000), 1, 150),
+            0,
+            "applied is from before a full resync (another history)"
+        );
+        assert_eq!(ack_offset((1, 200), 1, 150), 150, "never above received");
     }
 
     #[tokio::test]
@@ -964,15 +969,16 @@ mod tests {
             }
         );
         assert_eq!(rdb_until_end(&mut r).await, rdb);
-        // The first ACK comes at once (a diskless master waits for it before streaming).
-        p.expect(&["REPLCONF", "ACK", "100"]).await;
+        // The first ACK comes at once (a diskless master waits for it before streaming); nothing is applied
+        // yet, so it claims nothing.
+        p.expect(&["REPLCONF", "ACK", "0"]).await;
         p.send(b"*1\r\n$4\r\nPING\r\n").await;
         assert_eq!(
             r.next().await,
             Record::Stream(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
         );
         assert_eq!(r.shared.received.load(Relaxed), 114);
-        r.shared.applied.store(114, Relaxed);
+        r.shared.set_applied(1, 114);
         r.shared.ack_now.notify_one();
         p.expect(&["REPLCONF", "ACK", "114"]).await;
         assert_eq!(r.shared.rdb_bytes.load(Relaxed), rdb.len() as u64);

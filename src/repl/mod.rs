@@ -79,11 +79,17 @@ impl LinkConfig {
 /// `Relaxed` ordering.
 #[derive(Debug)]
 pub struct LinkShared {
-    /// Master offset the target has applied (set by the consumer); what `REPLCONF ACK` reports. -1 = nothing
-    /// yet: the link then acknowledges the offset of the last `FullResync`/`Continue`; so it does while
-    /// `applied` lies outside that connection's range (`FullResync`/`Continue` offset ..= `received`), i.e.
-    /// still belongs to the records before a full resync.
-    pub applied: AtomicI64,
+    /// What every target has applied, as the consumer knows it: `(epoch, offset)`, the epoch being the
+    /// number of `FullResync` records the consumer has taken (the link counts the ones it pushed the same
+    /// way). `REPLCONF ACK` reports the offset only while the epochs agree; otherwise (the consumer is
+    /// still applying records from before a full resync, or has not finished the new snapshot: offset -1)
+    /// it reports 0, which claims nothing. It never reports more than was received. Set it with
+    /// [`LinkShared::set_applied`].
+    applied: std::sync::Mutex<(u64, i64)>,
+    /// The consumer asks for a full resync (the link drops the connection and sends `PSYNC ? -1`): used when
+    /// a command cannot be applied exactly otherwise. Set [`LinkShared::request_full_resync`].
+    want_full: AtomicBool,
+    resync_now: tokio::sync::Notify,
     /// The consumer saw `REPLCONF GETACK` in the stream: call `ack_now.notify_one()` and the link sends an
     /// ACK at once (a stored permit: it is not lost if the link is busy).
     pub ack_now: tokio::sync::Notify,
@@ -112,7 +118,9 @@ pub struct LinkShared {
 impl Default for LinkShared {
     fn default() -> Self {
         LinkShared {
-            applied: AtomicI64::new(-1),
+            applied: std::sync::Mutex::new((0, -1)),
+            want_full: AtomicBool::new(false),
+            resync_now: tokio::sync::Notify::new(),
             ack_now: tokio::sync::Notify::new(),
             received: AtomicI64::new(-1),
             connected: AtomicBool::new(false),
@@ -132,10 +140,26 @@ impl LinkShared {
         Arc::new(LinkShared::default())
     }
 
+    /// Record what every target has applied (see the field's docs).
+    pub fn set_applied(&self, epoch: u64, offset: i64) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (epoch, offset);
+    }
+
+    /// `(epoch, offset)` as last set.
+    pub fn applied(&self) -> (u64, i64) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drop the connection and ask the master for a full resync (`PSYNC ? -1`).
+    pub fn request_full_resync(&self) {
+        self.want_full.store(true, Ordering::SeqCst);
+        self.resync_now.notify_one();
+    }
+
     /// A copy of the counters, for status and tests.
     pub fn snapshot(&self) -> LinkSnapshot {
         LinkSnapshot {
-            applied: self.applied.load(Ordering::Relaxed),
+            applied: self.applied().1,
             received: self.received.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             full_syncs: self.full_syncs.load(Ordering::Relaxed),

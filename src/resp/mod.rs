@@ -33,6 +33,6 @@ pub use encode::{
 };
 pub use error::{RespError, ShownByte};
 pub use reply::{
-    parse_reply, parse_reply_bytes, reply_error, skip_reply, Reply, ReplyError, ReplyHead,
-    MAX_DEPTH,
+    array_items, parse_reply, parse_reply_bytes, reply_error, skip_reply, Reply, ReplyError,
+    ReplyHead, MAX_DEPTH,
 };

@@ -123,6 +123,46 @@ pub fn reply_error(buf: &[u8]) -> Result<Option<ReplyError>, RespError> {
     Ok(skip_reply(buf)?.map(|(head, n)| (head.error(), n)))
 }
 
+/// One item of an array reply: what it is, and where it lies in the buffer.
+pub type ArrayItem = (ReplyHead, Range<usize>);
+
+/// The items of the complete array reply at the start of `buf` (e.g. an `EXEC` result, one item per queued
+/// command), each as its [`ReplyHead`] and its byte range in `buf`; `Ok(None)` if `buf` does not start
+/// with a complete array. Ranges inside the heads are indexes into `buf` too.
+pub fn array_items(buf: &[u8]) -> Result<Option<Vec<ArrayItem>>, RespError> {
+    if buf.first() != Some(&b'*') {
+        return Ok(None);
+    }
+    let Some(cr) = line_end(buf, 1)? else {
+        return Ok(None);
+    };
+    let n: usize = match std::str::from_utf8(&buf[1..cr])
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        Some(n) if n as u64 <= MAX_AGGREGATE_COUNT => n,
+        _ => return Ok(None), // `*-1` or a count no server sends
+    };
+    let mut pos = cr + 2;
+    let mut items = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let Some((head, len)) = skip_reply(&buf[pos..])? else {
+            return Ok(None);
+        };
+        let shift = |r: Range<usize>| r.start + pos..r.end + pos;
+        let head = match head {
+            ReplyHead::Error(r) => ReplyHead::Error(shift(r)),
+            ReplyHead::Array { error } => ReplyHead::Array {
+                error: error.map(shift),
+            },
+            h => h,
+        };
+        items.push((head, pos..pos + len));
+        pos += len;
+    }
+    Ok(Some(items))
+}
+
 /// Parse the reply at the start of `buf` and consume it (zero-copy: strings in the reply are slices of the
 /// split-off bytes). `Ok(None)` and errors leave `buf` untouched.
 pub fn parse_reply(buf: &mut BytesMut) -> Result<Option<Reply>, RespError> {

@@ -963,3 +963,30 @@ proptest! {
         check_reply(&input);
     }
 }
+
+#[test]
+fn array_items_of_an_exec_result() {
+    use crate::resp::{array_items, ReplyHead};
+    let buf = b"*4\r\n+OK\r\n-WRONGTYPE bad\r\n:0\r\n*2\r\n$1\r\na\r\n-ERR inner\r\nTRAILING";
+    let items = array_items(buf).unwrap().expect("complete");
+    assert_eq!(items.len(), 4);
+    assert_eq!(items[0].0, ReplyHead::Ok);
+    match &items[1].0 {
+        ReplyHead::Error(r) => assert_eq!(&buf[r.clone()], b"WRONGTYPE bad"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(items[2].0, ReplyHead::Integer);
+    assert_eq!(&buf[items[2].1.clone()], b":0\r\n");
+    match &items[3].0 {
+        ReplyHead::Array { error: Some(r) } => assert_eq!(&buf[r.clone()], b"ERR inner"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(array_items(b"*2\r\n+OK\r\n").unwrap(), None, "incomplete");
+    assert_eq!(
+        array_items(b"-EXECABORT x\r\n").unwrap(),
+        None,
+        "not an array"
+    );
+    assert_eq!(array_items(b"*-1\r\n").unwrap(), None, "null array");
+    assert_eq!(array_items(b"*0\r\n").unwrap(), Some(vec![]));
+}

@@ -2,42 +2,115 @@
 //!
 //! Three parts run concurrently:
 //! - the replication link ([`crate::repl`]) reads the socket at network speed into the spool;
-//! - this consumer reads the spool in order: the RDB goes through the decoder to the snapshot applier, the
-//!   command stream after it through the stream applier, on one ordered target connection;
-//! - a ticker copies the applied offset (what the target has answered) to the link, which reports it in
-//!   `REPLCONF ACK`, and writes the checkpoint every second.
+//! - this consumer reads the spool in order and hands every record to one [`Sink`] per target: the RDB
+//!   through the decoder to the snapshot applier, the command stream after it to the stream applier;
+//! - a ticker reports what every target has applied to the link (`REPLCONF ACK`) and writes each target's
+//!   checkpoint file every second.
+//!
+//! The consumer moves through explicit phases ([`Phase`]): it waits for the link's first answer, loads a
+//! snapshot (`FullResync` … `RdbEnd`), streams (`Continue`, `Stream`), and may ask the master for a full
+//! resync when a command cannot be applied exactly on a shared target (`SWAPDB`), discarding the records of
+//! the old connection until it comes. Every position is kept with its epoch — the number of full resyncs
+//! started — so nothing of an earlier snapshot or stream can raise what a newer one has applied
+//! ([`crate::target::applied`]).
+//!
+//! # Where a restart resumes
+//! Each target's own record decides ([`Resume`]): the in-target checkpoint when it is kept (the default:
+//! exact, even after kill -9), else the checkpoint file of that (source, target) pair when the last run
+//! stopped cleanly while streaming. A target whose record says a snapshot was being loaded, or that holds
+//! this source's data without a usable record, gets a full resync that replaces values and removes the keys
+//! the new snapshot did not write. The link resumes at the lowest position of all targets; each target
+//! skips what it already holds.
 //!
 //! `--once` ends the source when the full sync is applied and the stream has been applied up to the master's
-//! offset read when the RDB finished. A stop (`cancel`) flushes what was queued, waits for the target's
-//! answers, acknowledges, and writes a clean checkpoint, so the next run continues with a partial resync.
+//! offset read when the RDB finished. A stop (`cancel`) hands over what was decoded, waits for the targets'
+//! answers, acknowledges, and writes a clean checkpoint — only while streaming, at exactly what each target
+//! answered.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{RdbFeeder, SourceError};
 use crate::apply::snapshot::SnapshotApplier;
-use crate::apply::stream::{StreamApplier, TargetCheckpoint};
-use crate::apply::sweep::{self, Ownership, SweepKind};
-use crate::apply::ApplyError;
-use crate::checkpoint::{self, Checkpoint};
+use crate::apply::stream::{StoredCheckpoint, StreamApplier, TargetCheckpoint, LOADING};
+use crate::apply::sweep::{self, OwnKeys, Ownership, SweepKind};
+use crate::apply::{ApplyError, DbMap};
+use crate::checkpoint::{self, Checkpoint, Job, State};
 use crate::endpoint::RedisAddr;
 use crate::job::SyncConfig;
 use crate::repl::{self, LinkConfig, LinkShared};
-use crate::spool::{self, Record, SpoolConfig};
+use crate::spool::{self, Record, SpoolConfig, SpoolReader};
 use crate::status::{FullSyncProgress, ProgressOutput, SourceState, SourceStatus};
+use crate::target::applied::{Applied, Pos};
 use crate::target::client::Client;
+
+/// What one source needs to know about its job.
+pub struct SourceJob {
+    /// Its index in the job (spreads the sources' streams over the pools' connections).
+    pub idx: usize,
+    pub addr: RedisAddr,
+    /// Which of its dbs are synced and where they go.
+    pub dbs: DbMap,
+    /// How it tells its keys on a shared target.
+    pub ownership: Ownership,
+    /// ferry's own keys on the targets (never swept).
+    pub own_keys: OwnKeys,
+}
 
 /// Where the consumer is in the source's life.
 enum Phase {
-    /// Waiting for the link's first answer.
+    /// Waiting for the link's first answer (or the next, after a snapshot broke off).
     Waiting,
     /// An RDB is being applied.
     Snapshot(Box<RdbFeeder>),
     /// The command stream is being applied (by every target's stream applier).
     Streaming,
+    /// A full resync was asked for: records of the old connection are dropped until it starts.
+    Resyncing,
+}
+
+/// What a target's records say about where it stands, at start.
+#[derive(Debug, PartialEq, Eq)]
+enum Resume {
+    /// Nothing of this source on the target: a plain full sync.
+    Fresh,
+    /// The target holds data of this source but no position to continue from: a full resync that replaces
+    /// values and sweeps.
+    Full { why: String },
+    /// The target holds everything up to this position.
+    At(StoredCheckpoint),
+}
+
+/// One target of this source.
+struct Sink {
+    /// The job's configuration with `target` set to this sink's target.
+    cfg: SyncConfig,
+    /// Whom this target's checkpoint file belongs to.
+    job: Job,
+    applier: SnapshotApplier,
+    stream: Option<StreamApplier>,
+    applied: Arc<Applied>,
+    /// From an in-target checkpoint: this target already holds every command up to this offset.
+    skip_until: i64,
+    /// The in-target checkpoint (its replid is set per stream).
+    target_cp: Option<TargetCheckpoint>,
+    /// The target holds this source's data from before (an earlier run or epoch): a full sync replaces
+    /// values and removes the keys the new snapshot did not write.
+    has_data: bool,
+}
+
+impl Sink {
+    fn cp_path(&self) -> PathBuf {
+        self.job.path(&self.cfg.state_dir)
+    }
+
+    fn target(&self) -> &RedisAddr {
+        &self.cfg.target
+    }
 }
 
 /// Read the master's current replication offset (for `--once`).
@@ -47,131 +120,92 @@ async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
         .cmd_ok(&[b"INFO", b"replication"])
         .await
         .map_err(|e| e.to_string())?;
-    let text = r
-        .as_bytes()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse().ok())
+    crate::target::info_field(r.as_bytes().unwrap_or_default(), "master_repl_offset")
+        .and_then(|v| v.parse().ok())
         .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
-}
-
-/// One target of this source: its snapshot applier, its stream applier, its applied offset.
-struct Sink {
-    /// The job's configuration with `target` set to this sink's target.
-    cfg: SyncConfig,
-    applier: SnapshotApplier,
-    stream: Option<Box<StreamApplier>>,
-    applied: Arc<AtomicI64>,
-    /// From an in-target checkpoint: this target already holds every command up to this offset.
-    skip_until: i64,
-}
-
-/// The lowest applied offset over the targets (what the master may consider acknowledged).
-fn min_applied(sinks: &[Sink]) -> i64 {
-    sinks
-        .iter()
-        .map(|k| k.applied.load(Ordering::Acquire))
-        .min()
-        .unwrap_or(-1)
 }
 
 /// Run one master until its job is done (`--once`) or `cancel` fires. Every change goes to every target
 /// (`targets`: the job's configuration per target, with its snapshot applier).
 pub async fn run(
-    idx: usize,
-    addr: &RedisAddr,
-    ownership: Ownership,
+    src: SourceJob,
     targets: Vec<(SyncConfig, SnapshotApplier)>,
     cfg: &SyncConfig,
     st: Arc<SourceStatus>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
-    let name = format!("source {addr}");
+    let addr = src.addr.clone();
     let link_err = |msg: String| SourceError::Link {
         source_name: addr.to_string(),
         msg,
     };
-    let apply_err = |err| SourceError::Apply {
-        source_name: addr.to_string(),
-        err,
-    };
+    let id = checkpoint::source_id(&addr.to_string());
     let mut sinks: Vec<Sink> = targets
         .into_iter()
-        .map(|(cfg, applier)| Sink {
-            cfg,
-            applier,
-            stream: None,
-            applied: Arc::new(AtomicI64::new(-1)),
-            skip_until: -1,
+        .map(|(tcfg, applier)| {
+            let job = Job::new(
+                &addr.to_string(),
+                &tcfg.target.to_string(),
+                src.dbs.describe(),
+            );
+            let target_cp = tcfg
+                .target_checkpoint
+                .as_ref()
+                .map(|(db, prefix)| TargetCheckpoint {
+                    db: *db,
+                    key: Bytes::from(format!("{prefix}{id}")),
+                    replid: String::new(),
+                });
+            Sink {
+                cfg: tcfg,
+                job,
+                applier,
+                stream: None,
+                applied: Arc::new(Applied::default()),
+                skip_until: -1,
+                target_cp,
+                has_data: false,
+            }
         })
         .collect();
-    let id = checkpoint::source_id(&addr.to_string());
-    let cp_path = checkpoint::path_for(&cfg.state_dir, &id);
-    let loaded = checkpoint::load(&cp_path).map_err(|e| link_err(e.to_string()))?;
-    // A checkpoint means this source's keys are already on the target: a full sync replaces them.
-    let had_checkpoint = loaded.is_some();
-    let resume = match loaded {
-        Some(cp) if cp.source != addr.to_string() => {
-            return Err(link_err(format!(
-                "the checkpoint {} belongs to {}, not to this source; use another --state-dir",
-                cp_path.display(),
-                cp.source
-            )))
-        }
-        Some(cp) if cp.clean => {
-            tracing::info!(source = %addr, replid = %cp.replid, offset = cp.offset,
-                "resuming from checkpoint with a partial resync");
-            Some((cp.replid, cp.offset))
-        }
-        Some(cp) => {
-            tracing::warn!(source = %addr, replid = %cp.replid, offset = cp.offset,
-                "the last run did not stop cleanly: its checkpoint may be behind the target, and replaying \
-                 commands twice would corrupt the copy; running a full resync instead");
-            None
-        }
-        None => None,
-    };
 
-    // The in-target checkpoints, when kept, are exact: they win over the file. With several targets the
-    // stream resumes at the lowest, and each target skips what it already holds.
-    let target_cp = cfg
-        .target_checkpoint
-        .as_ref()
-        .map(|(db, prefix)| TargetCheckpoint {
-            db: *db,
-            key: bytes::Bytes::from(format!("{prefix}{id}")),
-            replid: String::new(),
-        });
-    let mut resume = resume;
-    let mut had_checkpoint = had_checkpoint;
-    if let Some(tc) = &target_cp {
-        let mut found = Vec::new();
-        for k in sinks.iter() {
-            match read_target_checkpoint(&k.cfg, tc).await {
-                Ok(cp) => found.push(cp),
-                Err(e) => return Err(link_err(format!("reading the in-target checkpoint: {e}"))),
+    // Where each target stands, and where the link starts.
+    let mut resume_at: Option<StoredCheckpoint> = None;
+    let mut all_at = true;
+    for k in sinks.iter_mut() {
+        let r = decide_resume(k).await.map_err(link_err)?;
+        tracing::info!(source = %addr, target_addr = %k.target(), resume = ?r, "where the target stands");
+        match r {
+            Resume::Fresh => all_at = false,
+            Resume::Full { why } => {
+                tracing::warn!(source = %addr, target_addr = %k.target(), reason = %why,
+                    "this target needs a full resync of this source: values are replaced, and keys the source \
+                     no longer has are removed");
+                k.has_data = true;
+                all_at = false;
+            }
+            Resume::At(cp) => {
+                k.has_data = true;
+                k.skip_until = cp.offset;
+                resume_at = match resume_at {
+                    Some(r) if r.replid != cp.replid => {
+                        all_at = false;
+                        Some(r)
+                    }
+                    Some(r) if r.offset <= cp.offset => Some(r),
+                    _ => Some(cp),
+                };
             }
         }
-        let same_id = found
-            .iter()
-            .all(|c| c.as_ref().map(|c| &c.0) == found[0].as_ref().map(|c| &c.0));
-        if found.iter().all(|c| c.is_some()) && same_id {
-            let rid = found[0].as_ref().map(|c| c.0.clone()).unwrap_or_default();
-            let low = found.iter().flatten().map(|c| c.1).min().unwrap_or(0);
-            for (k, c) in sinks.iter_mut().zip(&found) {
-                k.skip_until = c.as_ref().map(|c| c.1).unwrap_or(-1);
-            }
-            tracing::info!(source = %addr, replid = %rid, offset = low,
-                "resuming from the checkpoints kept in the targets (exact)");
-            resume = Some((rid, low));
-            had_checkpoint = true;
-        } else if found.iter().any(|c| c.is_some()) {
-            tracing::warn!(source = %addr, "the targets' checkpoints disagree or one is missing: full resync");
-            resume = None;
-            had_checkpoint = true;
+    }
+    let resume = if all_at { resume_at } else { None };
+    if resume.is_none() {
+        for k in sinks.iter_mut() {
+            k.skip_until = -1;
         }
+    } else if let Some(r) = &resume {
+        tracing::info!(source = %addr, replid = %r.replid, offset = r.offset, db = r.db,
+            "resuming with a partial resync");
     }
 
     let mut spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-{id}"));
@@ -182,337 +216,699 @@ pub async fn run(
         spool_cfg.disk_limit_bytes = disk;
     }
     let disk_limit = spool_cfg.disk_limit_bytes;
-    let (writer, mut reader) = spool::open(spool_cfg).map_err(|e| link_err(e.to_string()))?;
+    let (writer, reader) = spool::open(spool_cfg).map_err(|e| link_err(e.to_string()))?;
     st.set_spool(writer.stats(), disk_limit);
     st.set_state(SourceState::Connecting);
     let shared = LinkShared::new();
     let link_cfg = LinkConfig {
-        name: name.clone(),
+        name: format!("source {addr}"),
         addr: addr.clone(),
-        resume: resume.clone(),
+        resume: resume.as_ref().map(|r| (r.replid.clone(), r.offset)),
         ..LinkConfig::new(addr.clone())
     };
     let link_cancel = cancel.child_token();
-    let hb_key = cfg
-        .heartbeat
-        .as_ref()
-        .map(|(_, k)| bytes::Bytes::from(k.clone()));
-    let hb_sink: crate::apply::stream::HeartbeatSink = {
-        let st = st.clone();
-        Arc::new(move |lag| st.set_heartbeat_lag(lag))
-    };
     if let Some((every, key)) = cfg.heartbeat.clone() {
         tokio::spawn(heartbeat(addr.clone(), every, key, link_cancel.clone()));
     }
-    let mut link = tokio::spawn(repl::run(
+    let link = tokio::spawn(repl::run(
         link_cfg,
         shared.clone(),
         writer,
         link_cancel.clone(),
     ));
 
-    // Status shows the first target's applied offset; ACKs and checkpoints use the lowest of all.
-    st.use_applied_offset(sinks[0].applied.clone());
-    let new_stream = |k: &Sink, start: i64, replid: &str| -> Box<StreamApplier> {
-        let mut s = StreamApplier::new(k.applier.pool(), start, 0, k.applied.clone())
-            .with_connection(idx)
-            .forward_flush(matches!(ownership, Ownership::Sole))
-            .with_dbs(cfg.dbs.clone())
-            .with_heartbeat(hb_key.clone(), hb_sink.clone())
-            .with_target_checkpoint(target_cp.clone().map(|mut t| {
-                t.replid = replid.to_string();
+    let mut c = Consumer {
+        src,
+        cfg: cfg.clone(),
+        sinks,
+        st,
+        shared,
+        phase: Phase::Waiting,
+        epoch: 0,
+        replid: resume
+            .as_ref()
+            .map(|r| r.replid.clone())
+            .unwrap_or_default(),
+        resume,
+        snapshot_offset: -1,
+        once_target: None,
+        progress: None,
+        last_cp: Instant::now(),
+    };
+    let outcome = c.run(reader, link, &cancel, &link_cancel).await;
+    c.shutdown(outcome.is_ok()).await;
+    outcome
+}
+
+/// Where a target stands for this source, from its in-target checkpoint and its checkpoint file.
+async fn decide_resume(k: &Sink) -> Result<Resume, String> {
+    let file = k.job.load(&k.cfg.state_dir).map_err(|e| e.to_string())?;
+    if let Some(tc) = &k.target_cp {
+        let stored = read_target_checkpoint(&k.cfg, tc)
+            .await
+            .map_err(|e| format!("reading the in-target checkpoint: {e}"))?;
+        return Ok(match (stored, &file) {
+            (TargetMark::At(cp), _) => Resume::At(cp),
+            (TargetMark::Loading, _) => Resume::Full {
+                why: "the target was loading a snapshot of this source when the last run stopped".into(),
+            },
+            (TargetMark::None, Some(_)) => Resume::Full {
+                why: format!(
+                    "the checkpoint file {} says the target holds this source's data, but the target has no \
+                     checkpoint of it (it restarted without its data, or was flushed): it is copied again",
+                    k.cp_path().display(),
+                ),
+            },
+            (TargetMark::None, None) => Resume::Fresh,
+        });
+    }
+    Ok(match file {
+        None => Resume::Fresh,
+        Some(f) if f.clean && f.state == State::Streaming => Resume::At(StoredCheckpoint {
+            replid: f.replid,
+            offset: f.offset,
+            db: f.db,
+        }),
+        Some(f) if f.state == State::FullSync => Resume::Full {
+            why: "a snapshot was being loaded when the last run stopped".into(),
+        },
+        Some(_) => Resume::Full {
+            why: "the last run did not stop cleanly and no checkpoint is kept in the target (it was turned off): \
+                  its checkpoint may be behind the target, and replaying commands twice would corrupt the copy"
+                .into(),
+        },
+    })
+}
+
+/// The consumer of one source's spool: the phases, the epoch, and what each target applied.
+struct Consumer {
+    src: SourceJob,
+    cfg: SyncConfig,
+    sinks: Vec<Sink>,
+    st: Arc<SourceStatus>,
+    shared: Arc<LinkShared>,
+    phase: Phase,
+    /// `FullResync` records taken so far: the epoch of every position.
+    epoch: u64,
+    /// The replication id of the history being applied.
+    replid: String,
+    /// Where this run resumes (the link's first PSYNC).
+    resume: Option<StoredCheckpoint>,
+    /// The master offset the snapshot being loaded covers.
+    snapshot_offset: i64,
+    /// `--once`: stop when every target applied this offset.
+    once_target: Option<i64>,
+    progress: Option<FullSyncProgress>,
+    last_cp: Instant,
+}
+
+enum Step {
+    Go,
+    Done,
+}
+
+impl Consumer {
+    fn addr(&self) -> &RedisAddr {
+        &self.src.addr
+    }
+
+    fn err(&self, msg: impl Into<String>) -> SourceError {
+        SourceError::Link {
+            source_name: self.src.addr.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    fn apply_err(&self, err: ApplyError) -> SourceError {
+        SourceError::Apply {
+            source_name: self.src.addr.to_string(),
+            err,
+        }
+    }
+
+    /// The lowest position applied over the targets in the current epoch (`None` while one has nothing of
+    /// it applied).
+    fn min_applied(&self) -> Option<Pos> {
+        let mut low: Option<Pos> = None;
+        for k in &self.sinks {
+            let p = k.applied.get();
+            if p.epoch != self.epoch || p.offset < 0 {
+                return None;
+            }
+            if low.map_or(true, |l| p.offset < l.offset) {
+                low = Some(p);
+            }
+        }
+        low
+    }
+
+    async fn run(
+        &mut self,
+        mut reader: SpoolReader,
+        mut link: tokio::task::JoinHandle<Result<(), repl::LinkError>>,
+        cancel: &CancellationToken,
+        link_cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut link_done = false;
+        loop {
+            let waiting = self.sinks.iter().any(|k| {
+                k.stream
+                    .as_ref()
+                    .is_some_and(|s| s.pending() && s.waiting())
+            });
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                r = &mut link, if !link_done => {
+                    link_done = true;
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(SourceError::Named(e.to_string())),
+                        Err(e) => return Err(SourceError::Named(format!("the replication link task failed: {e}"))),
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Step::Done = self.tick().await? {
+                        return Ok(());
+                    }
+                }
+                _ = ready_any(&mut self.sinks), if waiting => {
+                    for k in self.sinks.iter_mut() {
+                        if let Some(s) = k.stream.as_mut() {
+                            s.send().await.map_err(|e| SourceError::Apply {
+                                source_name: self.src.addr.to_string(), err: e })?;
+                        }
+                    }
+                }
+                rec = reader.next() => {
+                    let rec = match rec {
+                        Ok(Some(r)) => r,
+                        Ok(None) => {
+                            // The link ended (cancelled or failed); its result says which.
+                            if !link_done {
+                                link_cancel.cancel();
+                                return match (&mut link).await {
+                                    Ok(Ok(())) => Ok(()),
+                                    Ok(Err(e)) => Err(SourceError::Named(e.to_string())),
+                                    Err(e) => Err(SourceError::Named(e.to_string())),
+                                };
+                            }
+                            return Ok(());
+                        }
+                        Err(e) => return Err(self.err(e.to_string())),
+                    };
+                    self.on_record(rec).await?;
+                }
+            }
+        }
+    }
+
+    async fn on_record(&mut self, rec: Record) -> Result<(), SourceError> {
+        if matches!(self.phase, Phase::Resyncing) && !matches!(rec, Record::FullResync { .. }) {
+            return Ok(()); // the old connection's records: the coming snapshot covers them
+        }
+        match rec {
+            Record::FullResync { replid, offset } => self.on_full_resync(replid, offset).await,
+            Record::Rdb(bytes) => self.on_rdb(bytes).await,
+            Record::RdbEnd => self.on_rdb_end().await,
+            Record::Continue { replid, offset } => self.on_continue(replid, offset).await,
+            Record::Stream(bytes) => self.on_stream(bytes).await,
+            Record::LinkDown { reason } => {
+                tracing::warn!(source = %self.addr(), %reason, "link down; reconnecting");
+                self.st.link_down(&reason);
+                if let Phase::Snapshot(_) = self.phase {
+                    // The snapshot starts again with the next FULLRESYNC.
+                    self.phase = Phase::Waiting;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A full sync starts: a new epoch; before the first write, every target's records say a snapshot is
+    /// being loaded (so a stop or crash from here on leads to a full resync, never a partial one).
+    async fn on_full_resync(&mut self, replid: String, offset: i64) -> Result<(), SourceError> {
+        let again = self.epoch > 0 || self.resume.is_some();
+        self.epoch += 1;
+        if again || !matches!(self.phase, Phase::Waiting) {
+            tracing::warn!(source = %self.addr(), "the master started a full resync: values are replaced, and keys \
+                it no longer has are removed from the target");
+        }
+        // What is still in flight of the previous epoch must land before the snapshot overwrites it.
+        for k in self.sinks.iter_mut() {
+            if let Some(mut s) = k.stream.take() {
+                if let Err(e) = s.drain().await {
+                    return Err(SourceError::Apply {
+                        source_name: self.src.addr.to_string(),
+                        err: e,
+                    });
+                }
+            }
+            // A target that already received anything of this source holds data to replace.
+            if again || k.applied.get().offset >= 0 {
+                k.has_data = true;
+            }
+            k.skip_until = -1;
+            k.applied.begin(Pos {
+                epoch: self.epoch,
+                offset: -1,
+                db: 0,
+            });
+        }
+        tracing::info!(source = %self.addr(), replid = %replid, offset, "full sync: receiving the snapshot");
+        let total = self
+            .shared
+            .rdb_size
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.st
+            .full_sync_started(&replid, offset, u64::try_from(total).ok());
+        if let Some(p) = self.progress.take() {
+            p.finish().await;
+        }
+        self.progress = Some(FullSyncProgress::start(
+            &ProgressOutput::stderr(),
+            self.st.clone(),
+        ));
+        self.replid = replid;
+        self.snapshot_offset = offset;
+        let sid = checkpoint::source_id(&self.src.addr.to_string());
+        let err = |msg: String| SourceError::Link {
+            source_name: self.src.addr.to_string(),
+            msg,
+        };
+        for (i, k) in self.sinks.iter_mut().enumerate() {
+            k.applier.set_overwrite(k.has_data || self.cfg.overwrite);
+            if k.has_data {
+                k.applier
+                    .start_index(&self.cfg.state_dir, &format!("snapshot-{sid}-{i}"));
+            }
+            let cp = k
+                .job
+                .checkpoint(&self.replid, offset, 0, State::FullSync, false);
+            store_checkpoint(&k.cp_path(), cp)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            if let Some(tc) = &k.target_cp {
+                mark_loading(&k.cfg, tc).await.map_err(|e| {
+                    err(format!("marking the in-target checkpoint as loading: {e}"))
+                })?;
+            }
+        }
+        self.phase = Phase::Snapshot(Box::new(RdbFeeder::new(self.cfg.decoder.clone())));
+        Ok(())
+    }
+
+    async fn on_rdb(&mut self, bytes: Bytes) -> Result<(), SourceError> {
+        let Phase::Snapshot(f) = &mut self.phase else {
+            return Err(self.err("RDB bytes outside a full sync"));
+        };
+        self.st.add_rdb_received(bytes.len() as u64);
+        if self.st.rdb_progress().3 < 0 {
+            let total = self
+                .shared
+                .rdb_size
+                .load(std::sync::atomic::Ordering::Acquire);
+            if total >= 0 {
+                self.st.set_rdb_total(Some(total as u64));
+            }
+        }
+        let keys_before = f.summary.entries;
+        let mut appliers: Vec<&mut SnapshotApplier> =
+            self.sinks.iter_mut().map(|k| &mut k.applier).collect();
+        if let Err(e) = f.push(&bytes, &mut appliers).await {
+            return Err(self.apply_err(e));
+        }
+        let loaded = f.summary.entries - keys_before;
+        self.st.add_rdb_applied(bytes.len() as u64);
+        self.st.add_keys_loaded(loaded);
+        Ok(())
+    }
+
+    /// The snapshot is complete: wait until every target answered it, remove what the source no longer has,
+    /// record the snapshot's position (in the targets too), and start streaming.
+    async fn on_rdb_end(&mut self) -> Result<(), SourceError> {
+        let Phase::Snapshot(mut f) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
+            return Err(self.err("RDB end outside a full sync"));
+        };
+        let mut appliers: Vec<&mut SnapshotApplier> =
+            self.sinks.iter_mut().map(|k| &mut k.applier).collect();
+        let summary = match f.finish(&mut appliers).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.apply_err(e)),
+        };
+        if let Some(p) = self.progress.take() {
+            p.finish().await;
+        }
+        let start = Pos {
+            epoch: self.epoch,
+            offset: self.snapshot_offset,
+            db: 0,
+        };
+        for i in 0..self.sinks.len() {
+            let mut s = self.new_stream(i, start);
+            if let Some(index) = self.sinks[i].applier.take_index() {
+                // Keys this source no longer has (deleted while we were not streaming, or before this resync)
+                // must not stay behind: the owned keys the snapshot did not write go.
+                let set = tokio::task::spawn_blocking(move || index.finish())
+                    .await
+                    .map_err(|e| self.err(e.to_string()))?
+                    .map_err(|e| self.err(format!("the snapshot's key set: {e}")))?;
+                let kind = SweepKind::NotIn(Arc::new(set));
+                remove_keys(&mut s, &self.sinks[i].cfg, &self.src, None, &kind)
+                    .await
+                    .map_err(|e| self.apply_err(e))?;
+            }
+            // The snapshot is on the target: record it there before any stream command.
+            s.mark().await.map_err(|e| self.apply_err(e))?;
+            s.drain().await.map_err(|e| self.apply_err(e))?;
+            let k = &mut self.sinks[i];
+            k.applied.advance(start);
+            k.stream = Some(s);
+        }
+        self.st.set_state(SourceState::Streaming);
+        tracing::info!(source = %self.addr(), rdb_version = summary.version, bytes = summary.bytes,
+            keys = summary.entries, "snapshot applied; streaming");
+        if self.cfg.once {
+            let o = master_offset(self.addr())
+                .await
+                .map_err(|e| self.err(format!("reading the master's offset for --once: {e}")))?;
+            self.st.set_master_offset(o);
+            self.once_target = Some(o.max(start.offset));
+        }
+        self.phase = Phase::Streaming;
+        self.report_applied();
+        Ok(())
+    }
+
+    fn new_stream(&self, i: usize, start: Pos) -> StreamApplier {
+        let k = &self.sinks[i];
+        let hb_key = self
+            .cfg
+            .heartbeat
+            .as_ref()
+            .map(|(_, key)| Bytes::from(key.clone()));
+        let st = self.st.clone();
+        let hb_sink: crate::apply::stream::HeartbeatSink =
+            Arc::new(move |lag| st.set_heartbeat_lag(lag));
+        let mut s = StreamApplier::new(k.applier.pool(), start, k.applied.clone())
+            .with_connection(self.src.idx)
+            .forward_flush(matches!(self.src.ownership, Ownership::Sole))
+            .with_dbs(self.src.dbs.clone())
+            .with_heartbeat(hb_key, hb_sink)
+            .with_target_checkpoint(k.target_cp.clone().map(|mut t| {
+                t.replid = self.replid.clone();
                 t
             }))
             .skip_until(k.skip_until);
         s.add_scripts(&k.applier.scripts);
-        Box::new(s)
-    };
-    let mut progress: Option<FullSyncProgress> = None;
-    let mut replid = resume.as_ref().map(|r| r.0.clone()).unwrap_or_default();
-    let mut phase = Phase::Waiting;
-    let mut once_target: Option<i64> = None;
-    let mut full_syncs = 0u32;
-    let mut reached_stream = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_cp = std::time::Instant::now();
-    let mut link_result: Option<Result<(), String>> = None;
+        s
+    }
 
-    let outcome: Result<(), SourceError> = 'run: loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break Ok(()),
-            r = &mut link, if link_result.is_none() => {
-                let r = r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(e) = &r {
-                    break Err(SourceError::Named(e.to_string()));
-                }
-                link_result = Some(r);
-            }
-            _ = tick.tick() => {
-                let failed: u64 = sinks.iter().map(|k| k.applier.pool().stats().failed()).sum();
-                if cfg.stop_on_error && failed > 0 {
-                    break Err(link_err(format!(
-                        "the target rejected {failed} writes and --on-error stop is set (see the log for the commands, keys and errors)")));
-                }
-                let a = min_applied(&sinks);
-                shared.applied.store(a, Ordering::Release);
-                st.set_received_offset(shared.received.load(Ordering::Acquire));
-                if let (Some(t), Phase::Streaming) = (once_target, &phase) {
-                    if a >= t {
-                        tracing::info!(source = %addr, offset = a, "caught up with the master's offset at the end of the snapshot (--once)");
-                        break Ok(());
-                    }
-                }
-                if last_cp.elapsed() >= Duration::from_secs(1) && matches!(phase, Phase::Streaming) && a >= 0 {
-                    last_cp = std::time::Instant::now();
-                    let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset: a, clean: false };
-                    match store_checkpoint(&cp_path, cp.clone()).await {
-                        Ok(()) => st.checkpoint_written(a),
-                        Err(e) => tracing::warn!(source = %addr, error = %e, "checkpoint not written"),
-                    }
-                }
-            }
-            rec = reader.next() => {
-                let rec = match rec {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        // The link ended: it returned (cancel or error), handled above.
-                        match link_result.take() {
-                            Some(Err(e)) => break Err(SourceError::Named(e.to_string())),
-                            _ => {
-                                let r = (&mut link).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-                                match r {
-                                    Err(e) => break Err(SourceError::Named(e.to_string())),
-                                    Ok(()) => break Ok(()),
-                                }
-                            }
+    async fn on_continue(&mut self, replid: String, offset: i64) -> Result<(), SourceError> {
+        self.replid = replid;
+        match &self.phase {
+            Phase::Streaming => {
+                for k in self.sinks.iter_mut() {
+                    if let Some(s) = k.stream.as_mut() {
+                        if s.received() != offset {
+                            return Err(SourceError::Link {
+                                source_name: self.src.addr.to_string(),
+                                msg: format!(
+                                    "the link continued at offset {offset} but the stream was received up to {}",
+                                    s.received()
+                                ),
+                            });
                         }
+                        s.set_replid(&self.replid);
                     }
-                    Err(e) => break Err(link_err(e.to_string())),
+                }
+            }
+            Phase::Waiting => {
+                // The first answer of this run: continue from the targets' positions.
+                let Some(r) = self.resume.clone() else {
+                    return Err(self.err("+CONTINUE without a position to continue from"));
                 };
-                match rec {
-                    Record::FullResync { replid: id, offset } => {
-                        full_syncs += 1;
-                        if full_syncs > 1 || !matches!(phase, Phase::Waiting) || resume.is_some() {
-                            tracing::warn!(source = %addr, "the master started a full resync: values are \
-                                replaced, and keys it lost during the gap are removed from the target");
+                if r.offset != offset {
+                    return Err(self.err(format!(
+                        "the link continued at offset {offset}, not at the checkpoint's {}",
+                        r.offset
+                    )));
+                }
+                let start = Pos {
+                    epoch: self.epoch,
+                    offset,
+                    db: r.db,
+                };
+                for i in 0..self.sinks.len() {
+                    let k = &self.sinks[i];
+                    // What this target already holds counts as applied.
+                    k.applied.begin(Pos {
+                        epoch: self.epoch,
+                        offset: offset.max(k.skip_until),
+                        db: r.db,
+                    });
+                    let s = self.new_stream(i, start);
+                    self.sinks[i].stream = Some(s);
+                }
+                if self.cfg.once {
+                    let o = master_offset(self.addr()).await.map_err(|e| {
+                        self.err(format!("reading the master's offset for --once: {e}"))
+                    })?;
+                    self.once_target = Some(o.max(offset));
+                }
+                self.phase = Phase::Streaming;
+                self.report_applied();
+            }
+            Phase::Snapshot(_) => {
+                // The link broke during the RDB transfer: the master must send it again.
+                return Err(self.err("partial resync accepted in the middle of a snapshot"));
+            }
+            Phase::Resyncing => {}
+        }
+        self.st.partial_sync_started(&self.replid, offset);
+        self.st.set_state(SourceState::Streaming);
+        Ok(())
+    }
+
+    async fn on_stream(&mut self, bytes: Bytes) -> Result<(), SourceError> {
+        if !matches!(self.phase, Phase::Streaming) {
+            return Err(self.err("stream bytes before the snapshot ended"));
+        }
+        let mut ack_now = false;
+        let mut resync: Option<String> = None;
+        for i in 0..self.sinks.len() {
+            let k = &mut self.sinks[i];
+            let Some(s) = k.stream.as_mut() else { continue };
+            let mut pushed = s.push(&bytes).await;
+            loop {
+                match &pushed {
+                    Ok(sig) if sig.flush.is_some() => {
+                        let scope = sig.flush.expect("checked");
+                        let dbs = scope.map(|d| vec![d]);
+                        if let Err(e) =
+                            remove_keys(s, &k.cfg, &self.src, dbs, &SweepKind::All).await
+                        {
+                            pushed = Err(e);
+                            break;
                         }
-                        for k in sinks.iter_mut() {
-                            if let Some(mut s) = k.stream.take() {
-                                if let Err(e) = s.send().await { break 'run Err(apply_err(e)); }
-                            }
-                            k.skip_until = -1;
-                        }
-                        tracing::info!(source = %addr, replid = %id, offset, "full sync: receiving the snapshot");
-                        let total = shared.rdb_size.load(Ordering::Acquire);
-                        st.full_sync_started(&id, offset, u64::try_from(total).ok());
-                        if let Some(p) = progress.take() { p.finish().await; }
-                        progress = Some(FullSyncProgress::start(&ProgressOutput::stderr(), st.clone()));
-                        replid = id;
-                        for k in sinks.iter_mut() {
-                            if full_syncs > 1 || had_checkpoint {
-                                k.applier.set_overwrite(true);
-                            }
-                            k.applied.store(offset, Ordering::Release);
-                        }
-                        // Before the first write: mark that this source's data is going to the target, so
-                        // a restart after a crash knows the keys are ours (full resync with REPLACE), not
-                        // someone else's (refused by the emptiness precheck).
-                        let cp = Checkpoint { format: checkpoint::FORMAT, source: addr.to_string(), replid: replid.clone(), offset, clean: false };
-                        if let Err(e) = store_checkpoint(&cp_path, cp.clone()).await {
-                            break Err(link_err(e.to_string()));
-                        }
-                        phase = Phase::Snapshot(Box::new(RdbFeeder::new(cfg.decoder.clone())));
+                        ack_now |= sig.ack_now;
+                        pushed = s.push(&[]).await;
                     }
-                    Record::Rdb(bytes) => {
-                        let Phase::Snapshot(f) = &mut phase else {
-                            break Err(link_err("RDB bytes outside a full sync".into()));
-                        };
-                        st.add_rdb_received(bytes.len() as u64);
-                        if st.rdb_progress().3 < 0 {
-                            let total = shared.rdb_size.load(Ordering::Acquire);
-                            if total >= 0 { st.set_rdb_total(Some(total as u64)); }
-                        }
-                        let keys_before = f.summary.entries;
-                        let mut appliers: Vec<&mut SnapshotApplier> = sinks.iter_mut().map(|k| &mut k.applier).collect();
-                        if let Err(e) = f.push(&bytes, &mut appliers).await { break Err(apply_err(e)); }
-                        st.add_rdb_applied(bytes.len() as u64);
-                        st.add_keys_loaded(f.summary.entries - keys_before);
+                    _ => break,
+                }
+            }
+            match pushed {
+                Ok(sig) => {
+                    s.send().await.map_err(|e| SourceError::Apply {
+                        source_name: self.src.addr.to_string(),
+                        err: e,
+                    })?;
+                    ack_now |= sig.ack_now;
+                    if sig.resync.is_some() {
+                        resync = sig.resync;
                     }
-                    Record::RdbEnd => {
-                        let Phase::Snapshot(mut f) = std::mem::replace(&mut phase, Phase::Waiting) else {
-                            break Err(link_err("RDB end outside a full sync".into()));
-                        };
-                        let mut appliers: Vec<&mut SnapshotApplier> = sinks.iter_mut().map(|k| &mut k.applier).collect();
-                        let summary = match f.finish(&mut appliers).await {
-                            Ok(s) => s,
-                            Err(e) => break Err(apply_err(e)),
-                        };
-                        let start = min_applied(&sinks);
-                        if let Some(p) = progress.take() { p.finish().await; }
-                        st.set_state(SourceState::Streaming);
-                        tracing::info!(source = %addr, rdb_version = summary.version, bytes = summary.bytes,
-                            keys = summary.entries, "snapshot applied; streaming");
-                        if cfg.once {
-                            match master_offset(addr).await {
-                                Ok(o) => { st.set_master_offset(o); once_target = Some(o.max(start)) }
-                                Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
-                            }
-                        }
-                        for k in sinks.iter_mut() {
-                            let mut s = new_stream(k, start, &replid);
-                            if full_syncs > 1 || had_checkpoint {
-                                // Keys this source deleted while we were not streaming must not stay behind.
-                                if let Err(e) = remove_keys(&mut s, &k.cfg, addr, &ownership, None, SweepKind::MissingOnSource).await {
-                                    break 'run Err(apply_err(e));
-                                }
-                            }
-                            k.stream = Some(s);
-                        }
-                        phase = Phase::Streaming;
-                        reached_stream = true;
+                }
+                Err(e) => return Err(self.apply_err(e)),
+            }
+        }
+        if let Some(why) = resync {
+            // Everything before the command is applied; the full resync copies the source as it is now.
+            for k in self.sinks.iter_mut() {
+                if let Some(s) = k.stream.as_mut() {
+                    s.drain().await.map_err(|e| SourceError::Apply {
+                        source_name: self.src.addr.to_string(),
+                        err: e,
+                    })?;
+                }
+            }
+            tracing::warn!(source = %self.addr(), reason = %why,
+                "this cannot be applied to the source's keys alone: re-copying the source with a full resync");
+            self.shared.request_full_resync();
+            self.phase = Phase::Resyncing;
+            self.report_applied();
+            return Ok(());
+        }
+        if ack_now {
+            self.report_applied();
+            self.shared.ack_now.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Tell the link (ACK) and status what every target applied.
+    fn report_applied(&self) {
+        let low = self.min_applied();
+        let offset = low.map(|p| p.offset).unwrap_or(-1);
+        self.shared.set_applied(self.epoch, offset);
+        self.st.set_applied_offset(offset);
+    }
+
+    /// Every 250 ms: `--on-error stop`, ACK position, `--once`, and each target's checkpoint every second.
+    async fn tick(&mut self) -> Result<Step, SourceError> {
+        let failed: u64 = self
+            .sinks
+            .iter()
+            .map(|k| k.applier.pool().stats().failed())
+            .sum();
+        if self.cfg.stop_on_error && failed > 0 {
+            return Err(self.err(format!(
+                "the target rejected {failed} writes and --on-error stop is set (see the log for the commands, keys and errors)")));
+        }
+        self.report_applied();
+        self.st.set_received_offset(
+            self.shared
+                .received
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
+        if let (Some(t), Phase::Streaming) = (self.once_target, &self.phase) {
+            if self.min_applied().is_some_and(|p| p.offset >= t) {
+                tracing::info!(source = %self.addr(), offset = t,
+                    "caught up with the master's offset at the end of the snapshot (--once)");
+                return Ok(Step::Done);
+            }
+        }
+        if self.last_cp.elapsed() >= Duration::from_secs(1)
+            && matches!(self.phase, Phase::Streaming)
+        {
+            self.last_cp = Instant::now();
+            let mut lowest: Option<i64> = None;
+            for k in &self.sinks {
+                let p = k.applied.get();
+                if p.epoch != self.epoch || p.offset < 0 {
+                    continue;
+                }
+                let cp = k
+                    .job
+                    .checkpoint(&self.replid, p.offset, p.db, State::Streaming, false);
+                match store_checkpoint(&k.cp_path(), cp).await {
+                    Ok(()) => lowest = Some(lowest.map_or(p.offset, |l| l.min(p.offset))),
+                    Err(e) => {
+                        tracing::warn!(source = %self.src.addr, error = %e, "checkpoint not written")
                     }
-                    Record::Continue { replid: id, offset } => {
-                        replid = id;
-                        match &phase {
-                            Phase::Streaming => {
-                                for k in sinks.iter_mut() {
-                                    if let Some(s) = k.stream.as_mut() {
-                                        if s.offset() != offset {
-                                            break 'run Err(link_err(format!(
-                                                "the link continued at offset {offset} but the stream was applied up to {}", s.offset())));
-                                        }
-                                        s.set_replid(&replid);
-                                    }
-                                }
-                                st.partial_sync_started(&replid, offset);
-                                st.set_state(SourceState::Streaming);
-                            }
-                            Phase::Waiting => {
-                                for k in sinks.iter() {
-                                    k.applied.store(offset.max(k.skip_until), Ordering::Release);
-                                }
-                                st.partial_sync_started(&replid, offset);
-                                st.set_state(SourceState::Streaming);
-                                if cfg.once {
-                                    match master_offset(addr).await {
-                                        Ok(o) => once_target = Some(o.max(offset)),
-                                        Err(e) => break Err(link_err(format!("reading the master's offset for --once: {e}"))),
-                                    }
-                                }
-                                for k in sinks.iter_mut() {
-                                    k.stream = Some(new_stream(k, offset, &replid));
-                                }
-                                phase = Phase::Streaming;
-                                reached_stream = true;
-                            }
-                            Phase::Snapshot(_) => {
-                                // The link broke during the RDB transfer: the master will send it again.
-                                break Err(link_err("partial resync accepted in the middle of a snapshot".into()));
-                            }
-                        }
-                    }
-                    Record::Stream(bytes) => {
-                        if !matches!(phase, Phase::Streaming) {
-                            break Err(link_err("stream bytes before the snapshot ended".into()));
-                        }
-                        let mut ack_now = false;
-                        for k in sinks.iter_mut() {
-                            let Some(s) = k.stream.as_mut() else { continue };
-                            let mut pushed = s.push(&bytes).await;
-                            while let Ok(crate::apply::stream::Signals { flush: Some(scope), .. }) = &pushed {
-                                let dbs = scope.map(|d| vec![d]);
-                                if let Err(e) = remove_keys(s, &k.cfg, addr, &ownership, dbs, SweepKind::All).await {
-                                    pushed = Err(e);
-                                    break;
-                                }
-                                pushed = s.push(&[]).await;
-                            }
-                            match pushed {
-                                Ok(sig) => {
-                                    if let Err(e) = s.send().await { break 'run Err(apply_err(e)); }
-                                    ack_now |= sig.ack_now;
-                                }
-                                Err(e) => break 'run Err(apply_err(e)),
-                            }
-                        }
-                        if ack_now {
-                            shared.applied.store(min_applied(&sinks), Ordering::Release);
-                            shared.ack_now.notify_one();
-                        }
-                    }
-                    Record::LinkDown { reason } => {
-                        tracing::warn!(source = %addr, %reason, "link down; reconnecting");
-                        st.link_down(&reason);
-                        if let Phase::Snapshot(_) = phase {
-                            // The snapshot must start again with the next FULLRESYNC.
-                            phase = Phase::Waiting;
-                        }
+                }
+            }
+            if let Some(l) = lowest {
+                self.st.checkpoint_written(l);
+            }
+        }
+        Ok(Step::Go)
+    }
+
+    /// Stop: hand over what was decoded, wait for the targets' answers, acknowledge, and write each target's
+    /// checkpoint — clean only while streaming, and only at what that target answered.
+    async fn shutdown(&mut self, ok: bool) {
+        let streaming = matches!(self.phase, Phase::Streaming);
+        for i in 0..self.sinks.len() {
+            let drained = match self.sinks[i].stream.as_mut() {
+                Some(s) => s.drain().await,
+                None => self.sinks[i]
+                    .applier
+                    .pool()
+                    .flush()
+                    .await
+                    .map_err(ApplyError::from),
+            };
+            let k = &self.sinks[i];
+            if let Err(e) = &drained {
+                tracing::warn!(source = %self.src.addr, target_addr = %k.target(), error = %e,
+                    "could not hand everything to the target on shutdown");
+            }
+            let p = k.applied.get();
+            let cp: Option<Checkpoint> = if streaming && p.epoch == self.epoch && p.offset >= 0 {
+                Some(k.job.checkpoint(
+                    &self.replid,
+                    p.offset,
+                    p.db,
+                    State::Streaming,
+                    ok && drained.is_ok(),
+                ))
+            } else {
+                None // the file says what it said: a snapshot being loaded, or the last streaming position
+            };
+            if let Some(cp) = cp {
+                match store_checkpoint(&k.cp_path(), cp.clone()).await {
+                    Ok(()) => tracing::info!(source = %self.src.addr, target_addr = %k.target(),
+                        replid = %cp.replid, offset = cp.offset, clean = cp.clean, "checkpoint written"),
+                    Err(e) => {
+                        tracing::warn!(source = %self.src.addr, error = %e, "checkpoint not written")
                     }
                 }
             }
         }
-    };
-
-    // Stop the link, drain what the targets have in flight, acknowledge, write the checkpoint.
-    link_cancel.cancel();
-    let mut flushed: Result<(), crate::target::TargetError> = Ok(());
-    for k in sinks.iter_mut() {
-        if let Some(s) = k.stream.as_mut() {
-            if let Err(e) = s.send().await {
-                tracing::warn!(source = %addr, error = %e, "could not flush the stream on shutdown");
-            }
-        }
-        if let Err(e) = k.applier.pool().flush().await {
-            flushed = Err(e);
+        self.report_applied();
+        self.shared.ack_now.notify_one();
+        if let Some(p) = self.progress.take() {
+            p.finish().await;
         }
     }
-    let a = min_applied(&sinks);
-    shared.applied.store(a, Ordering::Release);
-    if link_result.is_none() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut link).await;
-    }
-    if reached_stream && !replid.is_empty() && a >= 0 {
-        let clean = outcome.is_ok() && flushed.is_ok();
-        let cp = Checkpoint {
-            format: checkpoint::FORMAT,
-            source: addr.to_string(),
-            replid: replid.clone(),
-            offset: a,
-            clean,
-        };
-        match store_checkpoint(&cp_path, cp.clone()).await {
-            Ok(()) => {
-                tracing::info!(source = %addr, replid = %replid, offset = a, clean, "checkpoint written")
-            }
-            Err(e) => tracing::warn!(source = %addr, error = %e, "checkpoint not written"),
-        }
-    }
-    outcome?;
-    flushed.map_err(|e| apply_err(e.into()))?;
-    Ok(())
 }
 
-/// Remove this source's keys from the target (all of them in `dbs`, or those it no longer has), in order
-/// with its stream.
+/// Resolves when any target's stream has its unanswered batch answered.
+async fn ready_any(sinks: &mut [Sink]) {
+    let futs = sinks
+        .iter_mut()
+        .filter_map(|k| k.stream.as_mut())
+        .filter(|s| s.waiting())
+        .map(|s| Box::pin(s.ready()));
+    let v: Vec<_> = futs.collect();
+    if v.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_select_first(v).await;
+}
+
+/// The first of several futures to complete.
+async fn futures_select_first<F: std::future::Future<Output = ()> + Unpin>(mut v: Vec<F>) {
+    std::future::poll_fn(|cx| {
+        for f in v.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Remove this source's keys from the target (all of them in `dbs`, or those its snapshot did not write), in
+/// order with its stream.
 async fn remove_keys(
     s: &mut StreamApplier,
     cfg: &SyncConfig,
-    addr: &RedisAddr,
-    ownership: &Ownership,
+    src: &SourceJob,
     dbs: Option<Vec<u32>>,
-    kind: SweepKind,
+    kind: &SweepKind,
 ) -> Result<(), ApplyError> {
     // Everything before this point must be on the target before it is scanned.
-    s.send().await?;
-    s.pool_flush().await?;
+    s.drain().await?;
     let dbs = match dbs {
         Some(d) => d,
-        None => match &cfg.dbs.keep {
-            // Only the target dbs this job writes into.
+        None => match &src.dbs.keep {
+            // Only the target dbs this source writes into.
             Some(keep) => {
-                let mut t: Vec<u32> = keep.iter().filter_map(|d| cfg.dbs.target(*d)).collect();
+                let mut t: Vec<u32> = keep.iter().filter_map(|d| src.dbs.target(*d)).collect();
                 t.sort_unstable();
                 t.dedup();
                 t
@@ -521,25 +917,67 @@ async fn remove_keys(
         },
     };
     let (pool, conn) = s.ordered_connection();
-    let report = sweep::sweep(&cfg.target, addr, &dbs, ownership, kind, |db, keys| {
-        crate::apply::stream::delete_keys(pool.clone(), conn, db, keys)
-    })
+    let report = sweep::sweep(
+        &cfg.target,
+        &dbs,
+        &src.ownership,
+        kind,
+        &src.own_keys,
+        |db, keys| crate::apply::stream::delete_keys(pool.clone(), conn, db, keys),
+    )
     .await?;
-    tracing::info!(source = %addr, ?kind, dbs = ?dbs, scanned = report.scanned, owned = report.owned,
-        deleted = report.deleted, "removed this source's keys from the target");
+    pool.flush().await?;
+    tracing::info!(source = %src.addr, target_addr = %cfg.target, ?kind, dbs = ?dbs, scanned = report.scanned,
+        owned = report.owned, deleted = report.deleted, "removed this source's keys from the target");
     Ok(())
+}
+
+/// What a target's in-target checkpoint key holds.
+enum TargetMark {
+    None,
+    Loading,
+    At(StoredCheckpoint),
 }
 
 /// The in-target checkpoint of this source, if there is one.
 async fn read_target_checkpoint(
     cfg: &SyncConfig,
     tc: &TargetCheckpoint,
-) -> Result<Option<(String, i64)>, crate::target::TargetError> {
+) -> Result<TargetMark, crate::target::TargetError> {
     let mut c = Client::connect(&cfg.target).await?;
     let db = tc.db.to_string();
     c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
     let r = c.cmd_ok(&[b"GET", &tc.key]).await?;
-    Ok(r.as_bytes().and_then(TargetCheckpoint::parse))
+    Ok(match r.as_bytes() {
+        None => TargetMark::None,
+        Some(v) if v == LOADING.as_bytes() => TargetMark::Loading,
+        Some(v) => match TargetCheckpoint::parse(v) {
+            Some(cp) => TargetMark::At(cp),
+            None => {
+                return Err(crate::target::TargetError::Protocol {
+                    addr: cfg.target.to_string(),
+                    detail: format!(
+                        "the in-target checkpoint {} holds {:?}, not a checkpoint: remove the key (or use \
+                         --checkpoint-key-prefix) and start over",
+                        String::from_utf8_lossy(&tc.key),
+                        String::from_utf8_lossy(&v[..v.len().min(64)])
+                    ),
+                })
+            }
+        },
+    })
+}
+
+/// Mark the in-target checkpoint as "a snapshot is being loaded" before any snapshot write.
+async fn mark_loading(
+    cfg: &SyncConfig,
+    tc: &TargetCheckpoint,
+) -> Result<(), crate::target::TargetError> {
+    let mut c = Client::connect(&cfg.target).await?;
+    let db = tc.db.to_string();
+    c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
+    c.cmd_ok(&[b"SET", &tc.key, LOADING.as_bytes()]).await?;
+    Ok(())
 }
 
 /// Write `SET <key> <unix ms>` into the source master every `every` until cancelled. A source that refuses

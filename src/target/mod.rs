@@ -6,6 +6,7 @@
 //!   bytes are bounded by a semaphore, so a slow target slows the producer instead of filling memory.
 //! - [`stats::TargetStats`]: counters and rejected-write accounting, read by status.
 
+pub mod applied;
 pub mod client;
 pub mod pool;
 pub mod stats;
@@ -39,9 +40,52 @@ pub enum TargetError {
     Timeout { addr: String, secs: u64 },
     #[error("target {addr}: the writer pool stopped")]
     Closed { addr: String },
+    /// The server behind the address is another instance than the one written to so far: it restarted,
+    /// and may have lost what ferry gave it. Writing on would hide that.
+    #[error("target {addr} restarted while being written to ({detail}); it may have lost data ferry wrote, so \
+             ferry does not write on. Run ferry again: it resumes from the checkpoint the target kept, or runs \
+             a full sync of each source whose checkpoint the target lost")]
+    Restarted { addr: String, detail: String },
 }
 
 impl TargetError {
+    /// The same error again (an `io::Error` is not `Clone`: its kind and text are kept).
+    pub fn duplicate(&self) -> TargetError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            TargetError::Connect { addr, source } => TargetError::Connect {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            TargetError::Io { addr, source } => TargetError::Io {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            TargetError::Auth { addr, msg } => TargetError::Auth {
+                addr: addr.clone(),
+                msg: msg.clone(),
+            },
+            TargetError::Command { addr, what, msg } => TargetError::Command {
+                addr: addr.clone(),
+                what: what.clone(),
+                msg: msg.clone(),
+            },
+            TargetError::Protocol { addr, detail } => TargetError::Protocol {
+                addr: addr.clone(),
+                detail: detail.clone(),
+            },
+            TargetError::Timeout { addr, secs } => TargetError::Timeout {
+                addr: addr.clone(),
+                secs: *secs,
+            },
+            TargetError::Closed { addr } => TargetError::Closed { addr: addr.clone() },
+            TargetError::Restarted { addr, detail } => TargetError::Restarted {
+                addr: addr.clone(),
+                detail: detail.clone(),
+            },
+        }
+    }
+
     /// Whether reconnecting and retrying can help.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -139,6 +183,16 @@ impl ServerInfo {
             }
         }
     }
+}
+
+/// The value of `field` in the text of an `INFO` reply (`field:value` lines), trimmed.
+pub fn info_field<'a>(info: &'a [u8], field: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(info).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 fn parse_version(v: &str) -> (u32, u32, u32) {

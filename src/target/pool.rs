@@ -8,12 +8,35 @@
 //! Memory is bounded: a batch's bytes hold permits of a per-connection byte semaphore until its last reply
 //! has arrived, so at most `max_inflight_bytes` per connection are buffered or on the wire.
 //!
+//! # Transactions
+//! A `MULTI … EXEC` may be one opaque entry (its reply frames counted, any error reported against the
+//! entry), or described command by command ([`Tx`]): then every command's own error — refused when queued,
+//! or failed inside the `EXEC` result — is counted and logged with its own name and key.
+//!
+//! A batch with a [`Commit`] is one such described transaction that also stores a marker
+//! (`SET key value` inside the same `MULTI … EXEC`): the stream applier's in-target checkpoint. For such a
+//! batch the pool can be exact where a plain pipeline cannot:
+//! - **`EXECABORT`**: a command the target refused while queueing (out of memory, unknown to an older
+//!   target, no permission) makes Redis discard the whole transaction. The refused commands are counted and
+//!   logged by name and key, and the transaction is written again without them, so the rest is applied
+//!   before the batch counts as done. (Its producer keeps at most one such batch unanswered, so nothing of
+//!   the same source was written behind it.)
+//! - **Lost replies**: after a reconnect the marker is read back; if it holds this batch's value the
+//!   transaction was applied and is not sent again.
+//!
+//! # Reconnects
 //! A lost connection is re-established with backoff and every command whose reply had not arrived is sent
-//! again, from the first unanswered command on (a MULTI…EXEC group counts as one command). Commands marked
-//! with a [`ResendRule`] accept the error that a repeat of an already-applied command gives.
+//! again, from the first unanswered command on (a transaction from its `MULTI`). Whether that is safe is
+//! decided per command, in code: [`ResendRule`] names the replies that show an earlier attempt landed
+//! (idempotent snapshot writes), and [`Commit`] batches are checked as above. A plain pipelined stream
+//! command sent again may be applied twice; the stream applier only sends those when the operator turned
+//! the in-target checkpoint off, and says so at start-up.
+//!
+//! A reconnect that finds another server instance (`run_id` changed: the target restarted, and may have lost
+//! what it was given) fails the pool with [`TargetError::Restarted`] instead of writing on.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +45,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::applied::{Applied, Pos};
+use super::client::Client;
 use super::stats::TargetStats;
 use super::TargetError;
 use crate::endpoint::RedisAddr;
-use crate::resp;
+use crate::resp::{self, ReplyHead};
 
 /// Pool settings.
 #[derive(Clone, Debug)]
@@ -51,45 +76,75 @@ impl Default for PoolConfig {
     }
 }
 
-/// Which error reply is accepted as success when a command is sent again after a reconnect (the first
-/// attempt may have been applied before the connection broke).
+/// How a reply is judged, in particular when the command is sent again after a reconnect (the first attempt
+/// may have been applied before the connection broke).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResendRule {
     /// Every error is an error.
     Strict,
-    /// `RESTORE` without REPLACE: `BUSYKEY` means our first attempt landed.
+    /// `RESTORE` without REPLACE: `BUSYKEY` on a resend means our first attempt landed.
     BusyKey,
-    /// `RENAME tmp key`: `no such key` means our first attempt landed.
+    /// `RENAME tmp key`: `no such key` on a resend means our first attempt landed.
     NoSuchKey,
+    /// `RENAMENX tmp key` (`--on-conflict error`): `:0` means the target already holds the key — a conflict,
+    /// counted as a rejected write — except on a resend, where it (like `no such key`) means our first
+    /// attempt landed.
+    RenameNx,
 }
 
-/// One command (or one MULTI…EXEC group) of a batch, for reply matching and error reports.
+/// Where a command stands in a transaction described command by command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tx {
+    /// Not in such a transaction (its `replies` frames are checked as one entry).
+    Plain,
+    /// The `MULTI`.
+    Multi,
+    /// A command between `MULTI` and `EXEC`: answered `QUEUED` (or refused), then in the `EXEC` result.
+    Queued,
+    /// The `EXEC`.
+    Exec,
+}
+
+/// One command (or one opaque MULTI…EXEC group) of a batch, for reply matching and error reports.
 #[derive(Clone, Debug)]
 pub struct CmdInfo {
-    /// Command name for counters and logs.
+    /// Command name for counters and logs ("OTHER": read it from the bytes when logging).
     pub name: &'static str,
     /// The key, shown (escaped) in error logs. Never the value.
     pub key: Bytes,
-    /// Reply frames this entry produces (1, or N+2 for MULTI + N commands + EXEC).
+    /// Reply frames this entry produces (1, or N+2 for an opaque MULTI + N commands + EXEC).
     pub replies: u32,
     /// End offset of this entry's bytes within the batch.
     pub end: usize,
     pub resend: ResendRule,
+    pub tx: Tx,
 }
 
-/// Encoded commands for one connection, all in one database.
+/// The marker a [`Batch`] stores in the same transaction as its commands (`SET key value` in `db`), which
+/// tells after a lost reply whether the transaction was applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub db: u32,
+    pub key: Bytes,
+    pub value: Bytes,
+}
+
+/// Encoded commands for one connection, starting in one database.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// The db these commands write to (`None`: independent of the selected db). The connection sends SELECT
-    /// itself when needed, also after a reconnect.
+    /// itself when needed, also after a reconnect. A transaction may SELECT inside; it must select this db
+    /// again before its EXEC.
     pub db: Option<u32>,
     pub bytes: BytesMut,
     pub cmds: Vec<CmdInfo>,
     /// Fired when every reply of this batch has arrived.
     pub done: Option<oneshot::Sender<()>>,
-    /// Stored into the atomic when every reply of this batch (and of every batch before it on this
-    /// connection) has arrived: the applied-offset mechanism.
-    pub applied: Option<(Arc<AtomicI64>, i64)>,
+    /// Advanced when every reply of this batch (and of every batch before it on this connection) has
+    /// arrived: the applied-offset mechanism.
+    pub applied: Option<(Arc<Applied>, Pos)>,
+    /// The whole batch is one described transaction that also stores this marker (see the module docs).
+    pub commit: Option<Commit>,
 }
 
 impl Batch {
@@ -100,8 +155,8 @@ impl Batch {
         }
     }
 
-    /// Record that the bytes appended since the previous entry form one command (or group) with `replies`
-    /// reply frames.
+    /// Record that the bytes appended since the previous entry form one command (or opaque group) with
+    /// `replies` reply frames.
     pub fn finish_cmd(&mut self, name: &'static str, key: Bytes, replies: u32, resend: ResendRule) {
         self.cmds.push(CmdInfo {
             name,
@@ -109,6 +164,32 @@ impl Batch {
             replies,
             end: self.bytes.len(),
             resend,
+            tx: Tx::Plain,
+        });
+    }
+
+    /// Record that the bytes appended since the previous entry are one command of a described transaction.
+    pub fn finish_tx(&mut self, name: &'static str, key: Bytes, tx: Tx, resend: ResendRule) {
+        self.finish_tx_n(name, key, 1, tx, resend);
+    }
+
+    /// Record that the bytes appended since the previous entry are `n` commands of a described transaction,
+    /// reported as one (e.g. the commands that build one value).
+    pub fn finish_tx_n(
+        &mut self,
+        name: &'static str,
+        key: Bytes,
+        n: u32,
+        tx: Tx,
+        resend: ResendRule,
+    ) {
+        self.cmds.push(CmdInfo {
+            name,
+            key,
+            replies: n,
+            end: self.bytes.len(),
+            resend,
+            tx,
         });
     }
 
@@ -118,12 +199,43 @@ impl Batch {
         self.finish_cmd(name, key.clone(), 1, resend);
     }
 
+    /// Append a whole command of a described transaction and record it.
+    pub fn push_tx(&mut self, name: &'static str, key: &Bytes, args: &[&[u8]], tx: Tx) {
+        resp::encode_command(&mut self.bytes, args);
+        self.finish_tx(name, key.clone(), tx, ResendRule::Strict);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.cmds.is_empty() && self.done.is_none() && self.applied.is_none()
     }
 
     pub fn len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Byte range of command `i`.
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        let start = if i == 0 { 0 } else { self.cmds[i - 1].end };
+        start..self.cmds[i].end
+    }
+
+    /// The same batch without the commands at `drop` (indexes, ascending).
+    fn without(&mut self, drop: &[usize]) {
+        let mut bytes = BytesMut::with_capacity(self.bytes.len());
+        let mut cmds = Vec::with_capacity(self.cmds.len());
+        let mut skip = drop.iter().peekable();
+        for i in 0..self.cmds.len() {
+            if skip.peek() == Some(&&i) {
+                skip.next();
+                continue;
+            }
+            bytes.extend_from_slice(&self.bytes[self.range(i)]);
+            let mut c = self.cmds[i].clone();
+            c.end = bytes.len();
+            cmds.push(c);
+        }
+        self.bytes = bytes;
+        self.cmds = cmds;
     }
 }
 
@@ -137,7 +249,7 @@ pub struct WriterPool {
     conns: Vec<Conn>,
     addr: String,
     max_permits: usize,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<TargetError>>>,
     tasks: tokio_util::task::TaskTracker,
     stats: Arc<TargetStats>,
 }
@@ -157,8 +269,14 @@ impl WriterPool {
         let failure = Arc::new(Mutex::new(None));
         let tasks = tokio_util::task::TaskTracker::new();
         let mut conns = Vec::with_capacity(n);
+        let mut run_id = String::new();
         for i in 0..n {
-            let stream = open(addr, &cfg).await?;
+            let (client, id) = open(addr, &cfg).await?;
+            if i == 0 {
+                run_id = id;
+            } else if id != run_id {
+                return Err(restarted(addr, &run_id, &id));
+            }
             let (tx, rx) = mpsc::channel(64);
             let inflight = Arc::new(Semaphore::new(max_permits));
             let task = ConnTask {
@@ -170,12 +288,16 @@ impl WriterPool {
                 stats: stats.clone(),
                 unanswered: VecDeque::new(),
                 cancel: cancel.clone(),
+                run_id: run_id.clone(),
             };
             let failure = failure.clone();
             tasks.spawn(async move {
-                if let Err(e) = task.run(stream).await {
+                if let Err(e) = task.run(client).await {
                     tracing::error!(error = %e, "target connection failed; its writes could not be applied");
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    if f.is_none() {
+                        *f = Some(e);
+                    }
                 }
             });
             conns.push(Conn { tx, inflight });
@@ -203,6 +325,11 @@ impl WriterPool {
         &self.stats
     }
 
+    /// The largest batch one connection takes at a time (its in-flight byte bound).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_permits
+    }
+
     /// The connection that carries writes of `key` (stable for the pool's life).
     pub fn conn_for_key(&self, key: &[u8]) -> usize {
         // FNV-1a: cheap, stable, good enough to spread keys.
@@ -214,21 +341,19 @@ impl WriterPool {
         (h % self.conns.len() as u64) as usize
     }
 
-    fn closed(&self) -> TargetError {
-        match self
-            .failure
+    /// Why the pool stopped: the error of the connection that failed, or "closed".
+    pub fn failure(&self) -> Option<TargetError> {
+        self.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            Some(msg) => TargetError::Protocol {
-                addr: self.addr.clone(),
-                detail: msg,
-            },
-            None => TargetError::Closed {
-                addr: self.addr.clone(),
-            },
-        }
+            .as_ref()
+            .map(TargetError::duplicate)
+    }
+
+    fn closed(&self) -> TargetError {
+        self.failure().unwrap_or_else(|| TargetError::Closed {
+            addr: self.addr.clone(),
+        })
     }
 
     /// Queue a batch on connection `idx`, waiting while that connection has too many bytes in flight.
@@ -271,12 +396,32 @@ impl WriterPool {
     }
 }
 
-/// Connect, authenticate (the target URL's credentials), check that the server answers, and hand the very
-/// same connection to the writer: a second, unauthenticated connection would see every write refused.
-async fn open(addr: &RedisAddr, cfg: &PoolConfig) -> Result<tokio::net::TcpStream, TargetError> {
-    let mut c = super::client::Client::connect_with_timeout(addr, cfg.connect_timeout).await?;
-    c.cmd_ok(&[b"PING"]).await?;
-    c.into_stream()
+fn restarted(addr: &RedisAddr, before: &str, now: &str) -> TargetError {
+    TargetError::Restarted {
+        addr: addr.to_string(),
+        detail: format!("its run_id changed from {before} to {now}"),
+    }
+}
+
+/// Connect, authenticate (the target URL's credentials), and read the server's `run_id`. The writer keeps
+/// this very connection: a second, unauthenticated one would see every write refused.
+async fn open(addr: &RedisAddr, cfg: &PoolConfig) -> Result<(Client, String), TargetError> {
+    let mut c = Client::connect_with_timeout(addr, cfg.connect_timeout).await?;
+    let info = c.cmd_ok(&[b"INFO", b"server"]).await?;
+    let text = info.as_bytes().unwrap_or_default();
+    let run_id = crate::target::info_field(text, "run_id")
+        .unwrap_or_default()
+        .to_string();
+    Ok((c, run_id))
+}
+
+/// A transaction described command by command, while its replies arrive.
+#[derive(Debug)]
+struct TxState {
+    /// Index of its `MULTI` in the batch.
+    start: usize,
+    /// Commands refused while queueing, with the error.
+    refused: Vec<(usize, String)>,
 }
 
 /// A batch written to the socket whose replies have not all arrived.
@@ -285,16 +430,38 @@ struct InFlight {
     permits: u32,
     /// Index of the next command whose reply is expected.
     next: usize,
-    /// Reply frames of `cmds[next]` already received (for MULTI…EXEC groups).
+    /// Reply frames of `cmds[next]` already received (for opaque MULTI…EXEC groups).
     frames_seen: u32,
     /// An internal SELECT was written before this batch; its reply comes first.
     select_pending: bool,
     /// This batch's unanswered part was written again after a reconnect.
     resent: bool,
-    /// An error reply seen inside the current group (MULTI…EXEC), reported when the group completes.
+    /// An error reply seen inside the current opaque group, reported when the group completes.
     group_error: Option<String>,
+    /// The described transaction under way.
+    tx: Option<TxState>,
     /// When the batch was written (for round-trip latency).
     sent: std::time::Instant,
+}
+
+impl InFlight {
+    fn new(batch: Batch, permits: u32) -> InFlight {
+        InFlight {
+            batch,
+            permits,
+            next: 0,
+            frames_seen: 0,
+            select_pending: false,
+            resent: false,
+            group_error: None,
+            tx: None,
+            sent: std::time::Instant::now(),
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.select_pending || self.next < self.batch.cmds.len()
+    }
 }
 
 struct ConnTask {
@@ -306,6 +473,8 @@ struct ConnTask {
     stats: Arc<TargetStats>,
     unanswered: VecDeque<InFlight>,
     cancel: CancellationToken,
+    /// The server instance the pool started with.
+    run_id: String,
 }
 
 enum Ended {
@@ -315,28 +484,37 @@ enum Ended {
     Lost(std::io::Error),
 }
 
+/// What a reply of a described transaction asks the connection to do next.
+enum Then {
+    Nothing,
+    /// Write the front batch again (moved to the back of the queue): an EXECABORT'ed transaction without
+    /// its refused commands.
+    Rewrite,
+}
+
 impl ConnTask {
-    async fn run(mut self, first: tokio::net::TcpStream) -> Result<(), TargetError> {
-        let mut stream = first;
+    async fn run(mut self, first: Client) -> Result<(), TargetError> {
+        let mut client = first;
         loop {
-            match self.serve(stream).await? {
+            match self.serve(client).await? {
                 Ended::Done => return Ok(()),
                 Ended::Lost(e) => {
                     tracing::warn!(target_addr = %self.addr, conn = self.id, error = %e,
                         unanswered = self.unanswered.len(), "target connection lost; reconnecting");
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    stream = self.reconnect().await?;
+                    client = self.reconnect().await?;
                 }
             }
         }
     }
 
-    async fn reconnect(&mut self) -> Result<tokio::net::TcpStream, TargetError> {
+    async fn reconnect(&mut self) -> Result<Client, TargetError> {
         let deadline = tokio::time::Instant::now() + self.cfg.reconnect_for;
         let mut backoff = Duration::from_millis(50);
         loop {
             match open(&self.addr, &self.cfg).await {
-                Ok(s) => return Ok(s),
+                Ok((c, id)) if id == self.run_id => return Ok(c),
+                Ok((_, id)) => return Err(restarted(&self.addr, &self.run_id, &id)),
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     if tokio::time::Instant::now() + backoff > deadline {
@@ -352,15 +530,84 @@ impl ConnTask {
         }
     }
 
+    /// After a reconnect: which unanswered [`Commit`] transactions were applied before the connection broke?
+    /// Their markers are read back; a batch whose marker is stored (or a later batch's of the same marker)
+    /// was applied and is completed without being sent again. Returns the db the connection is left in.
+    async fn settle_commits(&mut self, c: &mut Client) -> Result<u32, TargetError> {
+        let mut db = 0u32;
+        let mut stored: HashMap<(u32, Bytes), Option<Bytes>> = HashMap::new();
+        for f in self.unanswered.iter() {
+            if let (Some(cm), true) = (&f.batch.commit, f.waiting()) {
+                let k = (cm.db, cm.key.clone());
+                if stored.contains_key(&k) {
+                    continue;
+                }
+                if db != cm.db {
+                    c.cmd_ok(&[b"SELECT", cm.db.to_string().as_bytes()]).await?;
+                    db = cm.db;
+                }
+                let v = c.cmd_ok(&[b"GET", &cm.key]).await?.into_bytes();
+                stored.insert(k, v);
+            }
+        }
+        for ((cdb, key), value) in stored {
+            let Some(value) = value else { continue };
+            // The last unanswered batch of this marker whose value is stored: it and the ones before it
+            // were applied.
+            let last = self.unanswered.iter().rposition(|f| {
+                f.waiting()
+                    && f.batch
+                        .commit
+                        .as_ref()
+                        .is_some_and(|c| c.db == cdb && c.key == key && c.value == value)
+            });
+            let Some(last) = last else { continue };
+            for f in self.unanswered.iter_mut().take(last + 1) {
+                let same = f
+                    .batch
+                    .commit
+                    .as_ref()
+                    .is_some_and(|c| c.db == cdb && c.key == key);
+                if same && f.waiting() {
+                    let n = f.batch.cmds.len();
+                    let counted = f.batch.cmds[f.next.min(n)..]
+                        .iter()
+                        .filter(|c| c.tx == Tx::Queued)
+                        .count();
+                    self.stats
+                        .commands_ok
+                        .fetch_add(counted as u64, Ordering::Relaxed);
+                    self.stats.commits_confirmed.fetch_add(1, Ordering::Relaxed);
+                    f.next = n;
+                    f.tx = None;
+                    f.select_pending = false;
+                }
+            }
+        }
+        Ok(db)
+    }
+
     /// Write batches and read replies on one connection until the producer is done or the connection breaks.
-    async fn serve(&mut self, stream: tokio::net::TcpStream) -> Result<Ended, TargetError> {
+    async fn serve(&mut self, mut client: Client) -> Result<Ended, TargetError> {
+        let mut current_db = match self.settle_commits(&mut client).await {
+            Ok(db) => db,
+            Err(e) if e.is_retryable() => {
+                return Ok(Ended::Lost(std::io::Error::other(e.to_string())));
+            }
+            Err(e) => return Err(e),
+        };
+        self.complete_ready();
+        let stream = client.into_stream()?;
         let (mut rd, mut wr) = stream.into_split();
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
-        let mut current_db: u32 = 0;
         let mut out = BytesMut::new();
 
-        // Resend what was not answered on the previous connection, from the first unanswered command on.
+        // Resend what was not answered on the previous connection, from the first unanswered command on (a
+        // transaction from its MULTI).
         for f in self.unanswered.iter_mut() {
+            if !f.waiting() {
+                continue;
+            }
             out.clear();
             f.select_pending = false;
             if let Some(db) = f.batch.db {
@@ -369,6 +616,9 @@ impl ConnTask {
                     f.select_pending = true;
                     current_db = db;
                 }
+            }
+            if let Some(t) = f.tx.take() {
+                f.next = t.start;
             }
             let start = if f.next == 0 {
                 0
@@ -399,7 +649,24 @@ impl ConnTask {
                     match read {
                         Ok(0) => return Ok(Ended::Lost(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof, "closed by the target"))),
-                        Ok(_) => self.on_replies(&mut rbuf)?,
+                        Ok(_) => {
+                            if self.on_replies(&mut rbuf)? {
+                                // An EXECABORT'ed transaction goes again without its refused commands.
+                                let f = self.unanswered.back_mut().expect("the rewritten batch");
+                                out.clear();
+                                if let Some(db) = f.batch.db {
+                                    if db != current_db {
+                                        write_select(&mut out, db);
+                                        f.select_pending = true;
+                                        current_db = db;
+                                    }
+                                }
+                                out.extend_from_slice(&f.batch.bytes);
+                                if let Err(e) = wr.write_all(&out).await {
+                                    return Ok(Ended::Lost(e));
+                                }
+                            }
+                        }
                         Err(e) => return Ok(Ended::Lost(e)),
                     }
                 }
@@ -408,10 +675,7 @@ impl ConnTask {
                         producer_open = false;
                         continue;
                     };
-                    let mut f = InFlight {
-                        batch, permits, next: 0, frames_seen: 0, select_pending: false, resent: false,
-                        group_error: None, sent: std::time::Instant::now(),
-                    };
+                    let mut f = InFlight::new(batch, permits);
                     let mut select = BytesMut::new();
                     if let Some(db) = f.batch.db {
                         if db != current_db && !f.batch.cmds.is_empty() {
@@ -422,7 +686,7 @@ impl ConnTask {
                     }
                     let bytes = f.batch.bytes.len() + select.len();
                     self.unanswered.push_back(f);
-                    if self.unanswered.back().is_some_and(|f| f.batch.cmds.is_empty() && !f.select_pending) {
+                    if self.unanswered.back().is_some_and(|f| !f.waiting()) {
                         // A marker batch (flush / applied offset): complete it in order.
                         self.complete_ready();
                         continue;
@@ -445,12 +709,14 @@ impl ConnTask {
         }
     }
 
-    /// Match every complete reply in `rbuf` to its command.
-    fn on_replies(&mut self, rbuf: &mut BytesMut) -> Result<(), TargetError> {
+    /// Match every complete reply in `rbuf` to its command. Returns true when the last batch of the queue
+    /// must be written (again).
+    fn on_replies(&mut self, rbuf: &mut BytesMut) -> Result<bool, TargetError> {
+        let mut rewrite = false;
         loop {
-            let (err, len) = match resp::reply_error(rbuf) {
+            let (head, len) = match resp::skip_reply(rbuf) {
                 Ok(Some(x)) => x,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(rewrite),
                 Err(e) => {
                     return Err(TargetError::Protocol {
                         addr: self.addr.to_string(),
@@ -458,74 +724,223 @@ impl ConnTask {
                     })
                 }
             };
-            let err: Option<String> = err.map(|r| String::from_utf8_lossy(&rbuf[r]).into_owned());
+            if matches!(self.on_reply(&head, &rbuf[..len])?, Then::Rewrite) {
+                rewrite = true;
+            }
             rbuf.advance(len);
-            self.on_reply(err)?;
         }
     }
 
-    fn on_reply(&mut self, err: Option<String>) -> Result<(), TargetError> {
-        let Some(f) = self
-            .unanswered
-            .iter_mut()
-            .find(|f| f.select_pending || f.next < f.batch.cmds.len())
-        else {
-            return Err(TargetError::Protocol {
-                addr: self.addr.to_string(),
-                detail: "a reply arrived for no command".into(),
-            });
+    fn on_reply(&mut self, head: &ReplyHead, raw: &[u8]) -> Result<Then, TargetError> {
+        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&raw[r]).into_owned();
+        let addr = self.addr.to_string();
+        let protocol = |detail: &str| TargetError::Protocol {
+            addr: addr.clone(),
+            detail: detail.to_string(),
         };
+        let Some(fi) = self.unanswered.iter().position(InFlight::waiting) else {
+            return Err(protocol("a reply arrived for no command"));
+        };
+        let f = &mut self.unanswered[fi];
         if f.select_pending {
             f.select_pending = false;
-            if let Some(e) = err {
+            if let ReplyHead::Error(r) = head {
                 // SELECT refused (e.g. a cluster or proxy has only db 0): every command of the batch fails.
                 return Err(TargetError::Command {
                     addr: self.addr.to_string(),
                     what: format!("SELECT {}", f.batch.db.unwrap_or(0)),
-                    msg: e,
+                    msg: text(r.clone()),
                 });
             }
             self.complete_ready();
-            return Ok(());
+            return Ok(Then::Nothing);
         }
-        let cmd = &f.batch.cmds[f.next];
-        f.frames_seen += 1;
-        if err.is_some() && f.group_error.is_none() {
-            f.group_error = err;
-        }
-        if f.frames_seen < cmd.replies {
-            return Ok(());
-        }
-        let error = f.group_error.take();
-        f.frames_seen = 0;
-        f.next += 1;
-        match error {
-            None => {
-                self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+        let i = f.next;
+        let cmd = f.batch.cmds[i].clone();
+        match cmd.tx {
+            Tx::Plain => {
+                f.frames_seen += 1;
+                if let Some(r) = head.error() {
+                    if f.group_error.is_none() {
+                        f.group_error = Some(text(r));
+                    }
+                }
+                if f.frames_seen < cmd.replies {
+                    return Ok(Then::Nothing);
+                }
+                let error = f.group_error.take();
+                f.frames_seen = 0;
+                f.next += 1;
+                let resent = f.resent;
+                match error {
+                    None if cmd.resend == ResendRule::RenameNx && is_zero(head, raw) && !resent => {
+                        self.reject(fi, i, CONFLICT);
+                    }
+                    None => {
+                        self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(e) if resent && landed_before(cmd.resend, &e) => {
+                        self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(e) => self.reject(fi, i, &e),
+                }
             }
-            Some(e) => {
-                let accepted = f.resent
-                    && match cmd.resend {
-                        ResendRule::Strict => false,
-                        ResendRule::BusyKey => e.starts_with("BUSYKEY"),
-                        ResendRule::NoSuchKey => e.contains("no such key"),
-                    };
-                if accepted {
-                    self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
-                } else if self.stats.record_rejection(cmd.name, &e) {
-                    tracing::error!(target_addr = %self.addr, command = cmd.name, key = %escape_key(&cmd.key),
-                        error = %e, "target rejected a write (further rejections of this kind are counted, not logged)");
+            Tx::Multi => {
+                if let ReplyHead::Error(r) = head {
+                    return Err(TargetError::Command {
+                        addr: self.addr.to_string(),
+                        what: "MULTI".into(),
+                        msg: text(r.clone()),
+                    });
+                }
+                f.tx = Some(TxState {
+                    start: i,
+                    refused: Vec::new(),
+                });
+                f.next += 1;
+            }
+            Tx::Queued => {
+                let Some(t) = f.tx.as_mut() else {
+                    return Err(protocol("a queued command outside MULTI"));
+                };
+                if let ReplyHead::Error(r) = head {
+                    if t.refused.last().map(|(j, _)| *j) != Some(i) {
+                        t.refused.push((i, text(r.clone())));
+                    }
+                }
+                f.frames_seen += 1;
+                if f.frames_seen >= cmd.replies {
+                    f.frames_seen = 0;
+                    f.next += 1;
+                }
+            }
+            Tx::Exec => {
+                let Some(t) = f.tx.take() else {
+                    return Err(protocol("EXEC outside MULTI"));
+                };
+                f.next += 1;
+                // Each queued entry owns `replies` items of the result, in order.
+                let queued: Vec<usize> = (t.start + 1..i)
+                    .filter(|&j| f.batch.cmds[j].tx == Tx::Queued)
+                    .collect();
+                let expected: usize = queued
+                    .iter()
+                    .map(|&j| f.batch.cmds[j].replies as usize)
+                    .sum();
+                match head {
+                    ReplyHead::Array { .. } => {
+                        let items = resp::array_items(raw)
+                            .map_err(|e| protocol(&e.to_string()))?
+                            .ok_or_else(|| protocol("EXEC answered an incomplete array"))?;
+                        if items.len() != expected {
+                            return Err(protocol(&format!(
+                                "EXEC answered {} results for {expected} queued commands",
+                                items.len()
+                            )));
+                        }
+                        let resent = f.resent;
+                        let mut items = items.into_iter();
+                        for j in queued {
+                            let c = &self.unanswered[fi].batch.cmds[j];
+                            let (resend, n) = (c.resend, c.replies as usize);
+                            let mut error: Option<String> = None;
+                            let mut conflict = false;
+                            for (h, range) in items.by_ref().take(n) {
+                                if let (Some(r), None) = (h.error(), &error) {
+                                    error = Some(text(r));
+                                }
+                                conflict |=
+                                    resend == ResendRule::RenameNx && is_zero(&h, &raw[range]);
+                            }
+                            match error {
+                                Some(e) if !(resent && landed_before(resend, &e)) => {
+                                    self.reject(fi, j, &e)
+                                }
+                                None if conflict && !resent => self.reject(fi, j, CONFLICT),
+                                _ => {
+                                    self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    ReplyHead::Error(r) if raw[r.clone()].starts_with(b"EXECABORT") => {
+                        for (j, e) in &t.refused {
+                            self.reject(fi, *j, e);
+                        }
+                        if self.unanswered[fi].batch.commit.is_some() {
+                            return Ok(self.retry_without(fi, &t.refused));
+                        }
+                        let refused: Vec<usize> = t.refused.iter().map(|(j, _)| *j).collect();
+                        for j in queued.into_iter().filter(|j| !refused.contains(j)) {
+                            self.reject(fi, j, DISCARDED);
+                        }
+                    }
+                    other => {
+                        let e = match other {
+                            ReplyHead::Error(r) => text(r.clone()),
+                            _ => "EXEC answered no result: the transaction was not applied".into(),
+                        };
+                        for j in queued {
+                            self.reject(fi, j, &e);
+                        }
+                    }
                 }
             }
         }
         self.complete_ready();
-        Ok(())
+        Ok(Then::Nothing)
+    }
+
+    /// An EXECABORT'ed [`Commit`] transaction: take out the commands refused while queueing and queue the
+    /// rest to be written again (at the back: everything written before it has been answered or will be
+    /// answered first; its producer has nothing else in flight).
+    fn retry_without(&mut self, fi: usize, refused: &[(usize, String)]) -> Then {
+        let mut f = self.unanswered.remove(fi).expect("the aborted batch");
+        let mut drop: Vec<usize> = refused.iter().map(|(j, _)| *j).collect();
+        drop.sort_unstable();
+        f.batch.without(&drop);
+        self.stats
+            .transactions_retried
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target_addr = %self.addr, refused = drop.len(),
+            "transaction discarded by the target (EXECABORT): writing it again without the refused commands");
+        let left = f.batch.cmds.iter().filter(|c| c.tx == Tx::Queued).count();
+        f.next = 0;
+        f.tx = None;
+        f.frames_seen = 0;
+        f.group_error = None;
+        f.select_pending = false;
+        f.sent = std::time::Instant::now();
+        if left == 0 {
+            f.next = f.batch.cmds.len();
+            self.unanswered.insert(fi, f);
+            self.complete_ready();
+            return Then::Nothing;
+        }
+        self.unanswered.push_back(f);
+        self.complete_ready();
+        Then::Rewrite
+    }
+
+    /// Count and log (once per distinct command and error kind) a write the target rejected.
+    fn reject(&self, fi: usize, j: usize, error: &str) {
+        let b = &self.unanswered[fi].batch;
+        let c = &b.cmds[j];
+        let name = if c.name == "OTHER" {
+            command_name_of(&b.bytes[b.range(j)])
+        } else {
+            c.name.to_string()
+        };
+        if self.stats.record_rejection(&name, error) {
+            tracing::error!(target_addr = %self.addr, command = %name, key = %escape_key(&c.key),
+                error = %error, "target rejected a write (further rejections of this kind are counted, not logged)");
+        }
     }
 
     /// Retire fully answered batches from the front, in order: release their bytes, fire their markers.
     fn complete_ready(&mut self) {
         while let Some(f) = self.unanswered.front() {
-            if f.select_pending || f.next < f.batch.cmds.len() {
+            if f.waiting() {
                 break;
             }
             let mut f = self.unanswered.pop_front().expect("front exists");
@@ -535,13 +950,45 @@ impl ConnTask {
                     l.record(f.sent.elapsed());
                 }
             }
-            if let Some((atomic, v)) = f.batch.applied.take() {
-                atomic.fetch_max(v, Ordering::AcqRel);
+            if let Some((applied, pos)) = f.batch.applied.take() {
+                applied.advance(pos);
             }
             if let Some(done) = f.batch.done.take() {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// The message a `RENAMENX` that found the key already there is counted with.
+const CONFLICT: &str =
+    "BUSYKEY the target already holds this key (--on-conflict error): the source's value was not written";
+/// The message the other commands of an EXECABORT'ed transaction are counted with.
+const DISCARDED: &str =
+    "EXECABORT the target discarded this transaction because another of its commands was refused";
+
+/// Does this error, on a command sent again after a reconnect, show that the first attempt had landed?
+fn landed_before(rule: ResendRule, e: &str) -> bool {
+    match rule {
+        ResendRule::Strict => false,
+        ResendRule::BusyKey => e.starts_with("BUSYKEY"),
+        ResendRule::NoSuchKey | ResendRule::RenameNx => e.contains("no such key"),
+    }
+}
+
+fn is_zero(head: &ReplyHead, raw: &[u8]) -> bool {
+    matches!(head, ReplyHead::Integer) && raw.starts_with(b":0\r\n")
+}
+
+/// The command name at the start of an encoded command (for logs of commands counted as "OTHER").
+fn command_name_of(cmd: &[u8]) -> String {
+    let mut d = resp::CommandDecoder::default();
+    match d.decode(cmd) {
+        Ok(Some(_)) if !d.args().is_empty() => {
+            let r = d.args()[0].clone();
+            String::from_utf8_lossy(&cmd[r]).to_uppercase()
+        }
+        _ => "OTHER".into(),
     }
 }
 
@@ -576,5 +1023,27 @@ mod tests {
         assert_eq!(escape_key(b"a b\x00\xff\\"), "a b\\x00\\xff\\\\");
         let long = vec![b'k'; 200];
         assert!(escape_key(&long).ends_with("…(200 bytes)"));
+    }
+
+    #[test]
+    fn a_batch_without_some_commands_keeps_the_others_byte_for_byte() {
+        let mut b = Batch::new(Some(0));
+        let k = Bytes::from_static(b"k");
+        b.push_tx("MULTI", &Bytes::new(), &[b"MULTI"], Tx::Multi);
+        b.push_tx("SET", &k, &[b"SET", b"k", b"1"], Tx::Queued);
+        b.push_tx("OTHER", &k, &[b"NOSUCHCMD", b"k"], Tx::Queued);
+        b.push_tx("INCR", &k, &[b"INCR", b"k"], Tx::Queued);
+        b.push_tx("EXEC", &Bytes::new(), &[b"EXEC"], Tx::Exec);
+        b.without(&[2]);
+        assert_eq!(
+            &b.bytes[..],
+            b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nEXEC\r\n"
+        );
+        assert_eq!(b.cmds.len(), 4);
+        assert_eq!(b.cmds.last().unwrap().end, b.bytes.len());
+        assert_eq!(
+            command_name_of(b"*2\r\n$9\r\nnosuchcmd\r\n$1\r\nk\r\n"),
+            "NOSUCHCMD"
+        );
     }
 }

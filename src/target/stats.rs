@@ -18,6 +18,11 @@ pub struct TargetStats {
     pub reconnects: AtomicU64,
     /// Commands re-sent after a reconnect because their reply had not arrived.
     pub resent: AtomicU64,
+    /// Transactions whose reply was lost but whose in-target marker showed they were applied (not re-sent).
+    pub commits_confirmed: AtomicU64,
+    /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
+    /// refused.
+    pub transactions_retried: AtomicU64,
     /// Rejected writes by command name, and the distinct error messages seen (for log-once).
     rejected: Mutex<Rejected>,
     /// Round-trip times of batches (written → last reply), when status is watching.
