@@ -7,7 +7,7 @@ use crate::support::ferry_proc::Ferry;
 use crate::support::{wait_until, Client, Nutcracker, NutcrackerOpts, RedisServer, TempDir};
 
 fn total_keys(servers: &[&RedisServer]) -> i64 {
-    servers.iter().map(|s| s.client().dbsize()).sum()
+    servers.iter().map(|s| s.client().data_dbsize()).sum()
 }
 
 /// Every key of every server has the same value (type-aware via DUMP of strings and LRANGE of lists).
@@ -56,7 +56,7 @@ fn wait_same(servers: &[&RedisServer], target: &RedisServer, ferry: &Ferry, what
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let want = total_keys(servers);
-        let got = target.client().dbsize();
+        let got = target.client().data_dbsize();
         let r = if want == got {
             same_keys(servers, target)
         } else {
@@ -99,7 +99,7 @@ fn a_twemproxy_pool_syncs_into_one_target_and_a_shard_flush_removes_only_its_key
     assert!(
         servers
             .iter()
-            .all(|s| s.client_auth("poolpw").dbsize() > 50),
+            .all(|s| s.client_auth("poolpw").data_dbsize() > 50),
         "keys spread over the shards"
     );
 
@@ -118,14 +118,14 @@ fn a_twemproxy_pool_syncs_into_one_target_and_a_shard_flush_removes_only_its_key
 
     // One shard flushes: only its keys leave the target.
     let mut bc = b.client_auth("poolpw");
-    let b_keys = bc.dbsize();
+    let b_keys = bc.data_dbsize();
     assert!(b_keys > 0);
-    let before = target.client().dbsize();
+    let before = target.client().data_dbsize();
     bc.ok(&["FLUSHALL"]);
     wait_until(
         "shard-b's keys to leave the target",
         Duration::from_secs(20),
-        || target.client().dbsize() == before - b_keys,
+        || target.client().data_dbsize() == before - b_keys,
     );
     wait_same_auth(&servers, &target, &ferry, "after shard-b's FLUSHALL");
     assert!(ferry.log().contains("twemproxy pool"), "{}", ferry.log());
@@ -152,7 +152,7 @@ fn several_masters_into_one_target_and_a_flushdb_of_one_keeps_the_others() {
     ac.ok(&["FLUSHDB"]);
     bc.ok(&["SET", "b:after", "z"]);
     wait_same(&[&a, &b], &target, &ferry, "after a's FLUSHDB");
-    assert_eq!(target.client().dbsize(), 201);
+    assert_eq!(target.client().data_dbsize(), 201);
 }
 
 trait AuthClient {
@@ -172,9 +172,9 @@ fn wait_same_auth(servers: &[&RedisServer], target: &RedisServer, ferry: &Ferry,
     loop {
         let want: i64 = servers
             .iter()
-            .map(|s| s.client_auth("poolpw").dbsize())
+            .map(|s| s.client_auth("poolpw").data_dbsize())
             .sum();
-        let got = target.client().dbsize();
+        let got = target.client().data_dbsize();
         let mut r = if want == got {
             Ok(())
         } else {
@@ -224,7 +224,7 @@ fn db_filter_and_map_apply_to_snapshot_and_stream() {
     wait_until(
         "the snapshot of dbs 0 and 2 in target db 0",
         Duration::from_secs(20),
-        || t.dbsize() == 2,
+        || t.data_dbsize() == 2,
     );
     m.ok(&["SELECT", "1"]);
     m.ok(&["SET", "stream1", "not synced"]);
@@ -242,6 +242,7 @@ fn db_filter_and_map_apply_to_snapshot_and_stream() {
         .as_array()
         .iter()
         .map(|k| k.as_string())
+        .filter(|k| !crate::support::is_ferry_key(k.as_bytes()))
         .collect();
     keys.sort();
     assert_eq!(
@@ -251,7 +252,7 @@ fn db_filter_and_map_apply_to_snapshot_and_stream() {
         ferry.log()
     );
     t.ok(&["SELECT", "1"]);
-    assert_eq!(t.dbsize(), 0, "db 1 is not synced");
+    assert_eq!(t.data_dbsize(), 0, "db 1 is not synced");
 }
 
 #[test]
@@ -266,7 +267,7 @@ fn a_dead_master_does_not_stall_the_others() {
     let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), &[]);
     let mut t = target.client();
     wait_until("both snapshots", Duration::from_secs(20), || {
-        t.dbsize() == 2
+        t.data_dbsize() == 2
     });
     let b_port = b.port;
     b.kill();
@@ -276,7 +277,7 @@ fn a_dead_master_does_not_stall_the_others() {
     wait_until(
         "a's writes while b is down",
         Duration::from_secs(20),
-        || t.dbsize() == 101,
+        || t.data_dbsize() == 101,
     );
     wait_until("b's link reported down", Duration::from_secs(20), || {
         let log = ferry.log();
@@ -296,12 +297,12 @@ fn a_cascade_a_to_b_to_c_carries_every_change() {
     let f1 = Ferry::sync(&[a.url()], &b.url(), s1.path(), &[]);
     let mut bc = b.client();
     wait_until("A's snapshot on B", Duration::from_secs(20), || {
-        bc.dbsize() == 2
+        bc.data_dbsize() == 2
     });
     let f2 = Ferry::sync(&[b.url()], &c.url(), s2.path(), &[]);
     let mut cc = c.client();
     wait_until("B's snapshot on C", Duration::from_secs(20), || {
-        cc.dbsize() == 2
+        cc.data_dbsize() == 2
     });
     for i in 0..200 {
         ac.ok(&["SET", &format!("k{i}"), &i.to_string()]);
@@ -311,7 +312,7 @@ fn a_cascade_a_to_b_to_c_carries_every_change() {
     wait_until(
         "A's changes on C through B",
         Duration::from_secs(20),
-        || cc.dbsize() == 201 && cc.cmd(&["LLEN", "list"]).as_int() == 2,
+        || cc.data_dbsize() == 201 && cc.cmd(&["LLEN", "list"]).as_int() == 2,
     );
     assert_eq!(cc.ok(&["GET", "k199"]).as_string(), "199");
     assert_eq!(cc.ok(&["EXISTS", "before"]).as_int(), 0);
@@ -330,7 +331,7 @@ fn verify_of_a_live_synced_pair_under_writes_reports_no_false_difference() {
     let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
     let mut t = target.client();
     wait_until("the snapshot", Duration::from_secs(20), || {
-        t.dbsize() == 2000
+        t.data_dbsize() == 2000
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (s2, port) = (stop.clone(), master.port);
@@ -391,7 +392,7 @@ fn a_replica_serves_as_the_source_to_keep_load_off_the_master() {
     wait_until(
         "the master's writes through the replica",
         Duration::from_secs(20),
-        || t.dbsize() == 101,
+        || t.data_dbsize() == 101,
     );
     // ferry is the replica's replica, not the master's.
     assert_eq!(
@@ -430,7 +431,7 @@ fn one_source_into_two_targets_gets_every_change_to_both() {
         wait_until(
             "the snapshot on both targets",
             Duration::from_secs(20),
-            || c.dbsize() == 301,
+            || c.data_dbsize() == 301,
         );
     }
     for i in 0..300 {

@@ -85,6 +85,7 @@ fn snapshot(c: &mut Client) -> Vec<String> {
             .as_array()
             .iter()
             .map(|k| k.as_bytes().unwrap().to_vec())
+            .filter(|k| !crate::support::is_ferry_key(k))
             .collect();
         keys.sort();
         for k in keys {

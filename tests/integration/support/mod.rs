@@ -314,6 +314,26 @@ impl Client {
     pub fn dbsize(&mut self) -> i64 {
         self.ok(&["DBSIZE"]).as_int()
     }
+
+    /// `DBSIZE` of the selected db without ferry's own keys (its in-target checkpoints and the like).
+    pub fn data_dbsize(&mut self) -> i64 {
+        let mut own = 0;
+        let mut cursor = "0".to_string();
+        loop {
+            let r = self.ok(&["SCAN", &cursor, "MATCH", "ferry:*", "COUNT", "1000"]);
+            let parts = r.as_array();
+            cursor = parts[0].as_string();
+            own += parts[1]
+                .as_array()
+                .iter()
+                .filter(|k| is_ferry_key(k.as_bytes().unwrap()))
+                .count() as i64;
+            if cursor == "0" {
+                break;
+            }
+        }
+        self.dbsize() - own
+    }
 }
 
 /// Path of a shared fixture, or `None` (with a printed reason) when the fixtures folder is absent.
@@ -538,4 +558,90 @@ pub fn check_nutcracker() {
         na == 100 || nb == 100,
         "hash_tag did not keep {{user7}} keys together: {na}+{nb}"
     );
+}
+
+/// Is this one of ferry's own keys on a target (in-target checkpoints, the heartbeat key, temporary keys)?
+pub fn is_ferry_key(key: &[u8]) -> bool {
+    key.starts_with(b"ferry:checkpoint:")
+        || key.starts_with(b"ferry:tmp:")
+        || key == b"ferry:heartbeat"
+}
+
+/// The dbs holding keys, from `INFO keyspace`.
+pub fn keyspace_dbs(c: &mut Client) -> Vec<u32> {
+    let info = c.ok(&["INFO", "keyspace"]).as_string();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// Every key of every db, except ferry's own: (db, key).
+pub fn data_keys(c: &mut Client) -> Vec<(u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    for db in keyspace_dbs(c) {
+        c.ok(&["SELECT", &db.to_string()]);
+        let mut cursor = "0".to_string();
+        loop {
+            let r = c.ok(&["SCAN", &cursor, "COUNT", "1000"]);
+            let parts = r.as_array();
+            cursor = parts[0].as_string();
+            for k in parts[1].as_array() {
+                let k = k.as_bytes().unwrap().to_vec();
+                if !is_ferry_key(&k) {
+                    out.push((db, k));
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+    }
+    c.ok(&["SELECT", "0"]);
+    out.sort();
+    out
+}
+
+/// How many keys the server holds apart from ferry's own (in-target checkpoints and the like).
+pub fn data_key_count(c: &mut Client) -> usize {
+    data_keys(c).len()
+}
+
+/// A digest of the server's data like `DEBUG DIGEST` (every key, type, value and expiry of every db) but
+/// leaving out ferry's own keys, so a target that keeps ferry's in-target checkpoint compares equal to its
+/// source: one `DEBUG DIGEST-VALUE` and `PEXPIRETIME` per key (Redis 7.0+), combined in key order (always
+/// this way, so two servers compare equal exactly when their data does).
+pub fn data_digest(c: &mut Client) -> String {
+    use sha1::{Digest, Sha1};
+    let keys = data_keys(c);
+    if keys.is_empty() {
+        return "0".repeat(40);
+    }
+    let mut h = Sha1::new();
+    let mut db_now = u32::MAX;
+    for (db, k) in &keys {
+        if *db != db_now {
+            c.ok(&["SELECT", &db.to_string()]);
+            db_now = *db;
+        }
+        c.send(&[&b"DEBUG"[..], b"DIGEST-VALUE", k]);
+        c.send(&[&b"PEXPIRETIME"[..], k]);
+        let v = c.read().unwrap();
+        let e = c.read().unwrap();
+        h.update(db.to_le_bytes());
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k);
+        match (&v, &e) {
+            (Reply::Array(Some(d)), Reply::Int(t)) => {
+                h.update(d.first().map(|r| r.as_string()).unwrap_or_default());
+                h.update(t.to_le_bytes());
+            }
+            // The key expired or was deleted between SCAN and now: it counts as absent.
+            (Reply::Array(Some(_)), _) | (Reply::Error(_), _) | (_, Reply::Error(_)) => {
+                panic!("DEBUG DIGEST-VALUE / PEXPIRETIME failed: {v:?} {e:?} (needs Redis 7.0+ with DEBUG enabled)")
+            }
+            _ => {}
+        }
+    }
+    c.ok(&["SELECT", "0"]);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
