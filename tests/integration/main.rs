@@ -2,6 +2,7 @@
 
 mod support;
 
+mod fault_proxy;
 mod fixtures;
 mod fullsync;
 mod link;

@@ -352,6 +352,7 @@ pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
+pub mod fault_proxy;
 pub mod ferry_proc;
 pub mod versions;
 
