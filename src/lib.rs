@@ -46,3 +46,6 @@ pub mod sync;
 pub mod target;
 pub mod twemproxy;
 pub mod verify;
+
+#[cfg(test)]
+mod testutil;
