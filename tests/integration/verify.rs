@@ -1032,12 +1032,14 @@ fn the_binary_runs_verify_like_the_library() {
     tgt.client().ok(&["SET", "a", "1"]);
     let src_url = format!("redis://:bin-Secret@127.0.0.1:{}", src.port);
     let run = |target: &str| {
-        let o = std::process::Command::new(ferry_bin())
+        let o = ferry_proc::ferry_command()
             .args([
                 "verify", "--source", &src_url, "--target", target, "--rounds", "0",
             ])
             .output()
             .unwrap();
+        // Differences and an unreachable target are the report and the exit status, not log lines.
+        ferry_proc::check_output(target, &o, &[] as &[&str]);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
