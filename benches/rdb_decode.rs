@@ -1,6 +1,7 @@
 //! RDB decoding throughput (MB/s of file):
-//! - `rdb_fixtures`: every shared fixture in `../shared/fixtures/rdb/` that decodes cleanly, one after the
-//!   other (each file with its own decoder), skipped with a reason when the folder is absent;
+//! - `rdb_fixtures`: every shared fixture in `../shared/fixtures/rdb/` (or `$FERRY_FIXTURES/rdb`) that
+//!   decodes cleanly, one after the other (each file with its own decoder); when the folder is absent, a
+//!   counted skip (below), or a panic under `FERRY_REQUIRE_FIXTURES=1`;
 //! - `rdb_generated`: one large RDB written by a real `redis-server` (~200k keys of every type and
 //!   encoding: `DEBUG POPULATE` strings plus pipelined RPUSH/HSET/SADD/ZADD/XADD/SET over a raw socket, then
 //!   `SAVE`), or, when no redis-server can be started, a synthetic file of plain encodings built here.
@@ -9,6 +10,9 @@
 //! (`push_16k`), whole with `decode_value` on every entry (`whole+decode_value`), and for the generated
 //! file also with 64 KiB big-value limits so every larger value goes through the BigStart/BigChunk path
 //! (`whole_big_64k`).
+//!
+//! `cargo test --all-targets` (scripts/test.sh) runs each benchmark once as a test; what it could not run
+//! is recorded like the tests' skips: a `SKIP …` line on stderr, appended to `FERRY_SKIP_LOG` when set.
 //!
 //! Run: `cargo bench --bench rdb_decode -- --warm-up-time 1 --measurement-time 5`
 //! `FERRY_BENCH_SYNTHETIC=1` forces the synthetic file; `FERRY_REDIS_SERVER` names the server binary.
@@ -156,7 +160,10 @@ fn bench_input(c: &mut Criterion, group: &str, files: &[Vec<u8>], big_path: bool
 
 /// The fixture files that decode cleanly (and whose every entry `decode_value` decodes), or why none.
 fn fixture_files() -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/rdb");
+    let dir = std::env::var_os("FERRY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+        .join("rdb");
     let origins = std::fs::read_dir(&dir)
         .map_err(|e| format!("fixtures folder {} is absent ({e})", dir.display()))?;
     let mut paths = Vec::new();
@@ -206,7 +213,26 @@ fn bench_fixtures(c: &mut Criterion) {
             let data: Vec<Vec<u8>> = files.into_iter().map(|f| f.1).collect();
             bench_input(c, "rdb_fixtures", &data, false);
         }
-        Err(why) => eprintln!("skipping the fixture benchmarks: {why}"),
+        Err(why) if std::env::var("FERRY_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") => {
+            panic!("rdb_fixtures: {why}, and FERRY_REQUIRE_FIXTURES=1 requires the fixtures")
+        }
+        Err(why) => skip("rdb_decode::rdb_fixtures", &why),
+    }
+}
+
+/// A benchmark that could not run as written, recorded like a test's skip (`support::skip` in
+/// tests/integration): `SKIP <name>: <reason>` on stderr and appended to `FERRY_SKIP_LOG` when set, which
+/// scripts/test.sh counts (and fails on under CI=true).
+fn skip(name: &str, reason: &str) {
+    let line = format!("SKIP {name}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("FERRY_SKIP_LOG") {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("cannot append to FERRY_SKIP_LOG: {e}"));
     }
 }
 
@@ -591,7 +617,10 @@ fn bench_generated(c: &mut Criterion) {
         match generate_with_server() {
             Ok(d) => d,
             Err(why) => {
-                eprintln!("generated: no real server ({why}): using the synthetic file instead");
+                skip(
+                    "rdb_decode::rdb_generated",
+                    &format!("no real server ({why}): the synthetic file stands in"),
+                );
                 generate_synthetic()
             }
         }

@@ -3,13 +3,19 @@
 #   1. installs redis-server, redis-tools and nutcracker with apt-get when missing (Debian, as root),
 #   2. provisions the other Redis/Valkey versions into .cache/redis/ (scripts/redis-versions.sh; cached),
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets (unit + integration),
-# failing fast at the first failure.
+#   4. lists every test that skipped (a missing server version, fixtures folder or fixed port): each skip
+#      is a `SKIP <test>: <reason>` line the tests append to $FERRY_SKIP_LOG (support::skip in
+#      tests/integration/support/mod.rs, src/testutil.rs); under CI=true any skip fails the run,
+# failing fast at the first failure (the skip list is printed even when cargo test failed).
 #
 # Environment:
 #   FERRY_TEST_QUICK=1        skip fmt and clippy (developer loop); `--quick` does the same
 #   FERRY_REQUIRE_VERSIONS    `1`/`all` or a comma list: those versions must be provisioned and tests that
 #                             need them panic instead of skipping. Defaults, when CI=true, to every version
 #                             proven to provision on Debian 12 (REQUIRED_IN_CI below).
+#   FERRY_REQUIRE_FIXTURES    `1`: the shared fixtures folder (../shared/fixtures, or FERRY_FIXTURES) must
+#                             exist; tests that read it panic instead of skipping. Defaults to 1 when CI=true.
+#   FERRY_SKIP_LOG            always set here, to a fresh file (see 4.); not read from the caller.
 #   CARGO_TARGET_DIR          honoured as usual.
 #   Extra arguments after the options are passed to `cargo test` (e.g. `bash scripts/test.sh -- smoke`).
 set -euo pipefail
@@ -39,6 +45,9 @@ done
 if [[ "${CI:-}" == true && -z "${FERRY_REQUIRE_VERSIONS:-}" ]]; then
   export FERRY_REQUIRE_VERSIONS="$REQUIRED_IN_CI"
 fi
+if [[ "${CI:-}" == true && -z "${FERRY_REQUIRE_FIXTURES:-}" ]]; then
+  export FERRY_REQUIRE_FIXTURES=1
+fi
 step "provisioning Redis/Valkey versions into .cache/redis (scripts/redis-versions.sh; cached)${FERRY_REQUIRE_VERSIONS:+, required: $FERRY_REQUIRE_VERSIONS}"
 bash scripts/redis-versions.sh
 set -a
@@ -63,10 +72,28 @@ if [[ "$QUICK" != 1 ]]; then
 else
   step "FERRY_TEST_QUICK=1: skipping fmt and clippy"
 fi
-step "cargo test --all-targets $*"
-cargo test --all-targets "$@" || {
+FERRY_SKIP_LOG="$(mktemp "${TMPDIR:-/tmp}/ferry-skips.XXXXXX")"
+export FERRY_SKIP_LOG
+trap 'rm -f "$FERRY_SKIP_LOG"' EXIT
+step "cargo test --all-targets $*${FERRY_REQUIRE_FIXTURES:+ (fixtures required)}"
+test_rc=0
+cargo test --all-targets "$@" || test_rc=$?
+
+step "skipped tests"
+skips=$(grep -c '^SKIP ' "$FERRY_SKIP_LOG" || true)
+if [[ "$skips" == 0 ]]; then
+  echo "    none"
+else
+  echo "    $skips skip(s):"
+  sed 's/^/    /' "$FERRY_SKIP_LOG"
+fi
+if [[ "$test_rc" != 0 ]]; then
   echo "FAILED: cargo test (above)" >&2
   exit 1
-}
+fi
+if [[ "$skips" != 0 && "${CI:-}" == true ]]; then
+  echo "FAILED: $skips skip(s) under CI=true: CI runs every test (provision the versions, provide the fixtures, free the port)" >&2
+  exit 1
+fi
 
 step "all passed in $((SECONDS - t0))s"

@@ -47,3 +47,6 @@ pub mod sync;
 pub mod target;
 pub mod twemproxy;
 pub mod verify;
+
+#[cfg(test)]
+mod testutil;

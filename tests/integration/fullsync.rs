@@ -3,8 +3,8 @@
 //! diskless replication. The judge is the servers' own `DEBUG DIGEST` (every key, value and expiry) plus
 //! per-db key counts and a few direct reads.
 
+use crate::support::ferry_proc::{check_output, ferry_command};
 use crate::support::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Fill `c` with every type and encoding across dbs 0–3. Returns the number of keys per db.
@@ -143,9 +143,16 @@ fn digest(c: &mut Client) -> String {
     crate::support::data_digest(c)
 }
 
-fn sync_once(source: &RedisServer, target: &RedisServer, extra: &[&str]) -> std::process::Output {
+/// `ferry sync --once` from `source` to `target`, which must succeed with no WARN/ERROR log line other than
+/// those containing one of `allowed`.
+fn sync_once(
+    source: &RedisServer,
+    target: &RedisServer,
+    extra: &[&str],
+    allowed: &[&str],
+) -> std::process::Output {
     let state = TempDir::new("state");
-    let mut cmd = Command::new(ferry_bin());
+    let mut cmd = ferry_command();
     cmd.args([
         "sync",
         "--source",
@@ -156,9 +163,9 @@ fn sync_once(source: &RedisServer, target: &RedisServer, extra: &[&str]) -> std:
         "--state-dir",
     ])
     .arg(state.path())
-    .args(extra)
-    .stdin(Stdio::null());
+    .args(extra);
     let out = cmd.output().expect("run ferry");
+    check_output("ferry sync --once", &out, allowed);
     assert!(
         out.status.success(),
         "ferry failed ({:?}):\n{}\nmaster log:\n{}",
@@ -182,7 +189,7 @@ fn full_sync_equal(diskless: bool) {
     let target = RedisServer::start(&["--enable-debug-command", "yes"]);
     let mut m = master.client();
     let counts = fill_every_type(&mut m);
-    sync_once(&master, &target, &[]);
+    sync_once(&master, &target, &[], &[]);
     let mut t = target.client();
     assert_eq!(db_counts(&mut t), counts, "keys per db");
     assert_eq!(
@@ -221,6 +228,7 @@ fn big_values_are_chunked_and_equal() {
         &master,
         &target,
         &["--big-value-bytes", "4096", "--chunk-elements", "100"],
+        &[],
     );
     let mut t = target.client();
     assert_eq!(digest(&mut t), digest(&mut m));
@@ -245,7 +253,7 @@ fn non_empty_target_is_refused_and_overwrite_replaces() {
     t.ok(&["SELECT", "0"]);
     t.ok(&["SET", "a", "target"]);
     let state = TempDir::new("state");
-    let out = Command::new(ferry_bin())
+    let out = ferry_command()
         .args([
             "sync",
             "--source",
@@ -258,6 +266,8 @@ fn non_empty_target_is_refused_and_overwrite_replaces() {
         .arg(state.path())
         .output()
         .unwrap();
+    // Refused by the precheck: its verdict is the final message, not a log line.
+    check_output("non-empty target", &out, &[] as &[&str]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -277,7 +287,13 @@ fn non_empty_target_is_refused_and_overwrite_replaces() {
         "no sync before the precheck passed"
     );
 
-    sync_once(&master, &target, &["--on-conflict", "overwrite"]);
+    // The precheck warns that the target is not empty, which is this test's setup.
+    sync_once(
+        &master,
+        &target,
+        &["--on-conflict", "overwrite"],
+        &["not empty"],
+    );
     assert_eq!(t.ok(&["GET", "a"]).as_string(), "source");
     assert_eq!(t.ok(&["GET", "b"]).as_string(), "source");
     t.ok(&["SELECT", "2"]);
@@ -294,7 +310,7 @@ fn wrong_target_password_is_reported_without_the_password() {
     let master = RedisServer::start(&[]);
     let target = RedisServer::start(&["--requirepass", "right-secret"]);
     let url = format!("redis://:wrong-secret@127.0.0.1:{}", target.port);
-    let out = Command::new(ferry_bin())
+    let out = ferry_command()
         .args([
             "sync",
             "--source",
@@ -307,6 +323,8 @@ fn wrong_target_password_is_reported_without_the_password() {
         ])
         .output()
         .unwrap();
+    // The precheck's verdict, in the final message.
+    check_output("wrong target password", &out, &[] as &[&str]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{}", target.port)), "{err}");
@@ -334,12 +352,15 @@ fn a_slow_target_never_makes_the_master_drop_us() {
     let mut m = master.client();
     m.ok(&["DEBUG", "POPULATE", "200000", "pre", "64"]);
     let state = TempDir::new("slow");
+    // The writer below may already run while the precheck samples the source's write rate: at this
+    // load the 1 MB backlog holds seconds, which the precheck warns about.
     let ferry = Ferry::sync(
         &[master.url()],
         &target.url(),
         state.path(),
         &["--spool-mem-bytes", "1048576"],
-    );
+    )
+    .allowing(&["repl-backlog-size"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (s2, port) = (stop.clone(), master.port);
     let writer = std::thread::spawn(move || {

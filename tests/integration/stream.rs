@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::ferry_proc::Ferry;
+use crate::support::ferry_proc::{check_output, ferry_command, Ferry};
 use crate::support::{Client, RedisServer, TempDir};
 
 fn debug_server(extra: &[&str]) -> RedisServer {
@@ -340,7 +340,9 @@ fn a_killed_replica_link_continues_with_a_partial_resync_under_load() {
     let target = debug_server(&[]);
     let state = TempDir::new("stream-kill");
     let mut m = master.client();
-    let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    // CLIENT KILL TYPE replica below, twice: the link goes down and reconnects.
+    let ferry =
+        Ferry::sync(&[master.url()], &target.url(), state.path(), &[]).allowing(&["link down"]);
     wait_streaming(&mut m, &ferry);
     for i in 0..2000 {
         m.ok(&["INCR", "counter"]);
@@ -453,7 +455,14 @@ fn crash_and_restart(target_checkpoint: bool) {
     ferry.kill9();
     let full_before = info_i64(&mut m, "stats", "sync_full");
     let partial_before = info_i64(&mut m, "stats", "sync_partial_ok");
-    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
+    let mut ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), extra);
+    // The load runs at about 1 MB/s while the precheck samples the source: the 64 MB backlog holds under
+    // the 5 minutes the precheck asks for.
+    ferry2.allow("repl-backlog-size");
+    if !target_checkpoint {
+        // kill -9 left the file checkpoint unclean, and nothing else says where the target is.
+        ferry2.allow("the last run did not stop cleanly");
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !(ferry2.log().contains("streaming") || ferry2.log().contains("resuming")) {
         assert!(
@@ -469,7 +478,7 @@ fn crash_and_restart(target_checkpoint: bool) {
         let cp = t.ok(&["KEYS", "ferry:checkpoint:*"]);
         assert_eq!(cp.as_array().len(), 1, "one in-target checkpoint key");
         // ferry verify knows its own checkpoint key: the copy verifies as equal.
-        let out = std::process::Command::new(crate::support::ferry_bin())
+        let out = ferry_command()
             .args([
                 "verify",
                 "--source",
@@ -479,6 +488,7 @@ fn crash_and_restart(target_checkpoint: bool) {
             ])
             .output()
             .unwrap();
+        check_output("ferry verify", &out, &[] as &[&str]);
         assert!(
             out.status.success(),
             "verify: {}\n{}",
@@ -531,7 +541,9 @@ fn a_forced_full_resync_leaves_no_ghosts_and_no_duplicates() {
         m.ok(&["SET", &format!("k{i}"), "v"]);
     }
     m.ok(&["RPUSH", "list", "a", "b"]);
-    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    // The 16 KB backlog is the setup: the precheck warns that it holds little, whenever it sees writes.
+    let mut ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[])
+        .allowing(&["repl-backlog-size"]);
     wait_equal(&master, &target, &ferry, "after the snapshot");
     assert!(ferry.terminate(Duration::from_secs(15)).success());
     // While ferry is stopped: delete keys, and overrun the 16 KB backlog.
@@ -544,7 +556,9 @@ fn a_forced_full_resync_leaves_no_ghosts_and_no_duplicates() {
         m.ok(&["SET", &format!("filler{i}"), &big]);
     }
     let full_before = info_i64(&mut m, "stats", "sync_full");
-    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    // The backlog was overrun while ferry was stopped: the master answers with a full resync.
+    let ferry2 = Ferry::sync(&[master.url()], &target.url(), state.path(), &[])
+        .allowing(&["repl-backlog-size", "the master started a full resync"]);
     wait_equal(&master, &target, &ferry2, "after the forced full resync");
     assert_eq!(info_i64(&mut m, "stats", "sync_full"), full_before + 1);
     let mut t = target.client();
@@ -566,12 +580,14 @@ fn a_rejected_write_is_counted_and_logged_and_on_error_stop_ends_the_job() {
     let mut m = master.client();
     // --on-error log: counted and logged, the job keeps going.
     let state = TempDir::new("onerr-log");
+    // The target's "clash" key: the precheck warns it is not empty, and the INCR is rejected.
     let ferry = Ferry::sync(
         &[master.url()],
         &target.url(),
         state.path(),
         &["--on-conflict", "overwrite"],
-    );
+    )
+    .allowing(&["not empty", "error=WRONGTYPE"]);
     m.ok(&["SET", "first", "1"]);
     crate::support::wait_until("streaming", Duration::from_secs(20), || {
         t.cmd(&["EXISTS", "first"]).as_int() == 1
@@ -595,12 +611,14 @@ fn a_rejected_write_is_counted_and_logged_and_on_error_stop_ends_the_job() {
     t.ok(&["FLUSHALL"]);
     t.ok(&["RPUSH", "clash", "x"]);
     let state = TempDir::new("onerr-stop");
+    // As above, and the source fails on the rejection (--on-error stop).
     let mut ferry = Ferry::sync(
         &[master.url()],
         &target.url(),
         state.path(),
         &["--on-conflict", "overwrite", "--on-error", "stop"],
-    );
+    )
+    .allowing(&["not empty", "error=WRONGTYPE", "--on-error stop is set"]);
     crate::support::wait_until("streaming", Duration::from_secs(20), || {
         t.cmd(&["EXISTS", "first"]).as_int() == 1
     });

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::ferry_proc::Ferry;
+use crate::support::ferry_proc::{check_output, ferry_command, Ferry};
 use crate::support::{wait_until, Client, Nutcracker, NutcrackerOpts, RedisServer, TempDir};
 
 fn total_keys(servers: &[&RedisServer]) -> i64 {
@@ -264,7 +264,9 @@ fn a_dead_master_does_not_stall_the_others() {
     ac.ok(&["SET", "a:0", "x"]);
     b.client().ok(&["SET", "b:0", "y"]);
     let state = TempDir::new("dead");
-    let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), &[]);
+    // b is killed below: its link goes down and every reconnect is refused.
+    let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), &[])
+        .allowing(&["link down", "cannot establish the replication link"]);
     let mut t = target.client();
     wait_until("both snapshots", Duration::from_secs(20), || {
         t.data_dbsize() == 2
@@ -344,7 +346,7 @@ fn verify_of_a_live_synced_pair_under_writes_reports_no_false_difference() {
             n += 1;
         }
     });
-    let out = std::process::Command::new(crate::support::ferry_bin())
+    let out = ferry_command()
         .args([
             "verify",
             "--source",
@@ -356,6 +358,7 @@ fn verify_of_a_live_synced_pair_under_writes_reports_no_false_difference() {
         ])
         .output()
         .unwrap();
+    check_output("ferry verify", &out, &[] as &[&str]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert!(
@@ -509,7 +512,7 @@ fn pool_auth_overrides_the_pools_redis_auth() {
     let src = format!("twemproxy:{}", conf.display());
     let run = |env: Option<&str>| {
         let state = TempDir::new("pool-auth-state");
-        let mut cmd = std::process::Command::new(crate::support::ferry_bin());
+        let mut cmd = ferry_command();
         cmd.args([
             "sync",
             "--source",
@@ -523,7 +526,10 @@ fn pool_auth_overrides_the_pools_redis_auth() {
         if let Some(e) = env {
             cmd.env("FERRY_POOL_AUTH", e);
         }
-        cmd.output().unwrap()
+        let out = cmd.output().unwrap();
+        // Without it the pool's redis_auth is refused: the precheck's verdict, in the final message.
+        check_output(&format!("FERRY_POOL_AUTH={env:?}"), &out, &[] as &[&str]);
+        out
     };
     let out = run(None);
     assert_eq!(

@@ -581,7 +581,7 @@ impl Drop for FixedPortRedis {
 #[test]
 fn port_11211_is_left_out_of_the_ketama_name() {
     if std::net::TcpListener::bind(("127.0.0.1", 11211)).is_err() {
-        eprintln!("skipping: 127.0.0.1:11211 is in use");
+        skip("127.0.0.1:11211 is in use (this test needs that fixed port)");
         return;
     }
     let dir = TempDir::new("redis-11211");
@@ -605,7 +605,7 @@ fn port_11211_is_left_out_of_the_ketama_name() {
             .is_ok_and(|r| r == Reply::Status("PONG".into()))
     });
     if exited {
-        eprintln!("skipping: redis-server could not take port 11211 (taken meanwhile)");
+        skip("redis-server could not take port 11211 (taken meanwhile)");
         return;
     }
     let _guard = FixedPortRedis { child, _dir: dir };

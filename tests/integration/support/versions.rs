@@ -3,9 +3,10 @@
 //! environment variables (NAME = the version upper-cased with `.`/`-` turned into `_`: `5.0` ->
 //! `FERRY_REDIS_5_0`, `valkey-9` -> `FERRY_REDIS_VALKEY_9`).
 //!
-//! A test that needs a version calls [`start_version`] (or [`server_bin`]) and returns early on `None`:
-//! the version is absent and a skip reason was printed. When `FERRY_REQUIRE_VERSIONS` is `1`/`all` or a
-//! comma list naming the version (CI sets it), absence panics instead, so CI can't pass by skipping.
+//! A test that needs a version calls [`start_version`] (or [`require_bin`]) and returns early on `None`:
+//! the version is absent and the skip was recorded through [`super::skip`] (a loud `SKIP` line, counted
+//! by `scripts/test.sh`). When `FERRY_REQUIRE_VERSIONS` is `1`/`all` or a comma list naming the version
+//! (CI sets it), absence panics instead, so CI can't pass by skipping.
 //!
 //! What the versions are (see the README): `5.0` (5.0.10), `6.0` (6.0.9), `6.2` (6.2.14), `7.0`
 //! (Debian's 7.0.15), `7.2` (7.2.4), `7.4` (7.4.1), `8.2` (8.2.3), `valkey-8` (Valkey 8.1.8),
@@ -86,8 +87,8 @@ pub fn server_bin(version: &str) -> Option<PathBuf> {
     None
 }
 
-/// [`server_bin`], with the policy: absent and not required -> print why and return `None` (the caller
-/// skips); absent and required (`FERRY_REQUIRE_VERSIONS`) -> panic.
+/// [`server_bin`], with the policy: absent and not required -> [`super::skip`] with the reason and return
+/// `None` (the caller skips); absent and required (`FERRY_REQUIRE_VERSIONS`) -> panic.
 pub fn require_bin(version: &str) -> Option<PathBuf> {
     match server_bin(version) {
         Some(p) => Some(p),
@@ -96,22 +97,22 @@ pub fn require_bin(version: &str) -> Option<PathBuf> {
             env_var(version)
         ),
         None => {
-            eprintln!(
-                "skipping: redis {version} is not provisioned ({} unset, no .cache/redis/{version}); run scripts/redis-versions.sh",
+            super::skip(&format!(
+                "redis {version} is not provisioned ({} unset, no .cache/redis/{version}); run scripts/redis-versions.sh",
                 env_var(version)
-            );
+            ));
             None
         }
     }
 }
 
-/// Start `version` with extra `--name value` arguments on a free port; `None` (skip reason printed) when
+/// Start `version` with extra `--name value` arguments on a free port; `None` (skip recorded) when
 /// the version is absent and not required. Keep `extra` to flags that version accepts (module docs).
 pub fn start_version(version: &str, extra: &[&str]) -> Option<RedisServer> {
     require_bin(version).map(|bin| RedisServer::start_bin(&bin, extra))
 }
 
-/// The versions present on this machine (name, binary), oldest first; prints one skip line per absent one
+/// The versions present on this machine (name, binary), oldest first; records one skip per absent one
 /// (and panics for an absent required one). For tests that loop over every version.
 pub fn available() -> Vec<(&'static str, PathBuf)> {
     ALL.iter()
