@@ -148,6 +148,21 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         let info = precheck_target(&tcfg).await?;
         per_target.push((tcfg, info));
     }
+    // A checkpoint written by another job (another db selection) for one of these pairs, or one this ferry
+    // cannot read, stops the job before any write, naming the file and how to start over.
+    for (tcfg, _) in &per_target {
+        for p in &plan {
+            if let SourceSpec::Redis(addr) = &p.spec {
+                let job = crate::checkpoint::Job::new(
+                    &addr.to_string(),
+                    &tcfg.target.to_string(),
+                    p.dbs.describe(),
+                );
+                job.load(&cfg.state_dir)
+                    .map_err(|e| SyncError::Config(e.to_string()))?;
+            }
+        }
+    }
     let apply_stats = Arc::new(ApplyStats::default());
     status.set_apply_stats(apply_stats.clone());
     let mut pools = Vec::new();

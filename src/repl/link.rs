@@ -28,6 +28,9 @@ const STREAM_READ: usize = 256 << 10;
 /// Below this spare capacity the buffer is grown before a read.
 const MIN_SPARE: usize = 16 << 10;
 
+/// Why a session ends when the consumer asked for a full resync (not a fault: logged at INFO).
+const RESYNC_REQUESTED: &str = "a full resync was requested";
+
 /// How a session ended.
 enum End {
     /// The link broke or the master cannot serve us now: reconnect (if configured).
@@ -122,13 +125,17 @@ impl Link {
                 }
                 backoff = BACKOFF_MIN;
                 failures = 0;
-                tracing::warn!(
-                    source = %self.cfg.name,
-                    reason = %reason,
-                    received = self.shared.received.load(Relaxed),
-                    reconnect = self.cfg.reconnect,
-                    "replication link down"
-                );
+                if reason == RESYNC_REQUESTED {
+                    tracing::info!(source = %self.cfg.name, "reconnecting for the full resync that was asked for");
+                } else {
+                    tracing::warn!(
+                        source = %self.cfg.name,
+                        reason = %reason,
+                        received = self.shared.received.load(Relaxed),
+                        reconnect = self.cfg.reconnect,
+                        "replication link down"
+                    );
+                }
             } else {
                 failures += 1;
                 // One WARN for the first failure of a streak, then one a minute or so.
@@ -563,7 +570,7 @@ impl Link {
                     return Err(End::Broken(format!("cannot send REPLCONF ACK: {e}")));
                 }
                 _ = self.shared.resync_now.notified() => {
-                    return Err(End::Broken("a full resync was requested".into()));
+                    return Err(End::Broken(RESYNC_REQUESTED.into()));
                 }
             }
         }

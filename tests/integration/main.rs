@@ -2,6 +2,7 @@
 
 mod support;
 
+mod exact;
 mod fault_proxy;
 mod fixtures;
 mod fullsync;

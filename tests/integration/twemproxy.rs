@@ -297,6 +297,7 @@ fn load_reads_the_guards_config_and_routes_like_it() {
         pool: Some("cache".into()),
         redis_auth: Some("s3cret".into()),
         hash_tag: Some("{}".into()),
+        ..Default::default()
     };
     let nc = Nutcracker::start_with(
         &[

@@ -72,10 +72,20 @@ impl RedisServer {
         Self::start_bin(&redis_server_bin(), extra)
     }
 
+    /// Start the default redis-server again on `port` (e.g. a restart without its data), waiting until it
+    /// answers; panics if the port cannot be taken within 10 s.
+    pub fn start_on_port(port: u16, extra: &[&str]) -> RedisServer {
+        Self::start_at(&redis_server_bin(), extra, Some(port))
+    }
+
     pub fn start_bin(bin: &Path, extra: &[&str]) -> RedisServer {
+        Self::start_at(bin, extra, None)
+    }
+
+    fn start_at(bin: &Path, extra: &[&str], fixed: Option<u16>) -> RedisServer {
         let mut dir = TempDir::new("redis");
         for _attempt in 0..5 {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let log = dir.path().join("redis.log");
             let mut args: Vec<String> = vec![
                 "--port".into(),
@@ -133,6 +143,9 @@ impl RedisServer {
                 panic!("redis-server exited at start; log:\n{log}");
             }
             dir = std::mem::replace(&mut server.dir, TempDir::new("unused"));
+            if fixed.is_some() {
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
         panic!("could not start redis-server on a free port after 5 attempts");
     }
@@ -411,6 +424,10 @@ pub struct NutcrackerOpts {
     pub redis_auth: Option<String>,
     /// `hash_tag:` — two characters, e.g. `"{}"`.
     pub hash_tag: Option<String>,
+    /// `redis_db:` — the db nutcracker selects on its server connections (default 0).
+    pub redis_db: Option<u32>,
+    /// `auto_eject_hosts: true` (default false).
+    pub auto_eject_hosts: bool,
 }
 
 /// The YAML of a one-pool twemproxy config as ferry must read it: `listen` on 127.0.0.1:`port`,
@@ -418,9 +435,13 @@ pub struct NutcrackerOpts {
 /// `(port, name)` in `servers`.
 pub fn nutcracker_yaml(port: u16, servers: &[(u16, &str)], opts: &NutcrackerOpts) -> String {
     let mut y = format!(
-        "{}:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  timeout: 5000\n",
-        opts.pool.as_deref().unwrap_or("ferry")
+        "{}:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: {}\n  timeout: 5000\n",
+        opts.pool.as_deref().unwrap_or("ferry"),
+        opts.auto_eject_hosts
     );
+    if let Some(db) = opts.redis_db {
+        y.push_str(&format!("  redis_db: {db}\n"));
+    }
     if let Some(a) = &opts.redis_auth {
         y.push_str(&format!("  redis_auth: {a}\n"));
     }
@@ -587,7 +608,7 @@ pub fn check_nutcracker() {
     let opts = NutcrackerOpts {
         redis_auth: Some("pw".into()),
         hash_tag: Some("{}".into()),
-        pool: None,
+        ..Default::default()
     };
     let nc = Nutcracker::start_with(&[(a.port, "m1"), (b.port, "m2")], &opts);
     let mut c = nc.client();
