@@ -11,6 +11,7 @@ mod precheck;
 mod rdb;
 mod rdb_bad_input;
 mod smoke;
+mod soak;
 mod status;
 mod stream;
 mod topologies;

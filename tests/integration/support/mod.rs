@@ -407,8 +407,12 @@ pub fn fixtures_dir() -> Option<PathBuf> {
 }
 
 /// Path of the built `ferry` binary.
+/// Path of the `ferry` binary under test: this build's, or `FERRY_BIN` (e.g. an older build, to show that a
+/// regression test fails on the code it guards against).
 pub fn ferry_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+    std::env::var_os("FERRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")))
 }
 
 pub mod fault_proxy;
@@ -674,42 +678,65 @@ pub fn data_key_count(c: &mut Client) -> usize {
     data_keys(c).len()
 }
 
+/// One key of a server's data: db, name, `DEBUG DIGEST-VALUE` (type and value), `PEXPIRETIME`.
+pub type DataItem = (u32, Vec<u8>, String, i64);
+
+/// Every key of every db except ferry's own, with its value digest and absolute expiry, in key order
+/// (Redis 7.0+ with DEBUG enabled).
+pub fn data_items(c: &mut Client) -> Vec<DataItem> {
+    let keys = data_keys(c);
+    let mut out = Vec::with_capacity(keys.len());
+    let mut db_now = u32::MAX;
+    for (db, k) in keys {
+        if db != db_now {
+            c.ok(&["SELECT", &db.to_string()]);
+            db_now = db;
+        }
+        c.send(&[&b"DEBUG"[..], b"DIGEST-VALUE", &k]);
+        c.send(&[&b"PEXPIRETIME"[..], &k]);
+        let v = c.read().unwrap();
+        let e = c.read().unwrap();
+        match (&v, &e) {
+            (Reply::Array(Some(d)), Reply::Int(t)) => {
+                let d = d.first().map(|r| r.as_string()).unwrap_or_default();
+                // A key that expired or went between SCAN and now counts as absent.
+                if *t != -2 {
+                    out.push((db, k, d, *t));
+                }
+            }
+            _ => panic!(
+                "DEBUG DIGEST-VALUE / PEXPIRETIME failed: {v:?} {e:?} (needs Redis 7.0+ with DEBUG enabled)"
+            ),
+        }
+    }
+    c.ok(&["SELECT", "0"]);
+    out
+}
+
+/// The data of several servers together (e.g. the shards of a pool), in key order.
+pub fn data_items_of(clients: &mut [Client]) -> Vec<DataItem> {
+    let mut all: Vec<DataItem> = clients.iter_mut().flat_map(data_items).collect();
+    all.sort();
+    all
+}
+
 /// A digest of the server's data like `DEBUG DIGEST` (every key, type, value and expiry of every db) but
 /// leaving out ferry's own keys, so a target that keeps ferry's in-target checkpoint compares equal to its
 /// source: one `DEBUG DIGEST-VALUE` and `PEXPIRETIME` per key (Redis 7.0+), combined in key order (always
 /// this way, so two servers compare equal exactly when their data does).
 pub fn data_digest(c: &mut Client) -> String {
     use sha1::{Digest, Sha1};
-    let keys = data_keys(c);
-    if keys.is_empty() {
+    let items = data_items(c);
+    if items.is_empty() {
         return "0".repeat(40);
     }
     let mut h = Sha1::new();
-    let mut db_now = u32::MAX;
-    for (db, k) in &keys {
-        if *db != db_now {
-            c.ok(&["SELECT", &db.to_string()]);
-            db_now = *db;
-        }
-        c.send(&[&b"DEBUG"[..], b"DIGEST-VALUE", k]);
-        c.send(&[&b"PEXPIRETIME"[..], k]);
-        let v = c.read().unwrap();
-        let e = c.read().unwrap();
+    for (db, k, d, t) in &items {
         h.update(db.to_le_bytes());
         h.update((k.len() as u64).to_le_bytes());
         h.update(k);
-        match (&v, &e) {
-            (Reply::Array(Some(d)), Reply::Int(t)) => {
-                h.update(d.first().map(|r| r.as_string()).unwrap_or_default());
-                h.update(t.to_le_bytes());
-            }
-            // The key expired or was deleted between SCAN and now: it counts as absent.
-            (Reply::Array(Some(_)), _) | (Reply::Error(_), _) | (_, Reply::Error(_)) => {
-                panic!("DEBUG DIGEST-VALUE / PEXPIRETIME failed: {v:?} {e:?} (needs Redis 7.0+ with DEBUG enabled)")
-            }
-            _ => {}
-        }
+        h.update(d);
+        h.update(t.to_le_bytes());
     }
-    c.ok(&["SELECT", "0"]);
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
