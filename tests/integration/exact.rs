@@ -964,3 +964,42 @@ fn a_target_that_restarts_without_its_data_is_never_written_on() {
     ]);
     wait_same_data(&master, &target, &ferry2, "after the target's restart");
 }
+
+/// A failover behind one address (a VIP or DNS name moved to the promoted replica): the replica continues
+/// the master's history (psync2), so ferry continues with a partial resync and its new replication id,
+/// exactly, with no full sync.
+#[test]
+fn a_failover_behind_one_address_continues_with_a_partial_resync() {
+    let master = debug_server(&["--repl-backlog-size", "64mb"]);
+    let replica = debug_server(&["--repl-backlog-size", "64mb"]);
+    let target = debug_server(&[]);
+    let mut r = replica.client();
+    r.ok(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+    let vip = FaultProxy::start(master.port);
+    let state = TempDir::new("failover");
+    let mut m = master.client();
+    m.ok(&["SET", "seed", "1"]);
+    let ferry = Ferry::sync(&[vip.url()], &target.url(), state.path(), &[]).allowing(&["link down"]);
+    let load = Load::start(master.port);
+    let mut t = target.client();
+    wait_until("streamed writes", Duration::from_secs(20), || {
+        t.cmd(&["GET", "counter"]).as_string().parse().unwrap_or(0i64) > 200
+    });
+    let rounds = load.stop();
+    // The replica has everything; it becomes the master behind the same address.
+    let end = info_i64(&mut m, "replication", "master_repl_offset");
+    wait_until("the replica to catch up", Duration::from_secs(20), || {
+        info_i64(&mut r, "replication", "slave_repl_offset") == end
+    });
+    r.ok(&["REPLICAOF", "NO", "ONE"]);
+    vip.set_upstream(replica.port);
+    vip.cut();
+    let load = Load::start(replica.port);
+    wait_until("writes on the new master", Duration::from_secs(20), || {
+        info_i64(&mut r, "stats", "sync_partial_ok") >= 1
+    });
+    let more = load.stop();
+    wait_same_data(&replica, &target, &ferry, "after the failover");
+    assert_eq!(t.ok(&["LLEN", "list"]).as_int() as u64, rounds + more);
+    assert_eq!(info_i64(&mut r, "stats", "sync_full"), 0, "no full sync from the new master");
+}

@@ -75,7 +75,8 @@ struct Gate {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    /// Where new connections go (a failover behind one address changes it).
+    upstream: Mutex<SocketAddr>,
     /// The proxy is being dropped.
     closing: AtomicBool,
     refuse: AtomicBool,
@@ -314,7 +315,8 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             reset(client);
             continue;
         }
-        let server = match TcpStream::connect_timeout(&shared.upstream, UPSTREAM_CONNECT_TIMEOUT) {
+        let upstream = *shared.upstream.lock().unwrap();
+        let server = match TcpStream::connect_timeout(&upstream, UPSTREAM_CONNECT_TIMEOUT) {
             Ok(s) => s,
             Err(_) => {
                 reset(client);
@@ -369,7 +371,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fault proxy");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
-            upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+            upstream: Mutex::new(SocketAddr::from(([127, 0, 0, 1], upstream_port))),
             closing: AtomicBool::new(false),
             refuse: AtomicBool::new(false),
             gate: Mutex::new(Gate::default()),
@@ -501,6 +503,12 @@ impl FaultProxy {
     /// Arming again replaces the budget.
     pub fn cut_after_client_bytes(&self, n: u64) {
         self.arm(Dir::Up, n)
+    }
+
+    /// Send new connections to `127.0.0.1:port` from now on (existing ones are left alone: `cut()` them to
+    /// move everyone), e.g. a failover behind one address.
+    pub fn set_upstream(&self, port: u16) {
+        *self.shared.upstream.lock().unwrap() = SocketAddr::from(([127, 0, 0, 1], port));
     }
 
     /// Arm a cut of every connection that fires once `n` more bytes went server → client (over all
