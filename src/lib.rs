@@ -22,6 +22,7 @@
 //! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
 //! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools expanded, and how
 //!   each source tells its keys on a shared target. Below `sync`, `precheck` and `source`.
+//! - [`keyset`]: an exact, disk-backed set of (db, key) for key ownership after full resyncs and RDB loads.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
 //! - [`precheck`]: `ferry check` and the checks `ferry sync` runs before any write.
 //! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
