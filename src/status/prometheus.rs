@@ -325,6 +325,16 @@ pub fn render(s: &StatusSnapshot) -> String {
             "Writes sent again after a reconnect.",
         )
         .add(l, t.resent);
+        f.counter(
+            "ferry_target_commits_confirmed_total",
+            "Transactions whose reply was lost but which the in-target checkpoint showed applied (not re-sent).",
+        )
+        .add(l, t.commits_confirmed);
+        f.counter(
+            "ferry_target_transactions_retried_total",
+            "Transactions discarded by the target (EXECABORT) and written again without the refused commands.",
+        )
+        .add(l, t.transactions_retried);
         for (kind, n) in &t.rejected_by_kind {
             f.counter(
                 "ferry_target_rejected_writes_by_kind_total",

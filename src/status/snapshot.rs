@@ -120,6 +120,12 @@ pub struct TargetSnapshot {
     pub reconnects: u64,
     /// Writes sent again after a reconnect.
     pub resent: u64,
+    /// Transactions whose reply was lost but whose in-target checkpoint showed they were applied (so they
+    /// were not sent again).
+    pub commits_confirmed: u64,
+    /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
+    /// refused (those are counted as rejected writes).
+    pub transactions_retried: u64,
     /// Rejected writes by error kind (`OOM`, `BUSYKEY`, `WRONGTYPE`, `SCRIPT`, `ERR`, …).
     pub rejected_by_kind: BTreeMap<String, u64>,
     /// Rejected writes by command name.
@@ -253,6 +259,8 @@ fn target(t: &TargetStatus) -> TargetSnapshot {
         inflight_bytes: u64::try_from(t.inflight_bytes.load(Ordering::Relaxed)).unwrap_or(0),
         reconnects: st.reconnects.load(Ordering::Relaxed),
         resent: st.resent.load(Ordering::Relaxed),
+        commits_confirmed: st.commits_confirmed.load(Ordering::Relaxed),
+        transactions_retried: st.transactions_retried.load(Ordering::Relaxed),
         rejected_by_kind: t.rejected_by_kind(),
         rejected_by_command: st.rejected_by_command(),
         latency: t.latency.summary(),

@@ -198,6 +198,8 @@ fn json_field_names_are_stable() {
             "inflight_bytes",
             "reconnects",
             "resent",
+            "commits_confirmed",
+            "transactions_retried",
             "rejected_by_kind",
             "rejected_by_command",
             "latency",

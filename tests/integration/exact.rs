@@ -243,8 +243,15 @@ fn target_connections_dropped_after_execution_apply_nothing_twice() {
     let state = TempDir::new("drop-replies");
     let mut m = master.client();
     m.ok(&["SET", "seed", "1"]);
-    let ferry = Ferry::sync(&[master.url()], &proxy.url(), state.path(), &[])
-        .allowing(&["target connection lost"]);
+    let status_port = crate::support::free_port();
+    let status_addr = format!("127.0.0.1:{status_port}");
+    let ferry = Ferry::sync(
+        &[master.url()],
+        &proxy.url(),
+        state.path(),
+        &["--status", &status_addr],
+    )
+    .allowing(&["target connection lost"]);
     wait_online(&mut m, &ferry);
     let load = Load::start(master.port);
     let mut t = target.client();
@@ -265,6 +272,19 @@ fn target_connections_dropped_after_execution_apply_nothing_twice() {
     assert_eq!(t.ok(&["GET", "counter"]).as_int() as u64, rounds);
     assert_eq!(t.ok(&["LLEN", "list"]).as_int() as u64, rounds);
     assert!(proxy.cuts() >= 12, "cuts: {}", proxy.cuts());
+    // The lost replies were settled by reading the in-target checkpoint back, not by luck.
+    let body = crate::stream::http_get(status_port, "/status").expect("status answers");
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("")).expect("status JSON");
+    let confirmed = json["targets"][0]["commits_confirmed"]
+        .as_u64()
+        .unwrap_or(0);
+    let reconnects = json["targets"][0]["reconnects"].as_u64().unwrap_or(0);
+    assert!(reconnects >= 12, "reconnects {reconnects}");
+    assert!(
+        confirmed > 0,
+        "no lost reply was settled from the checkpoint: {body}"
+    );
 }
 
 /// Item 5: a clean restart under load used to lose writes (a set missing members, a whole key missing).
@@ -979,11 +999,16 @@ fn a_failover_behind_one_address_continues_with_a_partial_resync() {
     let state = TempDir::new("failover");
     let mut m = master.client();
     m.ok(&["SET", "seed", "1"]);
-    let ferry = Ferry::sync(&[vip.url()], &target.url(), state.path(), &[]).allowing(&["link down"]);
+    let ferry =
+        Ferry::sync(&[vip.url()], &target.url(), state.path(), &[]).allowing(&["link down"]);
     let load = Load::start(master.port);
     let mut t = target.client();
     wait_until("streamed writes", Duration::from_secs(20), || {
-        t.cmd(&["GET", "counter"]).as_string().parse().unwrap_or(0i64) > 200
+        t.cmd(&["GET", "counter"])
+            .as_string()
+            .parse()
+            .unwrap_or(0i64)
+            > 200
     });
     let rounds = load.stop();
     // The replica has everything; it becomes the master behind the same address.
@@ -1001,5 +1026,9 @@ fn a_failover_behind_one_address_continues_with_a_partial_resync() {
     let more = load.stop();
     wait_same_data(&replica, &target, &ferry, "after the failover");
     assert_eq!(t.ok(&["LLEN", "list"]).as_int() as u64, rounds + more);
-    assert_eq!(info_i64(&mut r, "stats", "sync_full"), 0, "no full sync from the new master");
+    assert_eq!(
+        info_i64(&mut r, "stats", "sync_full"),
+        0,
+        "no full sync from the new master"
+    );
 }

@@ -97,7 +97,12 @@ impl Workload {
                         format!("m{}", n % 97),
                         format!("x{n}"),
                     ]],
-                    5 => vec![vec!["HINCRBY".into(), k(&mut rng, "h"), "f".into(), "3".into()]],
+                    5 => vec![vec![
+                        "HINCRBY".into(),
+                        k(&mut rng, "h"),
+                        "f".into(),
+                        "3".into(),
+                    ]],
                     6 => vec![vec!["EXPIRE".into(), k(&mut rng, "n"), "100000".into()]],
                     7 if via == Via::Master => {
                         let db = rng.gen_range(0..3).to_string();
@@ -191,7 +196,11 @@ impl Job {
         let mut f = self.ferry.take().expect("running");
         let st = f.terminate(Duration::from_secs(60));
         self.log.push_str(&f.log());
-        assert!(st.success(), "ferry did not stop cleanly ({st:?}):\n{}", f.log());
+        assert!(
+            st.success(),
+            "ferry did not stop cleanly ({st:?}):\n{}",
+            f.log()
+        );
         self.spawn();
     }
 
@@ -205,12 +214,22 @@ impl Job {
 
     /// Every log of this job so far, for failure messages.
     fn logs(&self) -> String {
-        format!("{}{}", self.log, self.ferry.as_ref().map(|f| f.log()).unwrap_or_default())
+        format!(
+            "{}{}",
+            self.log,
+            self.ferry.as_ref().map(|f| f.log()).unwrap_or_default()
+        )
     }
 }
 
 /// Wait until every target's data equals the sources' together; panic with the seed otherwise.
-fn wait_exact(seed: u64, what: &str, sources: &[&RedisServer], targets: &[&RedisServer], job: &Job) {
+fn wait_exact(
+    seed: u64,
+    what: &str,
+    sources: &[&RedisServer],
+    targets: &[&RedisServer],
+    job: &Job,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut src: Vec<Client> = sources.iter().map(|s| s.client()).collect();
@@ -222,15 +241,27 @@ fn wait_exact(seed: u64, what: &str, sources: &[&RedisServer], targets: &[&Redis
                 let diff: Vec<String> = want
                     .iter()
                     .filter(|w| !got.contains(w))
-                    .map(|w| format!("missing/different {:?} db{}", String::from_utf8_lossy(&w.1), w.0))
-                    .chain(
-                        got.iter()
-                            .filter(|g| !want.contains(g))
-                            .map(|g| format!("extra/different {:?} db{}", String::from_utf8_lossy(&g.1), g.0)),
-                    )
+                    .map(|w| {
+                        format!(
+                            "missing/different {:?} db{}",
+                            String::from_utf8_lossy(&w.1),
+                            w.0
+                        )
+                    })
+                    .chain(got.iter().filter(|g| !want.contains(g)).map(|g| {
+                        format!(
+                            "extra/different {:?} db{}",
+                            String::from_utf8_lossy(&g.1),
+                            g.0
+                        )
+                    }))
                     .take(10)
                     .collect();
-                bad = Some(format!("target {i}: {} keys vs {}; {diff:?}", got.len(), want.len()));
+                bad = Some(format!(
+                    "target {i}: {} keys vs {}; {diff:?}",
+                    got.len(),
+                    want.len()
+                ));
                 break;
             }
         }
@@ -318,7 +349,14 @@ fn run_schedule(
             let _ = m.client().try_cmd(&["FLUSHDB"]);
             log.push("source: FLUSHDB on one master".into());
         }
-        fault(&mut rng, job, masters, source_proxies, target_proxies, &mut log);
+        fault(
+            &mut rng,
+            job,
+            masters,
+            source_proxies,
+            target_proxies,
+            &mut log,
+        );
     }
     log
 }
@@ -351,7 +389,13 @@ fn soak_one_master_to_one_target() {
         let schedule = run_schedule(seed, &mut job, &[&master], &[&sp], &[&tp], false);
         w.stop();
         eprintln!("soak seed {seed} (1 to 1): {schedule:?}");
-        wait_exact(seed, "one master to one target", &[&master], &[&target], &job);
+        wait_exact(
+            seed,
+            "one master to one target",
+            &[&master],
+            &[&target],
+            &job,
+        );
     }
 }
 
@@ -374,7 +418,13 @@ fn soak_a_twemproxy_pool_to_one_target() {
         let schedule = run_schedule(seed, &mut job, &masters, &[], &[&tp], true);
         w.stop();
         eprintln!("soak seed {seed} (pool to 1): {schedule:?}");
-        wait_exact(seed, "a twemproxy pool to one target", &masters, &[&target], &job);
+        wait_exact(
+            seed,
+            "a twemproxy pool to one target",
+            &masters,
+            &[&target],
+            &job,
+        );
     }
 }
 
@@ -390,7 +440,13 @@ fn soak_one_master_to_two_targets() {
         let schedule = run_schedule(seed, &mut job, &[&master], &[], &[&p1, &p2], false);
         w.stop();
         eprintln!("soak seed {seed} (1 to 2): {schedule:?}");
-        wait_exact(seed, "one master to two targets", &[&master], &[&t1, &t2], &job);
+        wait_exact(
+            seed,
+            "one master to two targets",
+            &[&master],
+            &[&t1, &t2],
+            &job,
+        );
         let _ = job.ferry();
     }
 }

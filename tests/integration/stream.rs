@@ -634,7 +634,7 @@ fn a_rejected_write_is_counted_and_logged_and_on_error_stop_ends_the_job() {
 }
 
 /// GET a path from ferry's status endpoint over plain HTTP/1.1.
-fn http_get(port: u16, path: &str) -> Option<String> {
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
