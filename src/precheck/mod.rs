@@ -208,8 +208,8 @@ pub struct CheckOptions {
     /// The job's state directory: a source with a checkpoint there is resuming, so its data already on the
     /// target is not a conflict (as `ferry sync` decides).
     pub state_dir: Option<PathBuf>,
-    /// `--target-checkpoint`: `(db, key prefix)` of the in-target checkpoints; such keys are not a
-    /// conflict, and the sources they name are resuming.
+    /// `(db, key prefix)` of the in-target checkpoints (on by default, as in `ferry sync`); such keys are not
+    /// a conflict, and the sources they name are resuming.
     pub target_checkpoint: Option<(u32, String)>,
     /// Connect and per-reply timeout for every server.
     pub timeout: Duration,
@@ -229,7 +229,7 @@ impl Default for CheckOptions {
             overwrite: false,
             dbs: DbMap::default(),
             state_dir: None,
-            target_checkpoint: None,
+            target_checkpoint: Some((0, "ferry:checkpoint:".into())),
             timeout: Duration::from_secs(3),
             rate_sample: Duration::from_secs(1),
             backlog_min_secs: 60,
