@@ -118,6 +118,30 @@ fn check_one(input: &[u8]) {
         }
         _ => panic!("parse {full:?} vs skip {skip:?}"),
     }
+    // `array_items` (the EXEC result walker) agrees with the whole parse: one item per element, tiling the
+    // reply after its header, each parsing to that element with the same error-ness.
+    match (resp::array_items(input), &full) {
+        (Ok(Some(items)), Ok(Some((Reply::Array(Some(v)), n)))) => {
+            assert_eq!(items.len(), v.len());
+            let mut end = items.first().map(|i| i.1.start).unwrap_or(*n);
+            for ((h, range), r) in items.iter().zip(v) {
+                assert_eq!(range.start, end, "items are contiguous");
+                end = range.end;
+                let one = Bytes::copy_from_slice(&input[range.clone()]);
+                let (again, m) = parse_reply_bytes(&one).unwrap().unwrap();
+                assert_eq!(m, range.len());
+                assert_eq!(&again, r);
+                assert_eq!(h.is_error(), r.is_error());
+                if let Some(e) = h.error() {
+                    assert!(range.start <= e.start && e.end <= range.end);
+                }
+            }
+            assert_eq!(end, *n, "the last item ends the reply");
+        }
+        (Ok(Some(items)), other) => panic!("array_items {items:?} but the parse says {other:?}"),
+        (Ok(None), Ok(Some((Reply::Array(Some(_)), _)))) => panic!("array_items missed an array"),
+        (Ok(None) | Err(_), _) => {}
+    }
     let re = reply_error(input);
     assert_eq!(
         re.as_ref().ok().map(|o| o.as_ref().map(|x| x.1)),

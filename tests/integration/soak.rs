@@ -28,6 +28,7 @@ const ALLOWED: &[&str] = &[
     "this target needs a full resync",
     "the master started a full resync",
     "could not hand everything to the target on shutdown",
+    "cannot establish the replication link",
 ];
 
 fn seeds(default: &[u64]) -> Vec<u64> {
