@@ -59,8 +59,8 @@ fn wait_online(m: &mut Client, ferry: &Ferry) {
     }
 }
 
-/// A writer of non-idempotent commands: INCR, RPUSH, SADD of four members, APPEND, SET; it counts its
-/// rounds, so exact results are known.
+/// A writer of non-idempotent commands: INCR and RPUSH in db 0, then SADD of four members, APPEND and SET in
+/// db 1 or 2 (so the stream changes db all the time); it counts its rounds, so exact results are known.
 struct Load {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<u64>>,
@@ -75,8 +75,10 @@ impl Load {
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) {
                 let i = n.to_string();
+                c.ok(&["SELECT", "0"]);
                 c.ok(&["INCR", "counter"]);
                 c.ok(&["RPUSH", "list", &i]);
+                c.ok(&["SELECT", if n % 2 == 0 { "1" } else { "2" }]);
                 c.ok(&[
                     "SADD",
                     &format!("set:{}", n % 50),
@@ -804,8 +806,11 @@ fn big_list(c: &mut Client, key: &str, item: &str, n: usize) {
 fn two_jobs_on_one_target_build_big_values_under_their_own_temporary_keys() {
     let (a, b) = (debug_server(&[]), debug_server(&[]));
     let target = debug_server(&[]);
-    big_list(&mut a.client(), "big:a", "a", 20_000);
-    big_list(&mut b.client(), "big:b", "b", 20_000);
+    // Many big values each, so both jobs build them at the same time.
+    for i in 0..10 {
+        big_list(&mut a.client(), &format!("big:a{i}"), "a", 20_000);
+        big_list(&mut b.client(), &format!("big:b{i}"), "b", 20_000);
+    }
     let (sa, sb) = (TempDir::new("job-a"), TempDir::new("job-b"));
     let opts = [
         "--once",
@@ -823,9 +828,11 @@ fn two_jobs_on_one_target_build_big_values_under_their_own_temporary_keys() {
         assert!(st.success(), "{what}: exit {st:?}\n{}", j.log());
     }
     let mut t = target.client();
-    for (src, key) in [(&a, "big:a"), (&b, "big:b")] {
-        let want = src.client().ok(&["LRANGE", key, "0", "-1"]);
-        assert_eq!(t.ok(&["LRANGE", key, "0", "-1"]), want, "{key}");
+    for i in 0..10 {
+        for (src, key) in [(&a, format!("big:a{i}")), (&b, format!("big:b{i}"))] {
+            let want = src.client().ok(&["LRANGE", &key, "0", "-1"]);
+            assert_eq!(t.ok(&["LRANGE", &key, "0", "-1"]), want, "{key}");
+        }
     }
     assert!(t.ok(&["KEYS", "ferry:tmp:*"]).as_array().is_empty());
 }
