@@ -47,6 +47,10 @@ use crate::spool::{self, Record, SpoolConfig, SpoolReader};
 use crate::status::{FullSyncProgress, ProgressOutput, SourceState, SourceStatus};
 use crate::target::applied::{Applied, Pos};
 use crate::target::client::Client;
+use crate::target::with_retry;
+
+/// How long the one-shot exchanges with a target (its checkpoint, a sweep) ride out lost connections.
+const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// What one source needs to know about its job.
 pub struct SourceJob {
@@ -264,9 +268,11 @@ pub async fn run(
 async fn decide_resume(k: &Sink) -> Result<Resume, String> {
     let file = k.job.load(&k.cfg.state_dir).map_err(|e| e.to_string())?;
     if let Some(tc) = &k.target_cp {
-        let stored = read_target_checkpoint(&k.cfg, tc)
-            .await
-            .map_err(|e| format!("reading the in-target checkpoint: {e}"))?;
+        let stored = with_retry("reading the in-target checkpoint", RETRY_FOR, || {
+            read_target_checkpoint(&k.cfg, tc)
+        })
+        .await
+        .map_err(|e| format!("reading the in-target checkpoint: {e}"))?;
         return Ok(match (stored, &file) {
             (TargetMark::At(cp), _) => Resume::At(cp),
             (TargetMark::Loading, _) => Resume::Full {
@@ -511,9 +517,11 @@ impl Consumer {
                 .await
                 .map_err(|e| err(e.to_string()))?;
             if let Some(tc) = &k.target_cp {
-                mark_loading(&k.cfg, tc).await.map_err(|e| {
-                    err(format!("marking the in-target checkpoint as loading: {e}"))
-                })?;
+                with_retry("marking the in-target checkpoint", RETRY_FOR, || {
+                    mark_loading(&k.cfg, tc)
+                })
+                .await
+                .map_err(|e| err(format!("marking the in-target checkpoint as loading: {e}")))?;
             }
         }
         self.phase = Phase::Snapshot(Box::new(RdbFeeder::new(self.cfg.decoder.clone())));
@@ -913,7 +921,12 @@ async fn remove_keys(
                 t.dedup();
                 t
             }
-            None => sweep::target_dbs(&cfg.target).await?,
+            None => {
+                with_retry("listing the target's dbs", RETRY_FOR, || {
+                    sweep::target_dbs(&cfg.target)
+                })
+                .await?
+            }
         },
     };
     let (pool, conn) = s.ordered_connection();

@@ -95,6 +95,33 @@ impl TargetError {
     }
 }
 
+/// Run `op` until it succeeds, fails with an error retrying cannot help, or `for_` has passed: for the
+/// one-shot exchanges around the data path (reading or marking an in-target checkpoint, a sweep, opening the
+/// writer pool) that must ride out a connection lost for a moment as the writer pool itself does. `op` must
+/// be safe to run again (they all are: reads, `SET` of a marker, scanning and deleting owned keys).
+pub async fn with_retry<T, F, Fut>(
+    what: &str,
+    for_: std::time::Duration,
+    mut op: F,
+) -> Result<T, TargetError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TargetError>>,
+{
+    let deadline = tokio::time::Instant::now() + for_;
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::info!(error = %e, "{what}: retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// What ferry needs to know about a target server before writing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {

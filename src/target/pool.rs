@@ -271,7 +271,11 @@ impl WriterPool {
         let mut conns = Vec::with_capacity(n);
         let mut run_id = String::new();
         for i in 0..n {
-            let (client, id) = open(addr, &cfg).await?;
+            let (client, id) =
+                super::with_retry("opening a target connection", cfg.reconnect_for, || {
+                    open(addr, &cfg)
+                })
+                .await?;
             if i == 0 {
                 run_id = id;
             } else if id != run_id {

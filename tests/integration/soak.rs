@@ -188,8 +188,23 @@ impl Job {
         self.ferry = Some(Ferry::start_allowing(&refs, ALLOWED));
     }
 
-    fn ferry(&self) -> &Ferry {
-        self.ferry.as_ref().expect("running")
+    /// If ferry ended, it must be because a fault hit its start-up precheck (it refuses to start then,
+    /// writing nothing): start it again, as an operator would. Any other end is a failure.
+    fn ensure_running(&mut self, seed: u64) {
+        let f = self.ferry.as_mut().expect("started");
+        if f.running() {
+            return;
+        }
+        let log = f.log();
+        if log.contains("precheck failed; nothing was written") && !log.contains("streaming") {
+            self.log.push_str(&log);
+            self.spawn();
+            return;
+        }
+        panic!(
+            "SOAK FAILURE seed={seed}: ferry ended on its own:\n{}{log}",
+            self.log
+        );
     }
 
     /// SIGTERM (a clean stop: exit 0) and start again.
@@ -258,8 +273,30 @@ fn wait_exact(
                     }))
                     .take(10)
                     .collect();
+                let mut shown = String::new();
+                for w in want.iter().filter(|w| !got.contains(w)).take(3) {
+                    let (db, key) = (w.0, w.1.clone());
+                    let src_v = sources
+                        .iter()
+                        .map(|s| show(&mut s.client(), db, &key))
+                        .find(|v| !v.starts_with("none"))
+                        .unwrap_or_default();
+                    let tgt_v = show(&mut t.client(), db, &key);
+                    shown.push_str(&format!(
+                        "\n  {:?} db{db}: source {src_v} | target {tgt_v}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
+                for g in got.iter().filter(|g| !want.contains(g)).take(3) {
+                    let tgt_v = show(&mut t.client(), g.0, &g.1);
+                    shown.push_str(&format!(
+                        "\n  extra {:?} db{}: target {tgt_v}",
+                        String::from_utf8_lossy(&g.1),
+                        g.0
+                    ));
+                }
                 bad = Some(format!(
-                    "target {i}: {} keys vs {}; {diff:?}",
+                    "target {i}: {} keys vs {}; {diff:?}{shown}",
                     got.len(),
                     want.len()
                 ));
@@ -275,6 +312,23 @@ fn wait_exact(
             Some(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// A key's type, value (short) and expiry, for failure messages.
+fn show(c: &mut Client, db: u32, key: &[u8]) -> String {
+    c.ok(&["SELECT", &db.to_string()]);
+    let ty = c.ok(&[&b"TYPE"[..], key]).as_string();
+    let v = match ty.as_str() {
+        "string" => c.ok(&[&b"GET"[..], key]).as_string(),
+        "hash" => format!("{:?}", c.ok(&[&b"HGETALL"[..], key])),
+        "list" => format!("{:?}", c.ok(&[&b"LRANGE"[..], key, b"0", b"-1"])),
+        "set" => format!("{:?}", c.ok(&[&b"SMEMBERS"[..], key])),
+        _ => String::new(),
+    };
+    let ttl = c.ok(&[&b"PEXPIRETIME"[..], key]).as_string();
+    let mut v = format!("{ty} {v} exp={ttl}");
+    v.truncate(300);
+    v
 }
 
 /// One fault, chosen by the seed.
@@ -350,6 +404,7 @@ fn run_schedule(
             let _ = m.client().try_cmd(&["FLUSHDB"]);
             log.push("source: FLUSHDB on one master".into());
         }
+        job.ensure_running(seed);
         fault(
             &mut rng,
             job,
@@ -359,6 +414,8 @@ fn run_schedule(
             &mut log,
         );
     }
+    std::thread::sleep(Duration::from_millis(500));
+    job.ensure_running(seed);
     log
 }
 
@@ -448,6 +505,5 @@ fn soak_one_master_to_two_targets() {
             &[&t1, &t2],
             &job,
         );
-        let _ = job.ferry();
     }
 }
