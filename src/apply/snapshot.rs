@@ -84,7 +84,6 @@ pub struct SnapshotApplier {
     pub scripts: Vec<Bytes>,
     /// Records the (target db, key) of every key written, when asked (see [`SnapshotApplier::start_index`]).
     index: Option<KeySetBuilder>,
-    index_failed: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -116,7 +115,6 @@ impl SnapshotApplier {
             stats,
             scripts: Vec::new(),
             index: None,
-            index_failed: None,
         }
     }
 
@@ -124,7 +122,6 @@ impl SnapshotApplier {
     /// keys of the source that its snapshot did not write are removed.
     pub fn start_index(&mut self, dir: &std::path::Path, name: &str) {
         self.index = Some(KeySetBuilder::new(dir, name, 8 << 20));
-        self.index_failed = None;
     }
 
     /// The keys written since [`SnapshotApplier::start_index`].
