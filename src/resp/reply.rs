@@ -130,18 +130,17 @@ pub type ArrayItem = (ReplyHead, Range<usize>);
 /// command), each as its [`ReplyHead`] and its byte range in `buf`; `Ok(None)` if `buf` does not start
 /// with a complete array. Ranges inside the heads are indexes into `buf` too.
 pub fn array_items(buf: &[u8]) -> Result<Option<Vec<ArrayItem>>, RespError> {
-    if buf.first() != Some(&b'*') {
-        return Ok(None);
+    // The whole reply first, by the one grammar (a count the parser refuses is refused here too).
+    match skip_reply(buf)? {
+        Some((ReplyHead::Array { .. }, _)) if buf.first() == Some(&b'*') => {}
+        _ => return Ok(None),
     }
     let Some(cr) = line_end(buf, 1)? else {
         return Ok(None);
     };
-    let n: usize = match std::str::from_utf8(&buf[1..cr])
-        .ok()
-        .and_then(|t| t.parse().ok())
-    {
-        Some(n) if n as u64 <= MAX_AGGREGATE_COUNT => n,
-        _ => return Ok(None), // `*-1` or a count no server sends
+    let n: usize = match std::str::from_utf8(&buf[1..cr]).ok().and_then(|t| t.parse().ok()) {
+        Some(n) => n,
+        None => return Ok(None), // `*-1`
     };
     let mut pos = cr + 2;
     let mut items = Vec::with_capacity(n.min(4096));

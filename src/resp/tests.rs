@@ -990,3 +990,11 @@ fn array_items_of_an_exec_result() {
     assert_eq!(array_items(b"*-1\r\n").unwrap(), None, "null array");
     assert_eq!(array_items(b"*0\r\n").unwrap(), Some(vec![]));
 }
+
+/// Found by the `resp_reply` fuzz target: a count with a leading zero is refused by the parser, so the
+/// EXEC-result walker must not read it as an array either.
+#[test]
+fn array_items_follows_the_parsers_grammar() {
+    assert!(crate::resp::skip_reply(b"*00\r\n%\n").is_err());
+    assert!(!matches!(crate::resp::array_items(b"*00\r\n%\n"), Ok(Some(_))));
+}
