@@ -138,7 +138,10 @@ pub fn array_items(buf: &[u8]) -> Result<Option<Vec<ArrayItem>>, RespError> {
     let Some(cr) = line_end(buf, 1)? else {
         return Ok(None);
     };
-    let n: usize = match std::str::from_utf8(&buf[1..cr]).ok().and_then(|t| t.parse().ok()) {
+    let n: usize = match std::str::from_utf8(&buf[1..cr])
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
         Some(n) => n,
         None => return Ok(None), // `*-1`
     };

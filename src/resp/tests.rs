@@ -996,5 +996,8 @@ fn array_items_of_an_exec_result() {
 #[test]
 fn array_items_follows_the_parsers_grammar() {
     assert!(crate::resp::skip_reply(b"*00\r\n%\n").is_err());
-    assert!(!matches!(crate::resp::array_items(b"*00\r\n%\n"), Ok(Some(_))));
+    assert!(!matches!(
+        crate::resp::array_items(b"*00\r\n%\n"),
+        Ok(Some(_))
+    ));
 }

@@ -930,14 +930,17 @@ async fn remove_keys(
         },
     };
     let (pool, conn) = s.ordered_connection();
-    let report = sweep::sweep(
-        &cfg.target,
-        &dbs,
-        &src.ownership,
-        kind,
-        &src.own_keys,
-        |db, keys| crate::apply::stream::delete_keys(pool.clone(), conn, db, keys),
-    )
+    // A connection lost during the sweep: it starts again (scanning and deleting owned keys twice is safe).
+    let report = with_retry("removing this source's keys", RETRY_FOR, || {
+        sweep::sweep(
+            &cfg.target,
+            &dbs,
+            &src.ownership,
+            kind,
+            &src.own_keys,
+            |db, keys| crate::apply::stream::delete_keys(pool.clone(), conn, db, keys),
+        )
+    })
     .await?;
     pool.flush().await?;
     tracing::info!(source = %src.addr, target_addr = %cfg.target, ?kind, dbs = ?dbs, scanned = report.scanned,
