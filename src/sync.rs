@@ -28,18 +28,19 @@ pub struct SyncReport {
 
 /// Check the target before any write: reachable, authenticated, version, and empty unless overwriting.
 pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> {
-    let mut c = Client::connect(&cfg.target).await.map_err(|e| {
-        SyncError::Precheck(format!(
-            "{e}. Check that the target is running and reachable, and its credentials."
-        ))
-    })?;
-    c.cmd_ok(&[b"PING"])
+    // A connection lost for a moment (the full precheck just reached the target) is tried again briefly.
+    let info =
+        crate::target::with_retry("checking the target", Duration::from_secs(10), || async {
+            let mut c = Client::connect(&cfg.target).await?;
+            c.cmd_ok(&[b"PING"]).await?;
+            c.server_info().await
+        })
         .await
-        .map_err(|e| SyncError::Precheck(e.to_string()))?;
-    let info = c
-        .server_info()
-        .await
-        .map_err(|e| SyncError::Precheck(e.to_string()))?;
+        .map_err(|e| {
+            SyncError::Precheck(format!(
+                "{e}. Check that the target is running and reachable, and its credentials."
+            ))
+        })?;
     let resuming = resuming_sources(cfg);
     if !resuming.is_empty() && !info.keyspace.is_empty() {
         tracing::info!(target_addr = %cfg.target, sources = %resuming.join(", "),
