@@ -5,9 +5,12 @@
 //!   of encoded commands; each connection writes them in order and checks every reply in order. In-flight
 //!   bytes are bounded by a semaphore, so a slow target slows the producer instead of filling memory.
 //! - [`stats::TargetStats`]: counters and rejected-write accounting, read by status.
+//! - [`latency::LatencyRecorder`]: write round trips per target (an HDR histogram), recorded by the pool and
+//!   read by status.
 
 pub mod applied;
 pub mod client;
+pub mod latency;
 pub mod pool;
 pub mod stats;
 
