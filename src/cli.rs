@@ -434,36 +434,10 @@ async fn sync_main(cfg: SyncConfig) -> i32 {
 
 /// SIGINT and SIGTERM cancel the job: it then drains, acknowledges, checkpoints and exits 0.
 fn spawn_signal_handler(cancel: CancellationToken) {
-    on_stop_signal(
+    crate::signal::on_stop_signal(
         cancel,
         "stop requested: draining, acknowledging and checkpointing",
     );
-}
-
-/// Cancel `cancel` at the first SIGINT or SIGTERM (Ctrl-C elsewhere), logging `what` at info.
-pub(crate) fn on_stop_signal(cancel: CancellationToken, what: &'static str) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        tracing::info!("{what}");
-        cancel.cancel();
-    });
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 //! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
 //! - [`status`]: the metrics registry, `/status` `/metrics` `/healthz`, progress bars and summary logs.
 //! - [`twemproxy`]: nutcracker configs and nutcracker's exact key placement.
+//! - [`signal`]: SIGINT/SIGTERM cancel a job's root token (`sync` and `verify`).
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod precheck;
 pub mod rdb;
 pub mod repl;
 pub mod resp;
+pub mod signal;
 pub mod source;
 pub mod spool;
 pub mod status;

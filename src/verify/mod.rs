@@ -303,7 +303,7 @@ pub async fn run_cli_to(
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {
-    crate::cli::on_stop_signal(cancel, "stop requested: verify stops without a verdict");
+    crate::signal::on_stop_signal(cancel, "stop requested: verify stops without a verdict");
 }
 
 #[cfg(test)]
