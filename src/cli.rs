@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{RedisAddr, SourceSpec};
-use crate::job::{SyncConfig, SyncError};
+use crate::job::{OnConflict, SyncConfig, SyncError};
 use crate::rdb::DecoderOptions;
 use crate::target::pool::PoolConfig;
 
@@ -30,14 +30,6 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OnConflict {
-    /// Refuse a target that holds any key, before writing anything.
-    Error,
-    /// Source values replace target values of the same key.
-    Overwrite,
 }
 
 /// A secret from the command line, never shown by `Debug`.
@@ -150,7 +142,7 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 0)]
     pub checkpoint_db: u32,
     /// Prefix of the in-target checkpoint keys (the source's host_port follows).
-    #[arg(long, default_value = "ferry:checkpoint:")]
+    #[arg(long, default_value = crate::job::DEFAULT_CHECKPOINT_KEY_PREFIX)]
     pub checkpoint_key_prefix: String,
     /// Read options from a TOML file (keys are these long options: `target = "redis://…"`,
     /// `source = [..]`, `once = true`); options on the command line win. Unknown keys are errors.
@@ -168,7 +160,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
     pub heartbeat: Option<u64>,
     /// The heartbeat key (in db 0 of each source).
-    #[arg(long, default_value = "ferry:heartbeat")]
+    #[arg(long, default_value = crate::job::DEFAULT_HEARTBEAT_KEY)]
     pub heartbeat_key: String,
     /// Credentials for the servers of `twemproxy:` sources, `[USER:]PASSWORD`, instead of the pool's
     /// `redis_auth` (e.g. an ACL user allowed to PSYNC). Prefer the environment variable: arguments are

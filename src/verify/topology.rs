@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::conn::{Conn, Role, VerifyError};
 use crate::endpoint::RedisAddr;
 use crate::target::ServerInfo;
-use crate::twemproxy::{self, Router, TwemproxyConfig};
+use crate::twemproxy::{Router, TwemproxyConfig};
 
 /// A `--source` or `--target` as given: `redis://[[user]:password@]host:port` or `twemproxy:CONF[#POOL]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl FromStr for Endpoint {
                     "twemproxy: needs a nutcracker config path: twemproxy:CONF[#POOL]".into(),
                 );
             }
-            let (path, pool) = twemproxy::parse_source(rest);
+            let (path, pool) = crate::endpoint::parse_twemproxy(rest);
             return Ok(Endpoint::Twemproxy { path, pool });
         }
         if s.starts_with("rdb:") {
