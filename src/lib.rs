@@ -18,6 +18,8 @@
 //! - [`apply`]: the only place that knows what a write means: RESTORE vs native re-encoding, big-key
 //!   chunking, db tracking, expiry handling.
 //! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting.
+//! - [`info`]: the one parser of `INFO` replies (fields, sections, keyspace); [`target::ServerInfo`] is the
+//!   typed summary built from it.
 //! - [`checkpoint`]: per-source replication position, written atomically, for resume.
 //! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
 //! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools expanded, and how
@@ -35,6 +37,7 @@ pub mod apply;
 pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
+pub mod info;
 pub mod job;
 pub mod keyset;
 pub mod precheck;
