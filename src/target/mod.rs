@@ -1,6 +1,7 @@
 //! Targets: connections, pipelined writing, reply checking in order, reconnects, error accounting.
 //!
-//! - [`client::Client`]: one request/response connection, for prechecks and administrative commands.
+//! - [`client::Client`]: one connection for everything but the data path: prechecks, administrative
+//!   commands, the pool's handshake, and `ferry verify`'s pipelined reads (sent again after a reconnect).
 //! - [`pool::WriterPool`]: several pipelined connections to one target. Work arrives as [`pool::Batch`]es
 //!   of encoded commands; each connection writes them in order and checks every reply in order. In-flight
 //!   bytes are bounded by a semaphore, so a slow target slows the producer instead of filling memory.

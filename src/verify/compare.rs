@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::conn::{Conn, Pipeline, Role, VerifyError};
+use super::error::{self, VerifyError};
 use super::report::Kind;
 use super::topology::{Group, Node};
 use crate::apply::DbMap;
 use crate::resp::Reply;
+use crate::target::client::{Client, Pipeline, Role};
 use crate::twemproxy::Router;
 
 /// Memory budget of one round of whole-value reads, per worker and side.
@@ -180,8 +181,8 @@ pub fn source_dbs(m: &DbMap, db: u32) -> Vec<u32> {
 
 /// A worker's connections, opened on first use.
 pub struct Conns {
-    src: Vec<Option<Conn>>,
-    tgt: Vec<Option<Conn>>,
+    src: Vec<Option<Client>>,
+    tgt: Vec<Option<Client>>,
 }
 
 impl Conns {
@@ -233,9 +234,11 @@ pub fn now_ms() -> i64 {
 impl Calls {
     pub fn new(env: &Env) -> Calls {
         Calls {
-            src: (0..env.src.len()).map(|_| Default::default()).collect(),
+            src: (0..env.src.len())
+                .map(|_| (Pipeline::reads(), Vec::new()))
+                .collect(),
             tgt: (0..env.tgt.nodes.len())
-                .map(|_| Default::default())
+                .map(|_| (Pipeline::reads(), Vec::new()))
                 .collect(),
         }
     }
@@ -289,7 +292,7 @@ impl Calls {
 
 async fn run_side(
     env: &Env,
-    conns: &mut [Option<Conn>],
+    conns: &mut [Option<Client>],
     nodes: &[Node],
     role: Role,
     db: u32,
@@ -303,14 +306,18 @@ async fn run_side(
             continue;
         }
         if conns[i].is_none() {
-            conns[i] = Some(Conn::connect(&nodes[i].addr, role, timeout).await?);
+            conns[i] = Some(
+                Client::connect_as(&nodes[i].addr, role, timeout)
+                    .await
+                    .map_err(error::on(role))?,
+            );
         }
         let Some(c) = conns[i].as_mut() else {
             out.push(Vec::new());
             continue;
         };
-        c.select(db);
-        out.push(c.run(p).await?);
+        c.use_db(db);
+        out.push(c.run(p).await.map_err(error::on(role))?);
         env.peak_reply_bytes
             .fetch_max(c.last_reply_bytes(), Ordering::Relaxed);
     }

@@ -16,10 +16,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::compare::{self, CompareOptions, Conns, Env, Verdict};
-use super::conn::{Conn, Role, VerifyError};
+use super::error::{self, VerifyError};
 use super::report::{Counts, DbCounts, DbKeyCount, Difference, Kind, Report, TargetReport};
 use super::topology::{self, Endpoint, Group};
 use crate::apply::DbMap;
+use crate::resp::Reply;
+use crate::target::client::{Client, Pipeline, Role};
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -612,7 +614,9 @@ async fn scan(
     tx: mpsc::Sender<Work>,
 ) -> Result<(), VerifyError> {
     let n = sh.env.node(role, node).clone();
-    let mut conn = Conn::connect(&n.addr, role, sh.s.timeout).await?;
+    let mut conn = Client::connect_as(&n.addr, role, sh.s.timeout)
+        .await
+        .map_err(error::on(role))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (role, node).hash(&mut h);
     let mut rng = SplitMix(sh.s.seed ^ h.finish());
@@ -628,15 +632,16 @@ async fn scan(
             continue;
         }
         tracing::debug!(%role, server = %n.shown, db, keys, "scanning");
-        conn.select(db);
+        conn.use_db(db);
         let mut cursor = Bytes::from_static(b"0");
         loop {
             if sh.cancel.is_cancelled() {
                 return Err(VerifyError::Cancelled);
             }
             let r = conn
-                .cmd_ok(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])
-                .await?;
+                .read_ok(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])
+                .await
+                .map_err(error::on(role))?;
             let (next, keys) = compare::scan_reply(&r);
             let scanned = keys.len() as u64;
             let keys: Vec<Bytes> = keys
@@ -670,16 +675,20 @@ async fn scan(
 }
 
 /// Keys in `db` (DBSIZE), ferry's own key not counted.
-async fn keys_in(c: &mut Conn, db: u32, ignore: Option<&Bytes>) -> Result<u64, VerifyError> {
-    c.select(db);
-    let mut p = super::conn::Pipeline::new();
+async fn keys_in(c: &mut Client, db: u32, ignore: Option<&Bytes>) -> Result<u64, VerifyError> {
+    let role = c.role();
+    c.use_db(db);
+    let mut p = Pipeline::reads();
     p.push(&[b"DBSIZE"]);
     if let Some(k) = ignore {
         p.push(&[b"EXISTS", k]);
     }
-    let r = c.run(&p).await?;
+    let r = c.run(&p).await.map_err(error::on(role))?;
     if let Some(Reply::Error(e)) = r.iter().find(|x| x.is_error()) {
-        return Err(c.command_error(b"DBSIZE", e));
+        return Err(VerifyError::from_client(
+            role,
+            c.command_error(b"DBSIZE", e),
+        ));
     }
     let n = r.first().and_then(|x| x.as_int()).unwrap_or(0)
         - r.get(1).and_then(|x| x.as_int()).unwrap_or(0);
@@ -715,7 +724,12 @@ async fn count_target(
         .flat_map(|g| g.nodes.iter().map(|n| (Role::Source, n)))
         .chain(tg.nodes.iter().map(|n| (Role::Target, n)))
     {
-        conns.push((role, Conn::connect(&n.addr, role, s.timeout).await?));
+        conns.push((
+            role,
+            Client::connect_as(&n.addr, role, s.timeout)
+                .await
+                .map_err(error::on(role))?,
+        ));
     }
     let mut counts = Vec::new();
     for round in 0..=s.rounds {
@@ -789,8 +803,6 @@ async fn count_target(
         peak_reply_bytes: 0,
     })
 }
-
-use crate::resp::Reply;
 
 /// ferry's own keys on a target: in-target checkpoints and temporary big-value keys (`ferry sync`
 /// writes them; no source has them). Never compared.

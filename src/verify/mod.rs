@@ -3,7 +3,8 @@
 //!
 //! - [`topology`]: `--source`/`--target` endpoints (`redis://`, `twemproxy:CONF[#POOL]`), the servers
 //!   behind them, what each server supports, where a key lives.
-//! - [`conn`]: a pipelined read-only connection, and [`VerifyError`] (could not compare).
+//! - [`error`]: [`VerifyError`] (could not compare), naming the side and the server. Connections are
+//!   [`crate::target::client::Client`]s, reading in pipelines that are sent again after a reconnect.
 //! - [`compare`]: comparing a batch of keys: type, TTL, size, then values (`DUMP` fast path, whole reads,
 //!   or pieces for big values); the reverse direction (target keys on no source).
 //! - [`engine`]: scanners, workers, sampling, rate limit, re-check rounds, `--mode count`.
@@ -13,8 +14,8 @@
 //! 2 could not compare (a server unreachable or failing, a bad option or config, interrupted).
 
 pub mod compare;
-pub mod conn;
 pub mod engine;
+pub mod error;
 pub mod report;
 pub mod topology;
 
@@ -25,8 +26,9 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Role, VerifyError};
+pub use crate::target::client::Role;
 pub use engine::{run, Mode, Settings, VerifyConfig};
+pub use error::VerifyError;
 pub use report::{Counts, Difference, Kind, Report, TargetReport};
 pub use topology::Endpoint;
 

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::conn::{Conn, Role, VerifyError};
+use super::error::{self, VerifyError};
 use crate::endpoint::RedisAddr;
+use crate::target::client::{Client, Role};
 use crate::target::ServerInfo;
 use crate::twemproxy::{Router, TwemproxyConfig};
 
@@ -161,13 +162,10 @@ pub async fn resolve(ep: &Endpoint, role: Role, timeout: Duration) -> Result<Gro
     };
     let mut nodes = Vec::with_capacity(addrs.len());
     for (addr, shown) in addrs.into_iter().zip(names) {
-        let mut c = Conn::connect(&addr, role, timeout).await?;
-        let info = c.cmd_ok(&[b"INFO", b"all"]).await?;
-        let text = info
-            .as_bytes()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        let info = ServerInfo::parse(&text);
+        let mut c = Client::connect_as(&addr, role, timeout)
+            .await
+            .map_err(error::on(role))?;
+        let info = ServerInfo::from_info(&c.info(b"all").await.map_err(error::on(role))?);
         if info.cluster {
             return Err(VerifyError::Config(format!(
                 "{role} {shown} is a Redis Cluster node; verify compares standalone servers and \

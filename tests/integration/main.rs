@@ -2,6 +2,7 @@
 
 mod support;
 
+mod client;
 mod exact;
 mod fault_proxy;
 mod fixtures;
