@@ -131,9 +131,16 @@ pub struct VerifyArgs {
     /// Repeatable.
     #[arg(long = "map-db", value_name = "SRC:DST")]
     pub map_db: Vec<String>,
-    /// ferry's heartbeat key, ignored on both sides in every db ("" to ignore nothing).
-    #[arg(long, default_value = "ferry:heartbeat", value_name = "KEY")]
+    /// ferry's heartbeat key, as given to `ferry sync --heartbeat-key`: ignored on both sides in every db
+    /// ("" to ignore nothing).
+    #[arg(long, default_value = crate::job::DEFAULT_HEARTBEAT_KEY, value_name = "KEY")]
     pub heartbeat_key: String,
+    /// Prefix of ferry's in-target checkpoint keys, as given to `ferry sync --checkpoint-key-prefix`: keys
+    /// that start with it are ignored on both sides in every db ("" to ignore none). With `--mode count`,
+    /// the checkpoint keys of the sources given are not counted. Temporary keys (`ferry:tmp:`) are always
+    /// ignored.
+    #[arg(long, default_value = crate::job::DEFAULT_CHECKPOINT_KEY_PREFIX, value_name = "PREFIX")]
+    pub checkpoint_key_prefix: String,
     /// Print the report as JSON (every difference, up to --max-listed) instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -227,8 +234,10 @@ impl VerifyArgs {
                 rate: self.rate,
                 dump: !self.no_dump,
                 dbmap,
-                ignore_key: (!self.heartbeat_key.is_empty())
+                heartbeat_key: (!self.heartbeat_key.is_empty())
                     .then(|| Bytes::from(self.heartbeat_key.into_bytes())),
+                checkpoint_key_prefix: (!self.checkpoint_key_prefix.is_empty())
+                    .then(|| Bytes::from(self.checkpoint_key_prefix.into_bytes())),
                 max_listed: self.max_listed,
                 max_recheck: self.max_recheck,
                 timeout: Duration::from_secs(self.timeout_secs),

@@ -18,4 +18,5 @@ mod stream;
 mod topologies;
 mod twemproxy;
 mod verify;
+mod verify_sync;
 mod versions_sync;
