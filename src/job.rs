@@ -65,7 +65,7 @@ pub enum OnConflict {
 }
 
 /// Prefix of the in-target checkpoint keys by default (`--checkpoint-key-prefix`); the source's id
-/// ([`crate::checkpoint::source_id`]) follows.
+/// (`checkpoint::source_id`) follows.
 pub const DEFAULT_CHECKPOINT_KEY_PREFIX: &str = "ferry:checkpoint:";
 /// The heartbeat key written into each source by default (`--heartbeat-key`).
 pub const DEFAULT_HEARTBEAT_KEY: &str = "ferry:heartbeat";
