@@ -1,14 +1,17 @@
 //! `ferry verify` beside `ferry sync`: ferry's own keys (in-target checkpoints, temporary keys, the heartbeat
 //! key) are ignored exactly as named on verify's command line, in every mode, and a user key such as
-//! `ferry:other` is compared.
+//! `ferry:other` is compared; a list that keeps growing while a running sync copies it is not reported,
+//! while a target list that is really shorter or longer is.
 //!
 //! The real binary runs here, with `--json`, and its log must be clean.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::ferry_proc::{check_output, ferry_command, Ferry};
-use crate::support::{wait_until, RedisServer, TempDir};
+use crate::support::{wait_until, Client, RedisServer, TempDir};
 
 struct Verdict {
     code: i32,
@@ -172,5 +175,128 @@ fn count_mode_of_a_synced_copy_leaves_out_the_sync_s_checkpoint_key() {
     for mode in ["count", "full"] {
         let v = verify(&master.url(), &target.url(), &["--mode", mode]);
         assert_eq!(v.code, 0, "--mode {mode}: {:?} {}", v.details(), v.json);
+    }
+}
+
+/// RPUSH `n` elements to `key` in batches.
+fn fill_list(c: &mut Client, key: &str, from: u64, n: u64) {
+    let mut i = from;
+    while i < from + n {
+        let end = (i + 1000).min(from + n);
+        let mut args = vec!["RPUSH".to_string(), key.to_string()];
+        args.extend((i..end).map(|x| x.to_string()));
+        c.ok(&args);
+        i = end;
+    }
+}
+
+#[test]
+fn a_list_growing_while_it_is_compared_is_not_a_false_difference() {
+    let master = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let mut m = master.client();
+    fill_list(&mut m, "log", 0, 30_000);
+    fill_list(&mut m, "small", 0, 20);
+    let state = TempDir::new("verify-growing");
+    let ferry = Ferry::sync(&[master.url()], &target.url(), state.path(), &[]);
+    let mut t = target.client();
+    wait_until("the snapshot", Duration::from_secs(30), || {
+        t.cmd(&["LLEN", "log"]).as_int() >= 30_000
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, port) = (stop.clone(), master.port);
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        let mut n = 30_000u64;
+        while !stop2.load(Ordering::Relaxed) {
+            c.ok(&["RPUSH", "log", &n.to_string()]);
+            // A steady few thousand writes a second, which a running sync follows within milliseconds
+            // (an unthrottled loop on two loaded cores can put it seconds behind: a real lag).
+            if n % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if n % 256 == 0 {
+                c.ok(&["RPUSH", "small", &n.to_string()]);
+            }
+            n += 1;
+        }
+        n
+    });
+    // The sync streams: the target follows the writes, a few milliseconds behind.
+    wait_until("the stream", Duration::from_secs(30), || {
+        t.cmd(&["LLEN", "log"]).as_int() >= 30_500
+    });
+    // No re-check round: every comparison of the growing lists must be right the first time. Small
+    // pages make many of them, and the page holding a list's end moves while it is read; with the default
+    // page, `small` is read whole.
+    let mut outcomes = Vec::new();
+    for page in ["100", "100", "1000"] {
+        outcomes.push(verify(
+            &master.url(),
+            &target.url(),
+            &["--rounds", "0", "--page", page],
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 31_000, "the writer barely wrote ({written})");
+    for v in &outcomes {
+        assert_eq!(
+            v.code,
+            0,
+            "a growing list reported as different: {:?}\nferry log:\n{}",
+            v.details(),
+            ferry.log()
+        );
+    }
+}
+
+#[test]
+fn a_target_list_really_shorter_or_longer_is_reported() {
+    let source = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let (mut s, mut t) = (source.client(), target.client());
+    for (key, n) in [
+        ("short", 10),
+        ("long", 10),
+        ("bigshort", 5000),
+        ("biglong", 5000),
+    ] {
+        fill_list(&mut s, key, 0, n);
+        fill_list(&mut t, key, 0, n);
+    }
+    t.ok(&["RPOP", "short"]);
+    t.ok(&["RPUSH", "long", "extra"]);
+    t.ok(&["RPOP", "bigshort"]);
+    t.ok(&["RPUSH", "biglong", "extra"]);
+    let expected: BTreeSet<_> = ["biglong", "bigshort", "long", "short"]
+        .into_iter()
+        .map(|k| d("value", 0, k))
+        .collect();
+    for extra in [
+        &["--rounds", "0", "--page", "100"][..],
+        &["--round-pause-ms", "50"],
+    ] {
+        let t0 = std::time::Instant::now();
+        let v = verify(&source.url(), &target.url(), extra);
+        assert_eq!(v.code, 1, "{extra:?}");
+        assert_eq!(v.diffs(), expected, "{extra:?}: {:?}", v.details());
+        let details = v.details();
+        for (key, src, tgt) in [
+            ("short", 10, 9),
+            ("long", 10, 11),
+            ("bigshort", 5000, 4999),
+            ("biglong", 5000, 5001),
+        ] {
+            let want = format!("list: length {src} on the source, {tgt} on the target");
+            assert!(
+                details
+                    .iter()
+                    .any(|x| x.contains(&format!("\"{key}\"")) && x.contains(&want)),
+                "{key}: {details:?}"
+            );
+        }
+        // The target is given a moment to catch up, not more.
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     }
 }
