@@ -1545,7 +1545,7 @@ fn cmp_stream_entries(a: &Reply, b: &Reply, base: u64) -> Option<String> {
 }
 
 /// `XINFO` replies as field → value (RESP2 flat pairs or a RESP3 map).
-fn info_fields(r: &Reply) -> Vec<(&[u8], &Reply)> {
+fn xinfo_fields(r: &Reply) -> Vec<(&[u8], &Reply)> {
     match r {
         Reply::Map(m) => m
             .iter()
@@ -1584,7 +1584,7 @@ const STREAM_FIELDS: [&[u8]; 4] = [
 ];
 
 fn cmp_stream_info(a: &Reply, b: &Reply) -> Option<String> {
-    let (x, y) = (info_fields(a), info_fields(b));
+    let (x, y) = (xinfo_fields(a), xinfo_fields(b));
     for f in STREAM_FIELDS {
         if let (Some(p), Some(q)) = (field(&x, f), field(&y, f)) {
             if p != q {
@@ -1619,7 +1619,7 @@ fn cmp_groups(a: &Reply, b: &Reply) -> Option<String> {
         let mut g: Vec<_> = list
             .iter()
             .map(|g| {
-                let f = info_fields(g);
+                let f = xinfo_fields(g);
                 let name = field(&f, b"name")
                     .and_then(|n| n.as_bytes())
                     .unwrap_or(b"")
