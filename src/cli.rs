@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{RedisAddr, SourceSpec};
-use crate::job::{SyncConfig, SyncError};
+use crate::job::{OnConflict, SyncConfig, SyncError};
 use crate::rdb::DecoderOptions;
 use crate::target::pool::PoolConfig;
 
@@ -30,14 +30,6 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OnConflict {
-    /// Refuse a target that holds any key, before writing anything.
-    Error,
-    /// Source values replace target values of the same key.
-    Overwrite,
 }
 
 /// A secret from the command line, never shown by `Debug`.
@@ -150,7 +142,7 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 0)]
     pub checkpoint_db: u32,
     /// Prefix of the in-target checkpoint keys (the source's host_port follows).
-    #[arg(long, default_value = "ferry:checkpoint:")]
+    #[arg(long, default_value = crate::job::DEFAULT_CHECKPOINT_KEY_PREFIX)]
     pub checkpoint_key_prefix: String,
     /// Read options from a TOML file (keys are these long options: `target = "redis://…"`,
     /// `source = [..]`, `once = true`); options on the command line win. Unknown keys are errors.
@@ -168,7 +160,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
     pub heartbeat: Option<u64>,
     /// The heartbeat key (in db 0 of each source).
-    #[arg(long, default_value = "ferry:heartbeat")]
+    #[arg(long, default_value = crate::job::DEFAULT_HEARTBEAT_KEY)]
     pub heartbeat_key: String,
     /// Credentials for the servers of `twemproxy:` sources, `[USER:]PASSWORD`, instead of the pool's
     /// `redis_auth` (e.g. an ACL user allowed to PSYNC). Prefer the environment variable: arguments are
@@ -434,36 +426,10 @@ async fn sync_main(cfg: SyncConfig) -> i32 {
 
 /// SIGINT and SIGTERM cancel the job: it then drains, acknowledges, checkpoints and exits 0.
 fn spawn_signal_handler(cancel: CancellationToken) {
-    on_stop_signal(
+    crate::signal::on_stop_signal(
         cancel,
         "stop requested: draining, acknowledging and checkpointing",
     );
-}
-
-/// Cancel `cancel` at the first SIGINT or SIGTERM (Ctrl-C elsewhere), logging `what` at info.
-pub(crate) fn on_stop_signal(cancel: CancellationToken, what: &'static str) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        tracing::info!("{what}");
-        cancel.cancel();
-    });
 }
 
 #[cfg(test)]

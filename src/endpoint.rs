@@ -128,13 +128,23 @@ impl std::str::FromStr for SourceSpec {
             return Ok(SourceSpec::RdbFile(PathBuf::from(path)));
         }
         if let Some(rest) = s.strip_prefix("twemproxy:") {
-            let (path, pool) = crate::twemproxy::parse_source(rest);
+            let (path, pool) = parse_twemproxy(rest);
             if path.as_os_str().is_empty() {
                 return Err(EndpointError::NoConfigPath);
             }
             return Ok(SourceSpec::Twemproxy { path, pool });
         }
         s.parse::<RedisAddr>().map(SourceSpec::Redis)
+    }
+}
+
+/// Split the part of a `twemproxy:PATH[#POOL]` endpoint after `twemproxy:` at its last `#`. An empty
+/// pool (a trailing `#`) means none, which is how to name a path that itself contains `#`.
+pub fn parse_twemproxy(spec_without_prefix: &str) -> (PathBuf, Option<String>) {
+    match spec_without_prefix.rsplit_once('#') {
+        Some((path, "")) => (PathBuf::from(path), None),
+        Some((path, pool)) => (PathBuf::from(path), Some(pool.to_string())),
+        None => (PathBuf::from(spec_without_prefix), None),
     }
 }
 
@@ -197,6 +207,22 @@ impl std::str::FromStr for RedisAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twemproxy_path_and_pool() {
+        assert_eq!(
+            parse_twemproxy("/etc/nutcracker.yml"),
+            ("/etc/nutcracker.yml".into(), None)
+        );
+        assert_eq!(
+            parse_twemproxy("/etc/nutcracker.yml#beta"),
+            ("/etc/nutcracker.yml".into(), Some("beta".into()))
+        );
+        assert_eq!(
+            parse_twemproxy("/odd#dir/n.yml#"),
+            ("/odd#dir/n.yml".into(), None)
+        );
+    }
 
     #[test]
     fn parses_forms() {

@@ -54,6 +54,25 @@ pub struct SyncConfig {
     pub heartbeat: Option<(Duration, String)>,
 }
 
+/// What `ferry sync` does when the target already holds data (`--on-conflict`; `ferry check` judges the
+/// target by it too).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnConflict {
+    /// Refuse a target that holds any key, before writing anything.
+    Error,
+    /// Source values replace target values of the same key.
+    Overwrite,
+}
+
+/// Prefix of the in-target checkpoint keys by default (`--checkpoint-key-prefix`); the source's id
+/// (`checkpoint::source_id`) follows.
+pub const DEFAULT_CHECKPOINT_KEY_PREFIX: &str = "ferry:checkpoint:";
+/// The heartbeat key written into each source by default (`--heartbeat-key`).
+pub const DEFAULT_HEARTBEAT_KEY: &str = "ferry:heartbeat";
+/// Prefix of the temporary keys big values are built under (`ferry:tmp:<source id>:<n>`) before they are
+/// renamed into place.
+pub const TMP_PREFIX: &str = "ferry:tmp:";
+
 /// How `ferry sync` ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

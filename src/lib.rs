@@ -17,30 +17,43 @@
 //! - [`source`]: source kinds (`redis://` master, `rdb:` file) turned into one stream of events.
 //! - [`apply`]: the only place that knows what a write means: RESTORE vs native re-encoding, big-key
 //!   chunking, db tracking, expiry handling.
-//! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting.
+//! - [`target`]: connections to targets, pipelining, reply checking in order, reconnects, error accounting;
+//!   [`target::client::Client`], the one connection type for everything but the data path (prechecks,
+//!   administrative commands, `ferry verify`'s pipelined reads); write latency ([`target::latency`]).
+//! - [`info`]: the one parser of `INFO` replies (fields, sections, keyspace); [`target::ServerInfo`] is the
+//!   typed summary built from it.
 //! - [`checkpoint`]: per-source replication position, written atomically, for resume.
-//! - [`endpoint`]: parsing of `redis://`, `rdb:` endpoints, and the [`endpoint::Secret`] type that never prints.
+//! - [`endpoint`]: parsing of `redis://`, `rdb:`, `twemproxy:` endpoints, and the [`endpoint::Secret`] type
+//!   that never prints.
 //! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools expanded, and how
-//!   each source tells its keys on a shared target. Below `sync`, `precheck` and `source`.
+//!   each source tells its keys on a shared target; the names of ferry's own keys. Below `sync`,
+//!   `precheck`, `source` and `verify`.
 //! - [`keyset`]: an exact, disk-backed set of (db, key) for key ownership after full resyncs and RDB loads.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
 //! - [`precheck`]: `ferry check` and the checks `ferry sync` runs before any write.
 //! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
-//! - [`status`]: the metrics registry, `/status` `/metrics` `/healthz`, progress bars and summary logs.
+//! - [`status`]: the metrics registry, `/status` `/metrics` `/healthz`, progress bars and summary logs. It
+//!   reads the other layers' counters; only `sync`, `source` and `cli` import it (to register and draw).
 //! - [`twemproxy`]: nutcracker configs and nutcracker's exact key placement.
-//! - [`cli`]: the command line.
+//! - [`signal`]: SIGINT/SIGTERM cancel a job's root token (`sync` and `verify`).
+//! - [`cli`]: the command line; only `main` uses it.
+//!
+//! Imports point down: no two modules import each other (`docs/architecture.md` lists the arrows; the
+//! unit test in `src/layout.rs` fails on an import cycle).
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod checkpoint;
 pub mod cli;
 pub mod endpoint;
+pub mod info;
 pub mod job;
 pub mod keyset;
 pub mod precheck;
 pub mod rdb;
 pub mod repl;
 pub mod resp;
+pub mod signal;
 pub mod source;
 pub mod spool;
 pub mod status;
@@ -49,5 +62,7 @@ pub mod target;
 pub mod twemproxy;
 pub mod verify;
 
+#[cfg(test)]
+mod layout;
 #[cfg(test)]
 mod testutil;

@@ -285,7 +285,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
 }
 
 /// ferry's temporary keys on a target start with this (the source's id and a number follow).
-pub const TMP_PREFIX: &str = "ferry:tmp:";
+pub use crate::job::TMP_PREFIX;
 
 /// ferry's own keys on the targets: in-target checkpoints, the heartbeat key, temporary keys.
 fn own_keys(cfg: &SyncConfig) -> OwnKeys {

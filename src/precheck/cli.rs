@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{run_checks, CheckOptions};
-use crate::cli::OnConflict;
 use crate::endpoint::{RedisAddr, SourceSpec};
-use crate::job::{expand_sources, SyncError};
+use crate::job::{expand_sources, OnConflict, SyncError};
 
 /// `ferry check --source SRC [--source SRC ...] --target DST [--on-conflict error|overwrite] [--json]`:
 /// every check `ferry sync` would need to pass, without writing anything.

@@ -1,14 +1,14 @@
 //! Opening a checked connection (reachable, authenticated, `INFO` or a proxy detected), shared by the
 //! source and target checks, and the parsed `INFO` they both read.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::Check;
 use crate::endpoint::{Auth, RedisAddr};
+use crate::info::Info;
 use crate::resp::Reply;
 use crate::target::client::Client;
-use crate::target::{rdb_version_for, ServerInfo, TargetError};
+use crate::target::{ServerInfo, TargetError};
 
 /// Which side a server is on: names the check ids and shapes the advice.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -44,65 +44,17 @@ impl Side {
     }
 }
 
-/// `INFO` as fields, plus what [`ServerInfo`] makes of it (Valkey recognised by `valkey_version` or
-/// `server_name:valkey`).
-#[derive(Clone, Debug)]
-pub(crate) struct Info {
-    fields: HashMap<String, String>,
-    pub server: ServerInfo,
-}
-
-impl Info {
-    pub fn parse(text: &str) -> Info {
-        let fields: HashMap<String, String> = text
-            .lines()
-            .filter_map(|l| l.trim_end().split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut server = ServerInfo::parse(text);
-        if server.valkey_version.is_none()
-            && fields
-                .get("server_name")
-                .is_some_and(|n| n.eq_ignore_ascii_case("valkey"))
-        {
-            server.valkey_version = Some(server.redis_version);
-            server.rdb_version = rdb_version_for(server.redis_version, server.valkey_version);
-        }
-        Info { fields, server }
-    }
-
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.fields.get(k).map(|s| s.as_str())
-    }
-
-    pub fn u64(&self, k: &str) -> Option<u64> {
-        self.get(k).and_then(|v| v.trim().parse().ok())
-    }
-
-    pub fn is_redis(&self) -> bool {
-        self.fields.contains_key("redis_version")
-    }
-
-    /// `master`, or `replica of host:port (link up)`.
-    pub fn role_text(&self) -> String {
-        match self.get("role") {
-            Some("slave") => format!(
-                "replica of {}:{} (link {})",
-                self.get("master_host").unwrap_or("?"),
-                self.get("master_port").unwrap_or("?"),
-                self.get("master_link_status").unwrap_or("unknown")
-            ),
-            Some(r) => r.to_string(),
-            None => "unknown".into(),
-        }
-    }
-
-    pub fn is_replica(&self) -> bool {
-        self.get("role") == Some("slave")
-    }
-
-    pub fn loading(&self) -> bool {
-        self.get("loading") == Some("1") || self.get("async_loading") == Some("1")
+/// `master`, or `replica of host:port (link up)`.
+pub(crate) fn role_text(info: &Info) -> String {
+    match info.role() {
+        Some("slave") => format!(
+            "replica of {}:{} (link {})",
+            info.field("master_host").unwrap_or("?"),
+            info.field("master_port").unwrap_or("?"),
+            info.field("master_link_status").unwrap_or("unknown")
+        ),
+        Some(r) => r.to_string(),
+        None => "unknown".into(),
     }
 }
 
@@ -330,7 +282,7 @@ pub(crate) async fn open(
             return proxy(format!("PING answered but INFO was refused ({e})"));
         }
         Ok(r) => match r.as_bytes() {
-            Some(b) => Info::parse(&String::from_utf8_lossy(b)),
+            Some(b) => Info::from_bytes(b),
             None => return proxy("PING answered but INFO gave no text".into()),
         },
         Err(TargetError::Timeout { .. }) => {
@@ -343,9 +295,8 @@ pub(crate) async fn open(
     };
     if !info.is_redis() {
         let how = if info
-            .fields
-            .keys()
-            .any(|k| k.to_ascii_lowercase().contains("proxy"))
+            .fields()
+            .any(|(k, _)| k.to_ascii_lowercase().contains("proxy"))
         {
             "INFO describes a proxy"
         } else {
@@ -358,8 +309,8 @@ pub(crate) async fn open(
         subject,
         format!(
             "reachable, {}, role {}",
-            info.server.version_string(),
-            info.role_text()
+            ServerInfo::from_info(&info).version_string(),
+            role_text(&info)
         ),
     );
     Outcome::Opened(Box::new(Opened {
@@ -376,18 +327,16 @@ mod tests {
     use crate::endpoint::Secret;
 
     #[test]
-    fn info_detects_valkey_by_server_name() {
+    fn role_of_a_master_and_of_a_replica() {
         let i = Info::parse("redis_version:7.2.4\r\nserver_name:valkey\r\nrole:master\r\n");
-        assert_eq!(i.server.valkey_version, Some((7, 2, 4)));
-        assert_eq!(i.server.version_string(), "Valkey 7.2.4");
-        assert_eq!(i.server.rdb_version, 11);
+        assert_eq!(role_text(&i), "master");
         let i = Info::parse(
             "redis_version:7.2.4\r\nvalkey_version:9.0.1\r\nserver_name:valkey\r\nrole:slave\r\n\
              master_host:10.0.0.1\r\nmaster_port:6379\r\nmaster_link_status:up\r\n",
         );
-        assert_eq!(i.server.rdb_version, 80);
         assert!(i.is_replica());
-        assert_eq!(i.role_text(), "replica of 10.0.0.1:6379 (link up)");
+        assert_eq!(role_text(&i), "replica of 10.0.0.1:6379 (link up)");
+        assert_eq!(role_text(&Info::default()), "unknown");
     }
 
     #[test]

@@ -4,12 +4,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::advice::{fmt_bytes, fmt_config_size, fmt_rate, fmt_secs, judge_backlog};
-use super::probe::{self, describe, fmt_timeout, user_of, Info, Outcome, Side};
+use super::probe::{self, describe, fmt_timeout, role_text, user_of, Outcome, Side};
 use super::{Check, CheckOptions, Level, SourceFacts};
 use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::info::Info;
 use crate::resp::Reply;
 use crate::target::client::Client;
-use crate::target::TargetError;
+use crate::target::{ServerInfo, TargetError};
 
 /// `source 10.0.0.1:6379`, `source rdb:/x.rdb`.
 pub(crate) fn subject_of(spec: &SourceSpec) -> String {
@@ -138,10 +139,11 @@ async fn check_master(
     };
     let info = opened.info;
     if let Some(info) = &info {
-        facts.version = info.server.version_string();
-        facts.rdb_version = info.server.rdb_version;
-        facts.run_id = info.get("run_id").map(str::to_string);
-        if info.server.cluster {
+        let server = ServerInfo::from_info(info);
+        facts.version = server.version_string();
+        facts.rdb_version = server.rdb_version;
+        facts.run_id = info.field("run_id").map(str::to_string);
+        if server.cluster {
             checks.push(
                 Check::error(
                     "source.mode",
@@ -180,7 +182,7 @@ async fn check_master(
         let (check, data) = check_data(subject, info, opts);
         checks.push(check);
         facts.data_memory = data;
-        facts.keyspace = info.server.keyspace.clone();
+        facts.keyspace = info.db_keys();
     }
     (checks, Some(facts))
 }
@@ -214,20 +216,20 @@ async fn check_psync(
     }
     let role = match info {
         Some(i) if i.is_replica() => {
-            if i.get("master_link_status") != Some("up") {
+            if i.field("master_link_status") != Some("up") {
                 return err(format!(
                     "role {}: a replica refuses PSYNC while its own master link is down \
                      (NOMASTERLINK)",
-                    i.role_text()
+                    role_text(i)
                 ))
                 .advice("repair that replica's replication, or give its master as the source");
             }
             format!(
                 "role {}: a replica serves PSYNC too and keeps the load off its master",
-                i.role_text()
+                role_text(i)
             )
         }
-        Some(i) => format!("role {}", i.role_text()),
+        Some(i) => format!("role {}", role_text(i)),
         None => "role unknown".into(),
     };
     let io_fail = |e: TargetError| {
@@ -279,9 +281,10 @@ async fn check_psync(
         Ok(_) => {}
         Err(e) => return io_fail(e),
     }
-    let acl_capable = info.is_some_and(|i| i.server.redis_version >= (7, 0, 0));
+    let version = info.and_then(Info::redis_version);
+    let acl_capable = version.is_some_and(|v| v >= (7, 0, 0));
     if !acl_capable {
-        let pre_acl = info.is_some_and(|i| i.server.redis_version < (6, 0, 0));
+        let pre_acl = version.is_some_and(|v| v < (6, 0, 0));
         return Check::ok(
             "source.psync",
             subject,
@@ -338,8 +341,8 @@ struct Sample {
 async fn sample(c: &mut Client) -> Result<Sample, TargetError> {
     let r = c.cmd_ok(&[b"INFO"]).await?;
     let at = Instant::now();
-    let info = Info::parse(&String::from_utf8_lossy(r.as_bytes().unwrap_or_default()));
-    let backlog_active = info.get("repl_backlog_active") == Some("1") || info.is_replica();
+    let info = Info::from_bytes(r.as_bytes().unwrap_or_default());
+    let backlog_active = info.field("repl_backlog_active") == Some("1") || info.is_replica();
     Ok(Sample {
         at,
         offset: info.u64("master_repl_offset").filter(|_| backlog_active),
@@ -460,7 +463,7 @@ fn sample_failed(subject: &str, size: u64, e: TargetError, opts: &CheckOptions) 
 fn check_data(subject: &str, info: &Info, opts: &CheckOptions) -> (Check, Option<u64>) {
     let used = info.u64("used_memory");
     let base = used.map(|u| u.saturating_sub(info.u64("used_memory_startup").unwrap_or(0)));
-    let all = &info.server.keyspace;
+    let all = &info.db_keys();
     let total: u64 = all.iter().map(|(_, n)| n).sum();
     let synced: Vec<(u32, u64)> = all
         .iter()

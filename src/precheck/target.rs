@@ -1,12 +1,13 @@
 //! Checks of the target: what it is (probe), then the verdicts that depend on the sources (judge).
 
 use super::advice::{fmt_bytes, fmt_config_size, judge_memory};
-use super::probe::{self, Info, Outcome, Side};
+use super::probe::{self, role_text, Outcome, Side};
 use super::{Check, CheckOptions, Level, SourceFacts};
 use crate::checkpoint;
 use crate::endpoint::RedisAddr;
+use crate::info::Info;
 use crate::resp::Reply;
-use crate::target::restore_compatible;
+use crate::target::{restore_compatible, ServerInfo};
 
 /// What probing the target found.
 pub(crate) struct TargetProbe {
@@ -19,6 +20,8 @@ pub(crate) struct TargetProbe {
 
 pub(crate) struct TargetFacts {
     pub info: Info,
+    /// What ferry makes of `info`.
+    pub server: ServerInfo,
     /// `CONFIG GET databases`, when allowed.
     pub databases: Option<u32>,
     /// Sources whose data of an earlier run of this job is on the target (a checkpoint in the state
@@ -139,6 +142,7 @@ async fn probe(
         subject,
         checks,
         facts: Some(TargetFacts {
+            server: ServerInfo::from_info(&info),
             info,
             databases,
             resuming,
@@ -149,7 +153,7 @@ async fn probe(
 
 /// Standalone master, or why not: ferry writes to a standalone target only today.
 fn mode_check(subject: &str, info: &Info) -> Check {
-    if info.server.cluster {
+    if info.cluster_enabled() {
         return Check::error(
             "target.mode",
             subject,
@@ -164,7 +168,7 @@ fn mode_check(subject: &str, info: &Info) -> Check {
             subject,
             format!(
                 "role {}: a replica rejects writes (READONLY) or loses them at its next sync",
-                info.role_text()
+                role_text(info)
             ),
         )
         .advice("give its master as the target, or detach it first with REPLICAOF NO ONE");
@@ -189,7 +193,7 @@ pub(crate) fn judge_target(
         return checks;
     };
     let s = subject.as_str();
-    if let Some(run_id) = t.info.get("run_id") {
+    if let Some(run_id) = t.info.field("run_id") {
         for src in sources
             .iter()
             .filter(|f| f.run_id.as_deref() == Some(run_id))
@@ -204,12 +208,12 @@ pub(crate) fn judge_target(
             );
         }
     }
-    if let Some(c) = version_check(s, &t.info, sources) {
+    if let Some(c) = version_check(s, &t.server, sources) {
         checks.push(c);
     }
     checks.push(empty_check(s, &t, opts));
-    checks.push(eviction_check(s, &t.info));
-    checks.push(memory_check(s, &t.info, sources, unchecked, opts));
+    checks.push(eviction_check(s, &t.server));
+    checks.push(memory_check(s, &t, sources, unchecked, opts));
     if let Some(c) = databases_check(s, &t, sources, opts) {
         checks.push(c);
     }
@@ -217,13 +221,13 @@ pub(crate) fn judge_target(
 }
 
 /// Older (or other-family) targets get native commands instead of RESTORE: slower, not wrong.
-fn version_check(s: &str, info: &Info, sources: &[SourceFacts]) -> Option<Check> {
+fn version_check(s: &str, server: &ServerInfo, sources: &[SourceFacts]) -> Option<Check> {
     let known: Vec<&SourceFacts> = sources.iter().filter(|f| f.rdb_version > 0).collect();
     if known.is_empty() {
         return None;
     }
-    let dst = info.server.rdb_version;
-    let ours = format!("{} (RDB {dst})", info.server.version_string());
+    let dst = server.rdb_version;
+    let ours = format!("{} (RDB {dst})", server.version_string());
     let slow: Vec<&&SourceFacts> = known
         .iter()
         .filter(|f| !restore_compatible(f.rdb_version, dst))
@@ -278,7 +282,7 @@ fn keys_list(v: &[(u32, u64)]) -> String {
 
 /// Empty unless overwriting (checked once, for all sources): keys in the dbs the sync writes to.
 fn empty_check(s: &str, t: &TargetFacts, opts: &CheckOptions) -> Check {
-    let mut keyspace = t.info.server.keyspace.clone();
+    let mut keyspace = t.server.keyspace.clone();
     if let Some((db, n)) = t.checkpoint_keys {
         for (d, k) in &mut keyspace {
             if *d == db {
@@ -344,8 +348,8 @@ fn empty_check(s: &str, t: &TargetFacts, opts: &CheckOptions) -> Check {
 }
 
 /// Evictions make the copy diverge silently.
-fn eviction_check(s: &str, info: &Info) -> Check {
-    let policy = info.server.maxmemory_policy.as_str();
+fn eviction_check(s: &str, server: &ServerInfo) -> Check {
+    let policy = server.maxmemory_policy.as_str();
     if policy.is_empty() || policy == "noeviction" {
         return Check::ok(
             "target.eviction",
@@ -356,7 +360,7 @@ fn eviction_check(s: &str, info: &Info) -> Check {
             ),
         );
     }
-    let today = if info.server.maxmemory == 0 {
+    let today = if server.maxmemory == 0 {
         " (maxmemory is 0, so nothing is evicted until a limit is set)"
     } else {
         ""
@@ -377,7 +381,7 @@ fn eviction_check(s: &str, info: &Info) -> Check {
 /// maxmemory against the target's used memory plus the sources' data.
 fn memory_check(
     s: &str,
-    info: &Info,
+    t: &TargetFacts,
     sources: &[SourceFacts],
     unchecked: usize,
     opts: &CheckOptions,
@@ -389,8 +393,8 @@ fn memory_check(
     } else {
         String::new()
     };
-    let used = info.server.used_memory;
-    let max = info.server.maxmemory;
+    let used = t.server.used_memory;
+    let max = t.server.maxmemory;
     let v = judge_memory(max, used, data, opts.memory_headroom_pct);
     let need = format!(
         "~{} needed ({} used + {} of source data{caveat})",
@@ -399,7 +403,7 @@ fn memory_check(
         fmt_bytes(data)
     );
     if max == 0 {
-        if let Some(total) = info.u64("total_system_memory").filter(|t| *t > 0) {
+        if let Some(total) = t.info.u64("total_system_memory").filter(|m| *m > 0) {
             if v.need > total {
                 return Check::warn(
                     "target.memory",
@@ -512,8 +516,10 @@ mod tests {
     use crate::apply::DbMap;
 
     fn facts(info: &str) -> TargetFacts {
+        let info = Info::parse(info);
         TargetFacts {
-            info: Info::parse(info),
+            server: ServerInfo::from_info(&info),
+            info,
             databases: Some(16),
             resuming: Vec::new(),
             checkpoint_keys: None,
@@ -544,7 +550,7 @@ mod tests {
             src("source a", "Redis 7.0.15", 10, 0, &[]),
             src("source b", "Redis 5.0.10", 9, 0, &[]),
         ];
-        let c = version_check("target t", &t.info, &s).unwrap();
+        let c = version_check("target t", &t.server, &s).unwrap();
         assert_eq!(c.level, Level::Warn);
         assert!(
             c.message.contains("source a (Redis 7.0.15, RDB 10)"),
@@ -556,8 +562,8 @@ mod tests {
             .message
             .contains("re-encoded with native commands (slower)"));
         let t = facts("redis_version:7.2.4\r\n");
-        assert_eq!(version_check("t", &t.info, &s).unwrap().level, Level::Ok);
-        assert!(version_check("t", &t.info, &[]).is_none());
+        assert_eq!(version_check("t", &t.server, &s).unwrap().level, Level::Ok);
+        assert!(version_check("t", &t.server, &[]).is_none());
     }
 
     #[test]
@@ -599,9 +605,9 @@ mod tests {
     #[test]
     fn eviction_policy_warns() {
         let t = facts("redis_version:7.0.15\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n");
-        assert_eq!(eviction_check("t", &t.info).level, Level::Ok);
+        assert_eq!(eviction_check("t", &t.server).level, Level::Ok);
         let t = facts("redis_version:7.0.15\r\nmaxmemory:100\r\nmaxmemory_policy:allkeys-lru\r\n");
-        let c = eviction_check("t", &t.info);
+        let c = eviction_check("t", &t.server);
         assert_eq!(c.level, Level::Warn);
         assert!(c.message.contains("allkeys-lru") && c.advice.unwrap().contains("noeviction"));
     }
@@ -614,17 +620,17 @@ mod tests {
             10 * mb
         ));
         let s = [src("source a", "Redis 7.0.15", 10, 20 * mb, &[(0, 1)])];
-        let c = memory_check("t", &t.info, &s, 0, &CheckOptions::default());
+        let c = memory_check("t", &t, &s, 0, &CheckOptions::default());
         assert_eq!(c.level, Level::Error, "{}", c.message);
         assert!(c.message.contains("cannot hold"), "{}", c.message);
         assert!(c.advice.unwrap().contains("CONFIG SET maxmemory 27mb"));
         let s = [src("source a", "Redis 7.0.15", 10, 8 * mb, &[(0, 1)])];
-        let c = memory_check("t", &t.info, &s, 1, &CheckOptions::default());
+        let c = memory_check("t", &t, &s, 1, &CheckOptions::default());
         assert_eq!(c.level, Level::Warn, "{}", c.message);
         assert!(c.message.contains("1 sources not counted"), "{}", c.message);
         let s = [src("source a", "Redis 7.0.15", 10, mb, &[(0, 1)])];
         assert_eq!(
-            memory_check("t", &t.info, &s, 0, &CheckOptions::default()).level,
+            memory_check("t", &t, &s, 0, &CheckOptions::default()).level,
             Level::Ok
         );
     }

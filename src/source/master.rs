@@ -124,7 +124,7 @@ async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
         .cmd_ok(&[b"INFO", b"replication"])
         .await
         .map_err(|e| e.to_string())?;
-    crate::target::info_field(r.as_bytes().unwrap_or_default(), "master_repl_offset")
+    crate::info::field(r.as_bytes().unwrap_or_default(), "master_repl_offset")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
 }

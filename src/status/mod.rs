@@ -15,7 +15,6 @@
 
 mod http;
 mod lag;
-pub mod latency;
 pub mod progress;
 pub mod prometheus;
 pub mod report;
@@ -32,10 +31,10 @@ use crate::spool::SpoolStats;
 use crate::target::stats::TargetStats;
 
 pub use self::http::{fetch_snapshot, serve, StatusError};
-pub use self::latency::LatencyRecorder;
 pub use self::progress::{FullSyncProgress, ProgressOutput};
 pub use self::report::spawn_reporter;
 pub use self::snapshot::StatusSnapshot;
+pub use crate::target::latency::LatencyRecorder;
 
 use self::lag::LagSamples;
 

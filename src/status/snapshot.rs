@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::latency::LatencySummary;
 use super::{unix_ms, SourceStatus, Status, TargetStatus, SCHEMA_VERSION};
+use crate::target::latency::LatencySummary;
 
 /// The whole status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

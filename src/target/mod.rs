@@ -1,17 +1,22 @@
 //! Targets: connections, pipelined writing, reply checking in order, reconnects, error accounting.
 //!
-//! - [`client::Client`]: one request/response connection, for prechecks and administrative commands.
+//! - [`client::Client`]: one connection for everything but the data path: prechecks, administrative
+//!   commands, the pool's handshake, and `ferry verify`'s pipelined reads (sent again after a reconnect).
 //! - [`pool::WriterPool`]: several pipelined connections to one target. Work arrives as [`pool::Batch`]es
 //!   of encoded commands; each connection writes them in order and checks every reply in order. In-flight
 //!   bytes are bounded by a semaphore, so a slow target slows the producer instead of filling memory.
 //! - [`stats::TargetStats`]: counters and rejected-write accounting, read by status.
+//! - [`latency::LatencyRecorder`]: write round trips per target (an HDR histogram), recorded by the pool and
+//!   read by status.
 
 pub mod applied;
 pub mod client;
+pub mod latency;
 pub mod pool;
 pub mod stats;
 
 use crate::endpoint::RedisAddr;
+use crate::info::Info;
 
 /// Why talking to a target failed. Says which target (never its password) and whether a retry can help.
 #[derive(Debug, thiserror::Error)]
@@ -143,44 +148,23 @@ pub struct ServerInfo {
 impl ServerInfo {
     /// Parse the text of `INFO` (all sections, or at least server/memory/keyspace/cluster).
     pub fn parse(info: &str) -> ServerInfo {
-        let mut s = ServerInfo {
-            redis_version: (0, 0, 0),
-            valkey_version: None,
-            rdb_version: 0,
-            keyspace: Vec::new(),
-            maxmemory: 0,
-            maxmemory_policy: String::new(),
-            used_memory: 0,
-            cluster: false,
-        };
-        for line in info.lines() {
-            let Some((k, v)) = line.trim_end().split_once(':') else {
-                continue;
-            };
-            match k {
-                "redis_version" => s.redis_version = parse_version(v),
-                "valkey_version" => s.valkey_version = Some(parse_version(v)),
-                "maxmemory" => s.maxmemory = v.parse().unwrap_or(0),
-                "maxmemory_policy" => s.maxmemory_policy = v.to_string(),
-                "used_memory" => s.used_memory = v.parse().unwrap_or(0),
-                "cluster_enabled" => s.cluster = v == "1",
-                _ if k.starts_with("db") => {
-                    if let (Ok(db), Some(keys)) = (
-                        k[2..].parse::<u32>(),
-                        v.split(',')
-                            .find_map(|p| p.strip_prefix("keys="))
-                            .and_then(|n| n.parse().ok()),
-                    ) {
-                        if keys > 0 {
-                            s.keyspace.push((db, keys));
-                        }
-                    }
-                }
-                _ => {}
-            }
+        ServerInfo::from_info(&Info::parse(info))
+    }
+
+    /// What ferry needs of a parsed `INFO`.
+    pub fn from_info(info: &Info) -> ServerInfo {
+        let redis_version = info.redis_version().unwrap_or((0, 0, 0));
+        let valkey_version = info.valkey_version();
+        ServerInfo {
+            redis_version,
+            valkey_version,
+            rdb_version: rdb_version_for(redis_version, valkey_version),
+            keyspace: info.db_keys(),
+            maxmemory: info.u64("maxmemory").unwrap_or(0),
+            maxmemory_policy: info.field("maxmemory_policy").unwrap_or("").to_string(),
+            used_memory: info.u64("used_memory").unwrap_or(0),
+            cluster: info.cluster_enabled(),
         }
-        s.rdb_version = rdb_version_for(s.redis_version, s.valkey_version);
-        s
     }
 
     /// RESTORE ... ABSTTL exists from Redis 5.0.
@@ -210,25 +194,6 @@ impl ServerInfo {
             }
         }
     }
-}
-
-/// The value of `field` in the text of an `INFO` reply (`field:value` lines), trimmed.
-pub fn info_field<'a>(info: &'a [u8], field: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(info).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
-fn parse_version(v: &str) -> (u32, u32, u32) {
-    let mut it = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-    )
 }
 
 /// The RDB version a server writes and loads, from its version (rdb.h `RDB_VERSION` per release).
@@ -282,6 +247,10 @@ mod tests {
         let v = ServerInfo::parse("redis_version:7.2.4\r\nvalkey_version:9.0.0\r\n");
         assert_eq!(v.rdb_version, 80);
         assert!(v.has_hash_field_expiry());
+        // Valkey 7.2 names itself only by server_name; it loads Redis 7.2's RDB 11.
+        let v = ServerInfo::parse("redis_version:7.2.4\r\nserver_name:valkey\r\n");
+        assert_eq!(v.version_string(), "Valkey 7.2.4");
+        assert_eq!(v.rdb_version, 11);
     }
 
     #[test]

@@ -413,7 +413,7 @@ async fn open(addr: &RedisAddr, cfg: &PoolConfig) -> Result<(Client, String), Ta
     let mut c = Client::connect_with_timeout(addr, cfg.connect_timeout).await?;
     let info = c.cmd_ok(&[b"INFO", b"server"]).await?;
     let text = info.as_bytes().unwrap_or_default();
-    let run_id = crate::target::info_field(text, "run_id")
+    let run_id = crate::info::field(text, "run_id")
         .unwrap_or_default()
         .to_string();
     Ok((c, run_id))

@@ -26,7 +26,7 @@ pub struct TargetStats {
     /// Rejected writes by command name, and the distinct error messages seen (for log-once).
     rejected: Mutex<Rejected>,
     /// Round-trip times of batches (written → last reply), when status is watching.
-    pub latency: std::sync::OnceLock<std::sync::Arc<crate::status::LatencyRecorder>>,
+    pub latency: std::sync::OnceLock<std::sync::Arc<super::latency::LatencyRecorder>>,
 }
 
 #[derive(Debug, Default)]

@@ -157,16 +157,6 @@ impl Pool {
     }
 }
 
-/// Split the part of a `twemproxy:PATH[#POOL]` source after `twemproxy:` at its last `#`. An empty
-/// pool (a trailing `#`) means none, which is how to name a path that itself contains `#`.
-pub fn parse_source(spec_without_prefix: &str) -> (PathBuf, Option<String>) {
-    match spec_without_prefix.rsplit_once('#') {
-        Some((path, "")) => (PathBuf::from(path), None),
-        Some((path, pool)) => (PathBuf::from(path), Some(pool.to_string())),
-        None => (PathBuf::from(spec_without_prefix), None),
-    }
-}
-
 impl TwemproxyConfig {
     /// Read and validate the nutcracker config at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<TwemproxyConfig, TwemproxyError> {
@@ -770,21 +760,5 @@ mod tests {
         let e = two.select_pool(Some("c")).unwrap_err().to_string();
         assert!(e.contains("'c'") && e.contains("a, b"), "{e}");
         assert_eq!(two.select_pool(Some("b")).unwrap().name, "b");
-    }
-
-    #[test]
-    fn source_spec() {
-        assert_eq!(
-            parse_source("/etc/nutcracker.yml"),
-            ("/etc/nutcracker.yml".into(), None)
-        );
-        assert_eq!(
-            parse_source("/etc/nutcracker.yml#beta"),
-            ("/etc/nutcracker.yml".into(), Some("beta".into()))
-        );
-        assert_eq!(
-            parse_source("/odd#dir/n.yml#"),
-            ("/odd#dir/n.yml".into(), None)
-        );
     }
 }

@@ -17,7 +17,7 @@ pub mod hash;
 
 use std::path::PathBuf;
 
-pub use config::{parse_source, Listen, Pool, ServerEntry, TwemproxyConfig};
+pub use config::{Listen, Pool, ServerEntry, TwemproxyConfig};
 pub use dist::{hash_tag_slice, Distribution, Router};
 pub use hash::{CChar, Hash};
 

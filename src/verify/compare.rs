@@ -19,19 +19,25 @@
 //! module: a difference is described by sizes, positions, type names and expiry times only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::conn::{Conn, Pipeline, Role, VerifyError};
+use super::error::{self, VerifyError};
 use super::report::Kind;
 use super::topology::{Group, Node};
 use crate::apply::DbMap;
 use crate::resp::Reply;
+use crate::target::client::{Client, Pipeline, Role};
 use crate::twemproxy::Router;
 
 /// Memory budget of one round of whole-value reads, per worker and side.
 const ROUND_BUDGET_BYTES: u64 = 8 << 20;
+
+/// How long a target that looks merely behind the source (a running sync applies each change a few
+/// milliseconds after the source) is re-read before its difference counts, and how often.
+const CATCH_UP: Duration = Duration::from_millis(200);
+const CATCH_UP_STEP: Duration = Duration::from_millis(10);
 
 /// The settings the comparison itself needs.
 #[derive(Clone, Debug)]
@@ -180,8 +186,8 @@ pub fn source_dbs(m: &DbMap, db: u32) -> Vec<u32> {
 
 /// A worker's connections, opened on first use.
 pub struct Conns {
-    src: Vec<Option<Conn>>,
-    tgt: Vec<Option<Conn>>,
+    src: Vec<Option<Client>>,
+    tgt: Vec<Option<Client>>,
 }
 
 impl Conns {
@@ -233,9 +239,11 @@ pub fn now_ms() -> i64 {
 impl Calls {
     pub fn new(env: &Env) -> Calls {
         Calls {
-            src: (0..env.src.len()).map(|_| Default::default()).collect(),
+            src: (0..env.src.len())
+                .map(|_| (Pipeline::reads(), Vec::new()))
+                .collect(),
             tgt: (0..env.tgt.nodes.len())
-                .map(|_| Default::default())
+                .map(|_| (Pipeline::reads(), Vec::new()))
                 .collect(),
         }
     }
@@ -289,7 +297,7 @@ impl Calls {
 
 async fn run_side(
     env: &Env,
-    conns: &mut [Option<Conn>],
+    conns: &mut [Option<Client>],
     nodes: &[Node],
     role: Role,
     db: u32,
@@ -303,14 +311,18 @@ async fn run_side(
             continue;
         }
         if conns[i].is_none() {
-            conns[i] = Some(Conn::connect(&nodes[i].addr, role, timeout).await?);
+            conns[i] = Some(
+                Client::connect_as(&nodes[i].addr, role, timeout)
+                    .await
+                    .map_err(error::on(role))?,
+            );
         }
         let Some(c) = conns[i].as_mut() else {
             out.push(Vec::new());
             continue;
         };
-        c.select(db);
-        out.push(c.run(p).await?);
+        c.use_db(db);
+        out.push(c.run(p).await.map_err(error::on(role))?);
         env.peak_reply_bytes
             .fetch_max(c.last_reply_bytes(), Ordering::Relaxed);
     }
@@ -590,6 +602,8 @@ pub async fn forward(
         slots.push((k.i, c.s(s, &[cmd, key]), c.t(k.tn, &[cmd, key]), mem));
     }
     let r = c.exec(env, conns, db).await?;
+    // Keys whose sizes differ: (index, source size, target size), given a moment to catch up below.
+    let mut behind: Vec<(usize, i64, i64)> = Vec::new();
     for (i, ss, ts, mem) in slots {
         let k = &mut st[i];
         let sizes = (r.get(env, ss), r.get(env, ts));
@@ -597,14 +611,7 @@ pub async fn forward(
             (Ok(a), Ok(b)) => {
                 let (a, b) = (a.as_int().unwrap_or(0), b.as_int().unwrap_or(0));
                 if a != b {
-                    k.verdict = Some(Verdict::Diff(
-                        Kind::Value,
-                        format!(
-                            "{}: {} {a} on the source, {b} on the target",
-                            k.tyname,
-                            k.ty.unit()
-                        ),
-                    ));
+                    behind.push((i, a, b));
                 }
                 k.size = a.max(0) as u64;
             }
@@ -623,6 +630,8 @@ pub async fn forward(
             }
         }
     }
+
+    settle_sizes(env, conns, s, db, keys, &mut st, behind).await?;
 
     // Round 3: small values (DUMP, then whole reads); big values in pieces.
     let (page, chunk) = (env.opt.page as u64, env.opt.chunk_bytes as u64);
@@ -736,12 +745,18 @@ async fn compare_small(
     // Whole reads.
     let mut c = Calls::new(env);
     let mut reads = Vec::new();
-    for &i in &rest {
+    // A list is read up to the length both sides were found to have: elements appended to the source
+    // since are not compared (the target may not have them yet).
+    let last: Vec<String> = rest
+        .iter()
+        .map(|&i| st[i].size.saturating_sub(1).to_string())
+        .collect();
+    for (&i, last) in rest.iter().zip(&last) {
         let k = &st[i];
         let key: &[u8] = &keys[i];
         let cmds: Vec<Vec<&[u8]>> = match k.ty {
             Ty::Str => vec![vec![b"GET", key]],
-            Ty::List => vec![vec![b"LRANGE", key, b"0", b"-1"]],
+            Ty::List => vec![vec![b"LRANGE", key, b"0", last.as_bytes()]],
             Ty::Set => vec![vec![b"SMEMBERS", key]],
             Ty::ZSet => vec![vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]],
             Ty::Hash => vec![vec![b"HGETALL", key]],
@@ -777,6 +792,24 @@ async fn compare_small(
             Err(Bad::Fail(e)) => return Err(e),
         };
         let (a, b) = pairs[0];
+        let caught_up;
+        let b = if k.ty == Ty::List && is_strict_prefix(b, a) {
+            let last = k.size.saturating_sub(1).to_string();
+            let args: [&[u8]; 4] = [b"LRANGE", &keys[i], b"0", last.as_bytes()];
+            match reread_behind(env, conns, k.tn, db, &args, a, b.clone()).await {
+                Ok(r) => {
+                    caught_up = r;
+                    &caught_up
+                }
+                Err(Bad::Changed) => {
+                    st[i].verdict = Some(changed());
+                    continue;
+                }
+                Err(Bad::Fail(e)) => return Err(e),
+            }
+        } else {
+            b
+        };
         let detail = match k.ty {
             Ty::Str => cmp_string(a, b),
             Ty::List => cmp_list(a, b, 0),
@@ -925,7 +958,9 @@ async fn big_ranged(
     let page = env.opt.page.max(1) as u64;
     let mut start = 0u64;
     while start < len {
-        let (a, b) = (start.to_string(), (start + page - 1).to_string());
+        // Pages end at the length both sides were found to have, so both read the same ranks even while
+        // the source grows.
+        let (a, b) = (start.to_string(), ((start + page).min(len) - 1).to_string());
         let mut c = Calls::new(env);
         let args: Vec<&[u8]> = if zset {
             vec![b"ZRANGE", key, a.as_bytes(), b.as_bytes(), b"WITHSCORES"]
@@ -935,6 +970,13 @@ async fn big_ranged(
         let (x, y) = (c.s(s, &args), c.t(tn, &args));
         let r = c.exec(env, conns, db).await?;
         let (x, y) = (r.get(env, x)?, r.get(env, y)?);
+        let caught_up;
+        let y = if !zset && is_strict_prefix(y, x) {
+            caught_up = reread_behind(env, conns, tn, db, &args, x, y.clone()).await?;
+            &caught_up
+        } else {
+            y
+        };
         let d = if zset {
             cmp_zset(x, y, start)
         } else {
@@ -946,6 +988,111 @@ async fn big_ranged(
         start += page;
     }
     Ok(None)
+}
+
+/// Whether the target's page `t` is a strict prefix of the source's page `s`: the target has not (yet)
+/// got the elements the source has after it.
+fn is_strict_prefix(t: &Reply, s: &Reply) -> bool {
+    let (t, s) = (bulks(t), bulks(s));
+    t.len() < s.len() && s.starts_with(&t)
+}
+
+/// The target's page `tgt` (read with `args`) is a strict prefix of the source's `src`: read it again,
+/// for up to [`CATCH_UP`], until it is not (caught up, or something else); the last reply read.
+async fn reread_behind(
+    env: &Env,
+    conns: &mut Conns,
+    tn: usize,
+    db: Dbs,
+    args: &[&[u8]],
+    src: &Reply,
+    mut tgt: Reply,
+) -> Result<Reply, Bad> {
+    let deadline = Instant::now() + CATCH_UP;
+    while is_strict_prefix(&tgt, src) && Instant::now() < deadline {
+        tokio::time::sleep(CATCH_UP_STEP).await;
+        let mut c = Calls::new(env);
+        let y = c.t(tn, args);
+        let r = c.exec(env, conns, db).await?;
+        tgt = r.get(env, y)?.clone();
+    }
+    Ok(tgt)
+}
+
+/// The size to compare a key at, once its sizes read again agree: `target` read after the source's
+/// `first` read and before its `source` read. Equal sizes; or, for a list, a target between the two
+/// source reads (it has what the source had at first, and no more than the source has now: elements were
+/// appended in between), compared up to `first`. `None` while they disagree.
+fn settled(ty: Ty, first: i64, target: i64, source: i64) -> Option<u64> {
+    if target == source {
+        Some(source.max(0) as u64)
+    } else if ty == Ty::List && first <= target && target <= source {
+        Some(first.max(0) as u64)
+    } else {
+        None
+    }
+}
+
+/// Keys whose sizes differed (`behind`: index, source size, target size) may belong to a target that is
+/// merely behind: their sizes are read again, the target's first and then the source's, for up to
+/// [`CATCH_UP`]. A key settles when both sizes are equal, or, for a list, when the target holds at least
+/// what the source had at the first read and no more than the source has now (elements appended in
+/// between): it is then compared up to the first read's length. What has not settled is a difference.
+async fn settle_sizes(
+    env: &Env,
+    conns: &mut Conns,
+    s: usize,
+    db: Dbs,
+    keys: &[Bytes],
+    st: &mut [St],
+    mut behind: Vec<(usize, i64, i64)>,
+) -> Result<(), VerifyError> {
+    let deadline = Instant::now() + CATCH_UP;
+    while !behind.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(CATCH_UP_STEP).await;
+        let size_cmd = |i: usize| st[i].ty.size_cmd().unwrap_or(b"EXISTS");
+        let mut c = Calls::new(env);
+        let t_slots: Vec<Slot> = behind
+            .iter()
+            .map(|&(i, _, _)| c.t(st[i].tn, &[size_cmd(i), &keys[i]]))
+            .collect();
+        let tr = c.exec(env, conns, db).await?;
+        let mut c = Calls::new(env);
+        let s_slots: Vec<Slot> = behind
+            .iter()
+            .map(|&(i, _, _)| c.s(s, &[size_cmd(i), &keys[i]]))
+            .collect();
+        let sr = c.exec(env, conns, db).await?;
+        let mut still = Vec::new();
+        for ((i, first, _), (ts, ss)) in behind.into_iter().zip(t_slots.into_iter().zip(s_slots)) {
+            let (b, a) = match (tr.get(env, ts), sr.get(env, ss)) {
+                (Ok(b), Ok(a)) => (b.as_int().unwrap_or(0), a.as_int().unwrap_or(0)),
+                (Err(Bad::Fail(e)), _) | (_, Err(Bad::Fail(e))) => return Err(e),
+                _ => {
+                    st[i].verdict = Some(changed());
+                    continue;
+                }
+            };
+            match settled(st[i].ty, first, b, a) {
+                Some(size) => st[i].size = size,
+                None => still.push((i, a, b)),
+            }
+        }
+        behind = still;
+    }
+    for (i, a, b) in behind {
+        let k = &mut st[i];
+        k.size = a.max(0) as u64;
+        k.verdict = Some(Verdict::Diff(
+            Kind::Value,
+            format!(
+                "{}: {} {a} on the source, {b} on the target",
+                k.tyname,
+                k.ty.unit()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[cursor, [elements…]]` of a SCAN-family reply.
@@ -1398,7 +1545,7 @@ fn cmp_stream_entries(a: &Reply, b: &Reply, base: u64) -> Option<String> {
 }
 
 /// `XINFO` replies as field → value (RESP2 flat pairs or a RESP3 map).
-fn info_fields(r: &Reply) -> Vec<(&[u8], &Reply)> {
+fn xinfo_fields(r: &Reply) -> Vec<(&[u8], &Reply)> {
     match r {
         Reply::Map(m) => m
             .iter()
@@ -1437,7 +1584,7 @@ const STREAM_FIELDS: [&[u8]; 4] = [
 ];
 
 fn cmp_stream_info(a: &Reply, b: &Reply) -> Option<String> {
-    let (x, y) = (info_fields(a), info_fields(b));
+    let (x, y) = (xinfo_fields(a), xinfo_fields(b));
     for f in STREAM_FIELDS {
         if let (Some(p), Some(q)) = (field(&x, f), field(&y, f)) {
             if p != q {
@@ -1472,7 +1619,7 @@ fn cmp_groups(a: &Reply, b: &Reply) -> Option<String> {
         let mut g: Vec<_> = list
             .iter()
             .map(|g| {
-                let f = info_fields(g);
+                let f = xinfo_fields(g);
                 let name = field(&f, b"name")
                     .and_then(|n| n.as_bytes())
                     .unwrap_or(b"")
@@ -1592,6 +1739,29 @@ mod tests {
         assert_eq!(exp_of(&Reply::Integer(100), false, now), Exp::At(now + 100));
         assert_eq!(exp_of(&Reply::Integer(100), true, now), Exp::At(100));
         assert_eq!(exp_of(&Reply::Integer(-2), true, now), Exp::NoKey);
+    }
+
+    #[test]
+    fn a_target_behind_settles_a_target_different_does_not() {
+        // Equal sizes, any type.
+        assert_eq!(settled(Ty::Set, 10, 12, 12), Some(12));
+        // A list the source appended to: the target caught up with the first read, or past it.
+        assert_eq!(settled(Ty::List, 100, 100, 108), Some(100));
+        assert_eq!(settled(Ty::List, 100, 105, 108), Some(100));
+        // Still behind the first read, or ahead of what the source has: a difference (for now).
+        assert_eq!(settled(Ty::List, 100, 99, 108), None);
+        assert_eq!(settled(Ty::List, 100, 109, 108), None);
+        // A static list with an extra element on the target never settles.
+        assert_eq!(settled(Ty::List, 3, 4, 3), None);
+        // Only lists are compared up to a first length.
+        assert_eq!(settled(Ty::Set, 100, 105, 108), None);
+        assert!(is_strict_prefix(&arr(&[b"a"]), &arr(&[b"a", b"b"])));
+        assert!(!is_strict_prefix(&arr(&[b"a", b"b"]), &arr(&[b"a", b"b"])));
+        assert!(!is_strict_prefix(&arr(&[b"x"]), &arr(&[b"a", b"b"])));
+        assert!(!is_strict_prefix(
+            &arr(&[b"a", b"b", b"c"]),
+            &arr(&[b"a", b"b"])
+        ));
     }
 
     #[test]

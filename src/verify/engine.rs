@@ -16,10 +16,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::compare::{self, CompareOptions, Conns, Env, Verdict};
-use super::conn::{Conn, Role, VerifyError};
+use super::error::{self, VerifyError};
 use super::report::{Counts, DbCounts, DbKeyCount, Difference, Kind, Report, TargetReport};
 use super::topology::{self, Endpoint, Group};
+use crate::apply::sweep::OwnKeys;
 use crate::apply::DbMap;
+use crate::checkpoint::source_id;
+use crate::job::{DEFAULT_CHECKPOINT_KEY_PREFIX, DEFAULT_HEARTBEAT_KEY, TMP_PREFIX};
+use crate::resp::Reply;
+use crate::target::client::{Client, Pipeline, Role};
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +74,10 @@ pub struct Settings {
     pub dump: bool,
     /// `--db` / `--map-db`: the source dbs compared and the target db each is compared with.
     pub dbmap: DbMap,
-    /// A key ferry itself writes into sources (heartbeat): ignored on both sides.
-    pub ignore_key: Option<Bytes>,
+    /// ferry's heartbeat key (`--heartbeat-key`): ignored on both sides.
+    pub heartbeat_key: Option<Bytes>,
+    /// Prefix of ferry's in-target checkpoint keys (`--checkpoint-key-prefix`): ignored on both sides.
+    pub checkpoint_key_prefix: Option<Bytes>,
     /// Differences listed in the report (all are counted).
     pub max_listed: usize,
     /// Differing keys held for re-checking; beyond this, differences are reported without re-check.
@@ -96,12 +103,45 @@ impl Default for Settings {
             rate: None,
             dump: true,
             dbmap: DbMap::default(),
-            ignore_key: Some(Bytes::from_static(b"ferry:heartbeat")),
+            heartbeat_key: Some(Bytes::from_static(DEFAULT_HEARTBEAT_KEY.as_bytes())),
+            checkpoint_key_prefix: Some(Bytes::from_static(
+                DEFAULT_CHECKPOINT_KEY_PREFIX.as_bytes(),
+            )),
             max_listed: 100_000,
             max_recheck: 100_000,
             timeout: Duration::from_secs(10),
             progress: true,
         }
+    }
+}
+
+impl Settings {
+    /// ferry's own keys, never compared: the heartbeat key, keys with the checkpoint prefix, temporary
+    /// keys (`ferry:tmp:`). A user key such as `ferry:other` is data.
+    pub fn own_keys(&self) -> OwnKeys {
+        OwnKeys {
+            prefixes: std::iter::once(Bytes::from_static(TMP_PREFIX.as_bytes()))
+                .chain(self.checkpoint_key_prefix.clone())
+                .collect(),
+            exact: self.heartbeat_key.iter().cloned().collect(),
+        }
+    }
+
+    /// The names of ferry's own keys that `--mode count` looks for (it counts keys, it cannot scan them):
+    /// the heartbeat key and the checkpoint key of every source server (`<prefix><source id>`, as `ferry
+    /// sync` names them).
+    fn own_key_names(&self, sources: &[Group]) -> Vec<Bytes> {
+        let mut v: Vec<Bytes> = self.heartbeat_key.iter().cloned().collect();
+        if let Some(prefix) = &self.checkpoint_key_prefix {
+            for n in sources.iter().flat_map(|g| g.nodes.iter()) {
+                let mut k = prefix.to_vec();
+                k.extend_from_slice(source_id(&n.addr.to_string()).as_bytes());
+                v.push(Bytes::from(k));
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -169,6 +209,8 @@ struct Tally {
 struct Shared {
     env: Env,
     s: Settings,
+    /// Keys never compared ([`Settings::own_keys`]).
+    own: OwnKeys,
     tally: Mutex<Tally>,
     progress: ProgressBar,
     rate: Option<Rate>,
@@ -330,6 +372,7 @@ async fn verify_target(
         .sum();
     let sh = Arc::new(Shared {
         s: s.clone(),
+        own: s.own_keys(),
         tally: Mutex::new(Tally {
             per: BTreeMap::new(),
             diffs: Vec::new(),
@@ -612,7 +655,9 @@ async fn scan(
     tx: mpsc::Sender<Work>,
 ) -> Result<(), VerifyError> {
     let n = sh.env.node(role, node).clone();
-    let mut conn = Conn::connect(&n.addr, role, sh.s.timeout).await?;
+    let mut conn = Client::connect_as(&n.addr, role, sh.s.timeout)
+        .await
+        .map_err(error::on(role))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (role, node).hash(&mut h);
     let mut rng = SplitMix(sh.s.seed ^ h.finish());
@@ -628,20 +673,21 @@ async fn scan(
             continue;
         }
         tracing::debug!(%role, server = %n.shown, db, keys, "scanning");
-        conn.select(db);
+        conn.use_db(db);
         let mut cursor = Bytes::from_static(b"0");
         loop {
             if sh.cancel.is_cancelled() {
                 return Err(VerifyError::Cancelled);
             }
             let r = conn
-                .cmd_ok(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])
-                .await?;
+                .read_ok(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])
+                .await
+                .map_err(error::on(role))?;
             let (next, keys) = compare::scan_reply(&r);
             let scanned = keys.len() as u64;
             let keys: Vec<Bytes> = keys
                 .into_iter()
-                .filter(|k| sh.s.ignore_key.as_ref() != Some(k) && !is_ferry_internal(k))
+                .filter(|k| !sh.own.contains(k))
                 .filter(|_| match sh.s.sample {
                     Some(p) => rng.chance(p),
                     None => true,
@@ -669,25 +715,33 @@ async fn scan(
     Ok(())
 }
 
-/// Keys in `db` (DBSIZE), ferry's own key not counted.
-async fn keys_in(c: &mut Conn, db: u32, ignore: Option<&Bytes>) -> Result<u64, VerifyError> {
-    c.select(db);
-    let mut p = super::conn::Pipeline::new();
+/// Keys in `db` (DBSIZE), ferry's own keys named in `own` not counted.
+async fn keys_in(c: &mut Client, db: u32, own: &[Bytes]) -> Result<u64, VerifyError> {
+    let role = c.role();
+    c.use_db(db);
+    let mut p = Pipeline::reads();
     p.push(&[b"DBSIZE"]);
-    if let Some(k) = ignore {
-        p.push(&[b"EXISTS", k]);
+    if !own.is_empty() {
+        // EXISTS k1 k2 … counts the keys that exist.
+        let mut args: Vec<&[u8]> = vec![b"EXISTS"];
+        args.extend(own.iter().map(|k| k.as_ref()));
+        p.push(&args);
     }
-    let r = c.run(&p).await?;
+    let r = c.run(&p).await.map_err(error::on(role))?;
     if let Some(Reply::Error(e)) = r.iter().find(|x| x.is_error()) {
-        return Err(c.command_error(b"DBSIZE", e));
+        return Err(VerifyError::from_client(
+            role,
+            c.command_error(b"DBSIZE", e),
+        ));
     }
     let n = r.first().and_then(|x| x.as_int()).unwrap_or(0)
         - r.get(1).and_then(|x| x.as_int()).unwrap_or(0);
     Ok(n.max(0) as u64)
 }
 
-/// `--mode count`: keys per db (DBSIZE, minus ferry's own key), sources summed against the target, re-counted
-/// in later rounds while they differ.
+/// `--mode count`: keys per db (DBSIZE, minus ferry's own keys found by name: the heartbeat key and the
+/// sources' checkpoint keys), sources summed against the target, re-counted in later rounds while they
+/// differ.
 async fn count_target(
     s: &Settings,
     sources: &[Group],
@@ -715,8 +769,14 @@ async fn count_target(
         .flat_map(|g| g.nodes.iter().map(|n| (Role::Source, n)))
         .chain(tg.nodes.iter().map(|n| (Role::Target, n)))
     {
-        conns.push((role, Conn::connect(&n.addr, role, s.timeout).await?));
+        conns.push((
+            role,
+            Client::connect_as(&n.addr, role, s.timeout)
+                .await
+                .map_err(error::on(role))?,
+        ));
     }
+    let own_names = s.own_key_names(sources);
     let mut counts = Vec::new();
     for round in 0..=s.rounds {
         counts.clear();
@@ -730,7 +790,7 @@ async fn count_target(
                     Role::Target => &own,
                 };
                 for &d in dbs_here {
-                    let n = keys_in(c, d, s.ignore_key.as_ref()).await?;
+                    let n = keys_in(c, d, &own_names).await?;
                     match role {
                         Role::Source => src += n,
                         Role::Target => tgt += n,
@@ -790,17 +850,62 @@ async fn count_target(
     })
 }
 
-use crate::resp::Reply;
-
-/// ferry's own keys on a target: in-target checkpoints and temporary big-value keys (`ferry sync`
-/// writes them; no source has them). Never compared.
-fn is_ferry_internal(key: &[u8]) -> bool {
-    key.starts_with(b"ferry:checkpoint:") || key.starts_with(b"ferry:tmp:")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_keys_are_exactly_ferrys() {
+        let own = Settings::default().own_keys();
+        for k in [
+            &b"ferry:heartbeat"[..],
+            b"ferry:checkpoint:127.0.0.1_6379",
+            b"ferry:tmp:127.0.0.1_6379:7",
+        ] {
+            assert!(own.contains(k), "{}", String::from_utf8_lossy(k));
+        }
+        for k in [&b"ferry:other"[..], b"ferry:heartbeat:x", b"ferry:", b"x"] {
+            assert!(!own.contains(k), "{}", String::from_utf8_lossy(k));
+        }
+        // As given on the command line: another prefix, no heartbeat key.
+        let s = Settings {
+            checkpoint_key_prefix: Some(Bytes::from_static(b"cp:")),
+            heartbeat_key: None,
+            ..Settings::default()
+        };
+        let own = s.own_keys();
+        assert!(own.contains(b"cp:127.0.0.1_6379") && own.contains(b"ferry:tmp:a:1"));
+        assert!(
+            !own.contains(b"ferry:checkpoint:127.0.0.1_6379") && !own.contains(b"ferry:heartbeat")
+        );
+        // --mode count looks them up by name: one checkpoint key per source server.
+        let node = |url: &str| topology::Node {
+            addr: url.parse().unwrap(),
+            shown: url.into(),
+            caps: topology::Caps::from_info(&crate::target::ServerInfo::parse(
+                "redis_version:7.0.0",
+            )),
+            keyspace: Vec::new(),
+        };
+        let group = Group {
+            shown: "pool".into(),
+            nodes: vec![
+                node("redis://127.0.0.1:7001"),
+                node("redis://u:pw@127.0.0.1:7002"),
+            ],
+            router: None,
+        };
+        let names: Vec<Bytes> = Settings::default().own_key_names(std::slice::from_ref(&group));
+        assert_eq!(
+            names,
+            [
+                &b"ferry:checkpoint:127.0.0.1_7001"[..],
+                b"ferry:checkpoint:127.0.0.1_7002",
+                b"ferry:heartbeat"
+            ]
+        );
+        assert_eq!(s.own_key_names(&[group]).len(), 2);
+    }
 
     #[test]
     fn sampling_rate_is_close() {

@@ -3,7 +3,8 @@
 //!
 //! - [`topology`]: `--source`/`--target` endpoints (`redis://`, `twemproxy:CONF[#POOL]`), the servers
 //!   behind them, what each server supports, where a key lives.
-//! - [`conn`]: a pipelined read-only connection, and [`VerifyError`] (could not compare).
+//! - [`error`]: [`VerifyError`] (could not compare), naming the side and the server. Connections are
+//!   [`crate::target::client::Client`]s, reading in pipelines that are sent again after a reconnect.
 //! - [`compare`]: comparing a batch of keys: type, TTL, size, then values (`DUMP` fast path, whole reads,
 //!   or pieces for big values); the reverse direction (target keys on no source).
 //! - [`engine`]: scanners, workers, sampling, rate limit, re-check rounds, `--mode count`.
@@ -13,8 +14,8 @@
 //! 2 could not compare (a server unreachable or failing, a bad option or config, interrupted).
 
 pub mod compare;
-pub mod conn;
 pub mod engine;
+pub mod error;
 pub mod report;
 pub mod topology;
 
@@ -25,8 +26,9 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Role, VerifyError};
+pub use crate::target::client::Role;
 pub use engine::{run, Mode, Settings, VerifyConfig};
+pub use error::VerifyError;
 pub use report::{Counts, Difference, Kind, Report, TargetReport};
 pub use topology::Endpoint;
 
@@ -129,9 +131,16 @@ pub struct VerifyArgs {
     /// Repeatable.
     #[arg(long = "map-db", value_name = "SRC:DST")]
     pub map_db: Vec<String>,
-    /// ferry's heartbeat key, ignored on both sides in every db ("" to ignore nothing).
-    #[arg(long, default_value = "ferry:heartbeat", value_name = "KEY")]
+    /// ferry's heartbeat key, as given to `ferry sync --heartbeat-key`: ignored on both sides in every db
+    /// ("" to ignore nothing).
+    #[arg(long, default_value = crate::job::DEFAULT_HEARTBEAT_KEY, value_name = "KEY")]
     pub heartbeat_key: String,
+    /// Prefix of ferry's in-target checkpoint keys, as given to `ferry sync --checkpoint-key-prefix`: keys
+    /// that start with it are ignored on both sides in every db ("" to ignore none). With `--mode count`,
+    /// the checkpoint keys of the sources given are not counted. Temporary keys (`ferry:tmp:`) are always
+    /// ignored.
+    #[arg(long, default_value = crate::job::DEFAULT_CHECKPOINT_KEY_PREFIX, value_name = "PREFIX")]
+    pub checkpoint_key_prefix: String,
     /// Print the report as JSON (every difference, up to --max-listed) instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -225,8 +234,10 @@ impl VerifyArgs {
                 rate: self.rate,
                 dump: !self.no_dump,
                 dbmap,
-                ignore_key: (!self.heartbeat_key.is_empty())
+                heartbeat_key: (!self.heartbeat_key.is_empty())
                     .then(|| Bytes::from(self.heartbeat_key.into_bytes())),
+                checkpoint_key_prefix: (!self.checkpoint_key_prefix.is_empty())
+                    .then(|| Bytes::from(self.checkpoint_key_prefix.into_bytes())),
                 max_listed: self.max_listed,
                 max_recheck: self.max_recheck,
                 timeout: Duration::from_secs(self.timeout_secs),
@@ -303,7 +314,7 @@ pub async fn run_cli_to(
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {
-    crate::cli::on_stop_signal(cancel, "stop requested: verify stops without a verdict");
+    crate::signal::on_stop_signal(cancel, "stop requested: verify stops without a verdict");
 }
 
 #[cfg(test)]

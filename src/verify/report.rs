@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::conn::Role;
+use crate::target::client::Role;
 use crate::target::pool::escape_key;
 
 /// The kinds of difference, in the order the human report lists them.

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::conn::{Conn, Role, VerifyError};
+use super::error::{self, VerifyError};
 use crate::endpoint::RedisAddr;
+use crate::target::client::{Client, Role};
 use crate::target::ServerInfo;
-use crate::twemproxy::{self, Router, TwemproxyConfig};
+use crate::twemproxy::{Router, TwemproxyConfig};
 
 /// A `--source` or `--target` as given: `redis://[[user]:password@]host:port` or `twemproxy:CONF[#POOL]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl FromStr for Endpoint {
                     "twemproxy: needs a nutcracker config path: twemproxy:CONF[#POOL]".into(),
                 );
             }
-            let (path, pool) = twemproxy::parse_source(rest);
+            let (path, pool) = crate::endpoint::parse_twemproxy(rest);
             return Ok(Endpoint::Twemproxy { path, pool });
         }
         if s.starts_with("rdb:") {
@@ -161,13 +162,10 @@ pub async fn resolve(ep: &Endpoint, role: Role, timeout: Duration) -> Result<Gro
     };
     let mut nodes = Vec::with_capacity(addrs.len());
     for (addr, shown) in addrs.into_iter().zip(names) {
-        let mut c = Conn::connect(&addr, role, timeout).await?;
-        let info = c.cmd_ok(&[b"INFO", b"all"]).await?;
-        let text = info
-            .as_bytes()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        let info = ServerInfo::parse(&text);
+        let mut c = Client::connect_as(&addr, role, timeout)
+            .await
+            .map_err(error::on(role))?;
+        let info = ServerInfo::from_info(&c.info(b"all").await.map_err(error::on(role))?);
         if info.cluster {
             return Err(VerifyError::Config(format!(
                 "{role} {shown} is a Redis Cluster node; verify compares standalone servers and \

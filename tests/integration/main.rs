@@ -2,6 +2,7 @@
 
 mod support;
 
+mod client;
 mod exact;
 mod fault_proxy;
 mod fixtures;
@@ -17,4 +18,5 @@ mod stream;
 mod topologies;
 mod twemproxy;
 mod verify;
+mod verify_sync;
 mod versions_sync;
