@@ -230,7 +230,9 @@ pub async fn run(
         resume: resume.as_ref().map(|r| (r.replid.clone(), r.offset)),
         ..LinkConfig::new(addr.clone())
     };
-    let link_cancel = cancel.child_token();
+    // Not a child of `cancel`: the link keeps reading (and acknowledging) while the consumer drains on a stop,
+    // and is stopped after the last ACK.
+    let link_cancel = CancellationToken::new();
     if let Some((every, key)) = cfg.heartbeat.clone() {
         tokio::spawn(heartbeat(addr.clone(), every, key, link_cancel.clone()));
     }
@@ -259,8 +261,25 @@ pub async fn run(
         progress: None,
         last_cp: Instant::now(),
     };
-    let outcome = c.run(reader, link, &cancel, &link_cancel).await;
+    let (mut reader, mut link) = (reader, link);
+    let mut link_done = false;
+    let outcome = c
+        .run(
+            &mut reader,
+            &mut link,
+            &mut link_done,
+            &cancel,
+            &link_cancel,
+        )
+        .await;
     c.shutdown(outcome.is_ok()).await;
+    // Only now stop the link (after the last ACK went out), and keep the spool's reader until it has: a
+    // link pushing into a spool without reader would report that as a failure.
+    link_cancel.cancel();
+    if !link_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut link).await;
+    }
+    drop(reader);
     outcome
 }
 
@@ -370,14 +389,14 @@ impl Consumer {
 
     async fn run(
         &mut self,
-        mut reader: SpoolReader,
-        mut link: tokio::task::JoinHandle<Result<(), repl::LinkError>>,
+        reader: &mut SpoolReader,
+        link: &mut tokio::task::JoinHandle<Result<(), repl::LinkError>>,
+        link_done: &mut bool,
         cancel: &CancellationToken,
         link_cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut link_done = false;
         loop {
             let waiting = self.sinks.iter().any(|k| {
                 k.stream
@@ -387,8 +406,8 @@ impl Consumer {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
-                r = &mut link, if !link_done => {
-                    link_done = true;
+                r = &mut *link, if !*link_done => {
+                    *link_done = true;
                     match r {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(SourceError::Named(e.to_string())),
@@ -413,9 +432,10 @@ impl Consumer {
                         Ok(Some(r)) => r,
                         Ok(None) => {
                             // The link ended (cancelled or failed); its result says which.
-                            if !link_done {
+                            if !*link_done {
                                 link_cancel.cancel();
-                                return match (&mut link).await {
+                                *link_done = true;
+                                return match (&mut *link).await {
                                     Ok(Ok(())) => Ok(()),
                                     Ok(Err(e)) => Err(SourceError::Named(e.to_string())),
                                     Err(e) => Err(SourceError::Named(e.to_string())),
