@@ -144,6 +144,9 @@ pub struct Decoder {
     magic: Magic,
     db: u32,
     meta: Meta,
+    /// What [`Decoder::needed`] reports: 0 after an event (nothing was tried since), else the length the
+    /// last attempt stopped for. Never more than a buffer needs for the next event or error: a caller that
+    /// waits for this many bytes must see the same events as one that calls after every byte.
     need: usize,
     failed: Option<RdbError>,
 }
@@ -190,7 +193,9 @@ impl Decoder {
         }
         match self.step(buf) {
             Ok(Some(ev)) => {
-                self.need = 1;
+                // The next event may need no more input at all (a big value's next batch, its BigEnd),
+                // so no more can be asked for before the decoder has tried.
+                self.need = 0;
                 Ok(Some(ev))
             }
             Ok(None) => Ok(None),
@@ -221,7 +226,9 @@ impl Decoder {
         })
     }
 
-    /// How many bytes the buffer must hold before calling [`Decoder::decode`] again is worth it.
+    /// How many bytes the buffer must hold before calling [`Decoder::decode`] again is worth it: a call
+    /// with fewer returns `Ok(None)` again, whatever the bytes. 0 after an event: call again until
+    /// `Ok(None)`, since what is already buffered (or nothing) may complete the next one.
     pub fn needed(&self) -> usize {
         self.need
     }
