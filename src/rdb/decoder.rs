@@ -165,7 +165,7 @@ impl Decoder {
             magic: Magic::Redis,
             db: 0,
             meta: Meta::default(),
-            need: 9,
+            need: 0,
             failed: None,
         }
     }
@@ -304,7 +304,20 @@ impl Decoder {
             }));
         }
         if have.len() < 9 {
-            return Err(Stop::Need(9));
+            // The digits are only looked at once all are in, but every byte of the magic word can
+            // already be the wrong one: ask for one more byte until the whole word is there.
+            let word = if have.starts_with(SMALL.as_bytes()) {
+                SMALL.len()
+            } else if have.starts_with(VALKEY.as_bytes()) {
+                VALKEY.len()
+            } else {
+                have.len() + 1
+            };
+            return Err(Stop::Need(if have.len() < word {
+                have.len() + 1
+            } else {
+                9
+            }));
         }
         let (magic, digits) = if have.starts_with(SMALL.as_bytes()) {
             (Magic::Redis, &have[5..])

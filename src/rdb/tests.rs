@@ -372,6 +372,44 @@ fn big_values_ending_with_the_input_give_every_chunk_and_big_end_when_gated_by_n
     assert_eq!(events.last(), Some(&Event::BigEnd));
 }
 
+/// The header: `needed()` said 9 from the start, but the magic word can be wrong at any of its bytes. A
+/// file of 5 bytes "REDIX" was `BadMagic` for a caller that called after every byte, and "truncated
+/// inside the header" for one that waited for 9. It now asks for one byte more until the word is in.
+#[test]
+fn bad_magic_in_a_short_input_is_the_same_when_gated_by_needed() {
+    for (data, bad) in [
+        (&b"X"[..], true),
+        (b"REDIX", true),
+        (b"VALKEX", true),
+        (b"RV", true),
+        (b"REDIS", false),
+        (b"REDIS00", false),
+        (b"VALKEY08", false),
+        (b"", false),
+    ] {
+        let (events, err) = same_for_every_split(data, &DecoderOptions::default());
+        assert!(events.is_empty());
+        if bad {
+            assert!(
+                matches!(err, Some(RdbError::BadMagic { .. })),
+                "{data:?}: {err:?}"
+            );
+        } else {
+            assert!(
+                matches!(
+                    err,
+                    Some(RdbError::Truncated {
+                        inside: "the header",
+                        ..
+                    })
+                ),
+                "{data:?}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(Decoder::new(DecoderOptions::default()).needed(), 0);
+}
+
 /// A Redis 7.4+ cluster file: SLOT_INFO (slot, keys in the slot, keys with an expiry in it; three
 /// lengths, in every length form) before the keys of each slot, as `rdbSaveDb` writes them. Cut anywhere
 /// and fed in any way, the same events.
