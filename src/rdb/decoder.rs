@@ -462,7 +462,15 @@ impl Decoder {
                 // Valkey 9 RDB_OPCODE_SLOT_IMPORT: an atomic slot migration in progress on the node that
                 // wrote the file (job name, slot ranges). State of that node, not data: skipped.
                 c.string()?;
+                let at = c.pos;
                 let n = c.len("SLOT_IMPORT")?;
+                // The ranges are disjoint slot ranges (Valkey checks them when the job is created), so
+                // at most 16384. The record is re-read from its opcode on every call until it is whole:
+                // a corrupt count must not let it grow without bound.
+                if n > 16384 {
+                    c.pos = at;
+                    return Err(c.corrupt("SLOT_IMPORT", format!("{n} slot ranges")));
+                }
                 for _ in 0..n {
                     c.len("SLOT_IMPORT")?;
                     c.len("SLOT_IMPORT")?;

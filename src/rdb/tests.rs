@@ -443,3 +443,40 @@ fn slot_info_records_are_decoded_the_same_for_any_split_and_any_cut() {
         every_prefix_same_for_every_split(&f, &opts);
     }
 }
+
+/// Valkey 9's SLOT_IMPORT (0xF3): a job name, a count of slot ranges and the ranges, skipped. The record
+/// is re-read from its opcode until it is whole, so a count past the 16384 ranges a cluster can have is
+/// refused at once (it would hold and re-read a record as long as the input), at the count's offset for
+/// any split. In a REDIS file 0xF3 is no opcode.
+#[test]
+fn slot_import_is_skipped_and_a_count_past_16384_ranges_refused_for_any_split() {
+    let mut b = b"VALKEY080\xfe\x00\xf3\x28".to_vec();
+    b.extend_from_slice(&[b'j'; 40]);
+    b.extend_from_slice(b"\x02\x00\x40\x64\x41\x00\x80\x00\x00\x3f\xff"); // 0-100, 256-16383
+    b.extend_from_slice(b"\x00\x01k\x01v");
+    let f = with_trailer(b);
+    let (events, err) = same_for_every_split(&f, &DecoderOptions::default());
+    assert_eq!(err, None);
+    assert_eq!(events.len(), 4, "{events:?}"); // Header, SelectDb, Entry, End
+    every_prefix_same_for_every_split(&f, &DecoderOptions::default());
+
+    let mut b = b"VALKEY080\xfe\x00\xf3\x01j\x80\x00\x00\x40\x01".to_vec(); // 16385 ranges
+    b.extend_from_slice(&[0u8; 64]);
+    let (_, err) = same_for_every_split(&b, &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::Corrupt {
+            what: "SLOT_IMPORT",
+            offset: 14,
+            detail: "16385 slot ranges".into()
+        })
+    );
+    let (_, err) = same_for_every_split(b"REDIS0012\xf3\x01j\x00", &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::UnknownType {
+            byte: 0xF3,
+            offset: 9
+        })
+    );
+}
