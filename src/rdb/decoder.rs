@@ -748,9 +748,11 @@ impl Decoder {
         };
         let before = a.scan.clone();
         let r = a.scan.run(&buf[..], self.offset);
-        if let Some(end) = beyond(&r, a.scan.pos, before, limit, buf, self.offset) {
+        // The body is what the limit bounds, as a value's bytes after its key are.
+        let cut = a.body_start.saturating_add(limit);
+        if let Some(end) = beyond(&r, a.scan.pos, before, cut, buf, self.offset) {
             return Err(Stop::Err(RdbError::TooLarge {
-                len: end as u64,
+                len: (end - a.body_start) as u64,
                 offset: self.offset,
                 limit: limit as u64,
             }));

@@ -480,3 +480,44 @@ fn slot_import_is_skipped_and_a_count_past_16384_ranges_refused_for_any_split() 
         })
     );
 }
+
+/// A module AUX body is bounded by `max_unchunked_bytes` as a stream or module value is: its own bytes,
+/// after the opcode and module id (the limit used to count those too, so a body of exactly the limit was
+/// refused and `TooLarge`'s length included them).
+#[test]
+fn module_aux_body_of_exactly_the_limit_is_accepted_and_one_more_byte_refused() {
+    let body = |extra: usize| {
+        let mut v = b"\x02\x40\x05".to_vec(); // UINT 5 in a 2-byte length: 3 bytes
+        for _ in 0..22 + extra {
+            v.extend_from_slice(b"\x02\x05");
+        }
+        v.push(0); // module EOF: 48 bytes with extra = 0
+        v
+    };
+    for (extra, ok) in [(0, true), (1, false)] {
+        let mut b = b"REDIS0009\xf7\x81\x01\x02\x03\x04\x05\x06\x07\x08".to_vec(); // a 64-bit module id
+        let raw = body(extra);
+        b.extend_from_slice(&raw);
+        let f = with_trailer(b);
+        let (events, err) = same_for_every_split(&f, &tiny_limits());
+        if ok {
+            assert_eq!(err, None);
+            assert_eq!(
+                events[1],
+                Event::ModuleAux {
+                    module_id: 0x0102030405060708,
+                    raw: raw.into()
+                }
+            );
+        } else {
+            assert_eq!(
+                err,
+                Some(RdbError::TooLarge {
+                    len: 49,
+                    offset: 9,
+                    limit: 48
+                })
+            );
+        }
+    }
+}
