@@ -95,6 +95,12 @@ enum State {
     Top,
     Value(Box<Pending>),
     ModuleAux(Box<AuxPending>),
+    /// Valkey's SLOT_IMPORT record, walked range by range: `left` ranges from buffer index `pos` (nothing
+    /// of the record consumed until it is whole).
+    SlotImport {
+        left: u64,
+        pos: usize,
+    },
     Big(Box<Big>),
     Checksum,
     Done,
@@ -217,6 +223,7 @@ impl Decoder {
             State::Top => "the data before the EOF marker",
             State::Value(_) => "a key's value",
             State::ModuleAux(_) => "a module AUX field",
+            State::SlotImport { .. } => "a SLOT_IMPORT record",
             State::Big(_) => "a big key's value",
             State::Checksum => "the checksum",
         };
@@ -255,6 +262,7 @@ impl Decoder {
                 State::Top => self.top_step(buf),
                 State::Value(_) => self.value_step(buf),
                 State::ModuleAux(_) => self.aux_step(buf),
+                State::SlotImport { .. } => self.slot_import_step(buf),
                 State::Big(_) => self.big_step(buf),
                 State::Checksum => self.checksum_step(buf),
                 State::Done => {
@@ -465,17 +473,19 @@ impl Decoder {
                 let at = c.pos;
                 let n = c.len("SLOT_IMPORT")?;
                 // The ranges are disjoint slot ranges (Valkey checks them when the job is created), so
-                // at most 16384. The record is re-read from its opcode on every call until it is whole:
-                // a corrupt count must not let it grow without bound.
+                // at most 16384. The record is held until it is whole: a corrupt count must not let it
+                // grow without bound.
                 if n > 16384 {
                     c.pos = at;
                     return Err(c.corrupt("SLOT_IMPORT", format!("{n} slot ranges")));
                 }
-                for _ in 0..n {
-                    c.len("SLOT_IMPORT")?;
-                    c.len("SLOT_IMPORT")?;
-                }
-                None
+                // The ranges are walked where the last call stopped, not again from the opcode (which
+                // made feeding a long record in small pieces quadratic).
+                self.state = State::SlotImport {
+                    left: n,
+                    pos: c.pos,
+                };
+                return Ok(None);
             }
             t if known_type(t, valkey) => {
                 let key = c.string()?;
@@ -765,6 +775,25 @@ impl Decoder {
             module_id,
             raw: chunk.slice(body_start..),
         }))
+    }
+
+    fn slot_import_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {
+        let base = self.offset;
+        let State::SlotImport { left, pos } = &mut self.state else {
+            return Ok(None);
+        };
+        while *left > 0 {
+            // One range (start, end) at a time, whole or not at all.
+            let mut c = Cur::new(&buf[..], *pos, base);
+            c.len("SLOT_IMPORT")?;
+            c.len("SLOT_IMPORT")?;
+            *pos = c.pos;
+            *left -= 1;
+        }
+        let end = *pos;
+        self.state = State::Top;
+        self.consume(buf, end);
+        Ok(None)
     }
 
     fn checksum_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {

@@ -521,3 +521,43 @@ fn module_aux_body_of_exactly_the_limit_is_accepted_and_one_more_byte_refused() 
         }
     }
 }
+
+/// Found by fuzz/rdb_split (a slow unit: 12 KB, 5 s): a SLOT_IMPORT record of 3,926 ranges fed in small
+/// pieces was parsed again from its opcode on every call, quadratic in its length. The ranges are now
+/// walked from where the last call stopped. A record of 16384 ranges in their 5-byte form (164 KB) fed
+/// byte by byte takes milliseconds (it took minutes); cut short, it is truncated at its opcode.
+#[test]
+fn long_slot_import_fed_byte_by_byte_is_walked_once() {
+    let mut b = b"VALKEY080\xfe\x00\xf3\x28".to_vec();
+    b.extend_from_slice(&[b'j'; 40]);
+    b.extend_from_slice(b"\x80\x00\x00\x40\x00"); // 16384 ranges
+    for i in 0..16384u32 {
+        b.push(0x80);
+        b.extend_from_slice(&i.to_be_bytes());
+        b.push(0x80);
+        b.extend_from_slice(&i.to_be_bytes());
+    }
+    b.extend_from_slice(b"\x00\x01k\x01v");
+    let f = with_trailer(b);
+    let t = std::time::Instant::now();
+    let (events, err) = events_fed(&f, &DecoderOptions::default(), || 1, true);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(err, None);
+    assert_eq!(
+        events,
+        events_then_error(&f, &DecoderOptions::default(), usize::MAX).0
+    );
+    assert_eq!(events.len(), 4);
+    let (_, err) = same_for_every_split(&f[..f.len() - 20], &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::Truncated {
+            offset: 11,
+            inside: "a SLOT_IMPORT record"
+        })
+    );
+}
