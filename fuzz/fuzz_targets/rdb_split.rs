@@ -4,7 +4,7 @@
 //! own bytes (so the fuzzer chooses them: one byte per piece, read from the end backwards, scaled by
 //! control bits), once calling the decoder after every piece and once only when it has what `needed()`
 //! asked for (as ferry's feeder does), then byte by byte (inputs up to 16 KiB). Every run must give the
-//! identical event list and the identical final error (`BadMagic`'s quote of the file aside). Control
+//! identical event list and the identical final error (`BadMagic`'s quote included). Control
 //! bits also choose tiny big-value limits, so BigStart/BigChunk/BigEnd and incremental LZF are split too.
 #![no_main]
 use ferry::rdb::DecoderOptions;

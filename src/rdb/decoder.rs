@@ -95,6 +95,12 @@ enum State {
     Top,
     Value(Box<Pending>),
     ModuleAux(Box<AuxPending>),
+    /// Valkey's SLOT_IMPORT record, walked range by range: `left` ranges from buffer index `pos` (nothing
+    /// of the record consumed until it is whole).
+    SlotImport {
+        left: u64,
+        pos: usize,
+    },
     Big(Box<Big>),
     Checksum,
     Done,
@@ -144,6 +150,9 @@ pub struct Decoder {
     magic: Magic,
     db: u32,
     meta: Meta,
+    /// What [`Decoder::needed`] reports: 0 after an event (nothing was tried since), else the length the
+    /// last attempt stopped for. Never more than a buffer needs for the next event or error: a caller that
+    /// waits for this many bytes must see the same events as one that calls after every byte.
     need: usize,
     failed: Option<RdbError>,
 }
@@ -162,7 +171,7 @@ impl Decoder {
             magic: Magic::Redis,
             db: 0,
             meta: Meta::default(),
-            need: 9,
+            need: 0,
             failed: None,
         }
     }
@@ -190,7 +199,9 @@ impl Decoder {
         }
         match self.step(buf) {
             Ok(Some(ev)) => {
-                self.need = 1;
+                // The next event may need no more input at all (a big value's next batch, its BigEnd),
+                // so no more can be asked for before the decoder has tried.
+                self.need = 0;
                 Ok(Some(ev))
             }
             Ok(None) => Ok(None),
@@ -212,6 +223,7 @@ impl Decoder {
             State::Top => "the data before the EOF marker",
             State::Value(_) => "a key's value",
             State::ModuleAux(_) => "a module AUX field",
+            State::SlotImport { .. } => "a SLOT_IMPORT record",
             State::Big(_) => "a big key's value",
             State::Checksum => "the checksum",
         };
@@ -221,7 +233,9 @@ impl Decoder {
         })
     }
 
-    /// How many bytes the buffer must hold before calling [`Decoder::decode`] again is worth it.
+    /// How many bytes the buffer must hold before calling [`Decoder::decode`] again is worth it: a call
+    /// with fewer returns `Ok(None)` again, whatever the bytes. 0 after an event: call again until
+    /// `Ok(None)`, since what is already buffered (or nothing) may complete the next one.
     pub fn needed(&self) -> usize {
         self.need
     }
@@ -248,6 +262,7 @@ impl Decoder {
                 State::Top => self.top_step(buf),
                 State::Value(_) => self.value_step(buf),
                 State::ModuleAux(_) => self.aux_step(buf),
+                State::SlotImport { .. } => self.slot_import_step(buf),
                 State::Big(_) => self.big_step(buf),
                 State::Checksum => self.checksum_step(buf),
                 State::Done => {
@@ -297,7 +312,20 @@ impl Decoder {
             }));
         }
         if have.len() < 9 {
-            return Err(Stop::Need(9));
+            // The digits are only looked at once all are in, but every byte of the magic word can
+            // already be the wrong one: ask for one more byte until the whole word is there.
+            let word = if have.starts_with(SMALL.as_bytes()) {
+                SMALL.len()
+            } else if have.starts_with(VALKEY.as_bytes()) {
+                VALKEY.len()
+            } else {
+                have.len() + 1
+            };
+            return Err(Stop::Need(if have.len() < word {
+                have.len() + 1
+            } else {
+                9
+            }));
         }
         let (magic, digits) = if have.starts_with(SMALL.as_bytes()) {
             (Magic::Redis, &have[5..])
@@ -442,12 +470,22 @@ impl Decoder {
                 // Valkey 9 RDB_OPCODE_SLOT_IMPORT: an atomic slot migration in progress on the node that
                 // wrote the file (job name, slot ranges). State of that node, not data: skipped.
                 c.string()?;
+                let at = c.pos;
                 let n = c.len("SLOT_IMPORT")?;
-                for _ in 0..n {
-                    c.len("SLOT_IMPORT")?;
-                    c.len("SLOT_IMPORT")?;
+                // The ranges are disjoint slot ranges (Valkey checks them when the job is created), so
+                // at most 16384. The record is held until it is whole: a corrupt count must not let it
+                // grow without bound.
+                if n > 16384 {
+                    c.pos = at;
+                    return Err(c.corrupt("SLOT_IMPORT", format!("{n} slot ranges")));
                 }
-                None
+                // The ranges are walked where the last call stopped, not again from the opcode (which
+                // made feeding a long record in small pieces quadratic).
+                self.state = State::SlotImport {
+                    left: n,
+                    pos: c.pos,
+                };
+                return Ok(None);
             }
             t if known_type(t, valkey) => {
                 let key = c.string()?;
@@ -720,9 +758,11 @@ impl Decoder {
         };
         let before = a.scan.clone();
         let r = a.scan.run(&buf[..], self.offset);
-        if let Some(end) = beyond(&r, a.scan.pos, before, limit, buf, self.offset) {
+        // The body is what the limit bounds, as a value's bytes after its key are.
+        let cut = a.body_start.saturating_add(limit);
+        if let Some(end) = beyond(&r, a.scan.pos, before, cut, buf, self.offset) {
             return Err(Stop::Err(RdbError::TooLarge {
-                len: end as u64,
+                len: (end - a.body_start) as u64,
                 offset: self.offset,
                 limit: limit as u64,
             }));
@@ -735,6 +775,25 @@ impl Decoder {
             module_id,
             raw: chunk.slice(body_start..),
         }))
+    }
+
+    fn slot_import_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {
+        let base = self.offset;
+        let State::SlotImport { left, pos } = &mut self.state else {
+            return Ok(None);
+        };
+        while *left > 0 {
+            // One range (start, end) at a time, whole or not at all.
+            let mut c = Cur::new(&buf[..], *pos, base);
+            c.len("SLOT_IMPORT")?;
+            c.len("SLOT_IMPORT")?;
+            *pos = c.pos;
+            *left -= 1;
+        }
+        let end = *pos;
+        self.state = State::Top;
+        self.consume(buf, end);
+        Ok(None)
     }
 
     fn checksum_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {

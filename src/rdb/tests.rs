@@ -296,42 +296,69 @@ fn fixtures_whole() {
     assert!(newer >= 40, "only {newer} newer-format fixtures decoded");
 }
 
-/// Events until the input ended or the decoder refused it, and the refusal.
+/// Events until the input ended or the decoder refused it, and the refusal; fed `step` bytes at a time,
+/// calling the decoder after every piece.
 fn events_then_error(
     data: &[u8],
     opts: &DecoderOptions,
     step: usize,
+) -> (Vec<Event>, Option<RdbError>) {
+    events_fed(data, opts, || step, false)
+}
+
+/// Events and the refusal, fed in pieces of the sizes `next` gives; with `gate` the decoder is only called
+/// once the buffer holds what `needed()` asked for (as ferry's feeder does), and no more after an event
+/// than the buffer holding less than `needed()` allows.
+fn events_fed(
+    data: &[u8],
+    opts: &DecoderOptions,
+    mut next: impl FnMut() -> usize,
+    gate: bool,
 ) -> (Vec<Event>, Option<RdbError>) {
     let mut d = Decoder::new(opts.clone());
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut fed = 0;
     loop {
-        loop {
-            match d.decode(&mut buf) {
-                Ok(Some(ev)) => out.push(ev),
-                Ok(None) => break,
-                Err(e) => return (out, Some(e)),
+        if !gate || buf.len() >= d.needed() {
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Some(ev)) => out.push(ev),
+                    Ok(None) => {
+                        assert!(d.needed() > buf.len(), "waits for no more bytes");
+                        break;
+                    }
+                    Err(e) => return (out, Some(e)),
+                }
+                if gate && buf.len() < d.needed() {
+                    break;
+                }
             }
         }
         if fed == data.len() {
             return (out, d.finish().err());
         }
-        let end = (fed + step).min(data.len());
+        let end = (fed + next().max(1)).min(data.len());
         buf.extend_from_slice(&data[fed..end]);
         fed = end;
     }
 }
 
-/// Whole, byte by byte, and in a few piece sizes: the same events and the same error.
+/// Whole, byte by byte, and in a few piece sizes, each calling the decoder after every piece and only
+/// when it has `needed()` bytes: the same events and the same error.
 fn same_for_every_split(data: &[u8], opts: &DecoderOptions) -> (Vec<Event>, Option<RdbError>) {
     let whole = events_then_error(data, opts, usize::MAX);
-    for step in [1, 2, 3, 7, 16, 40, 100] {
-        assert_eq!(
-            events_then_error(data, opts, step),
-            whole,
-            "fed {step} bytes at a time"
-        );
+    for gate in [false, true] {
+        for step in [usize::MAX, 1, 2, 3, 7, 16, 40, 100] {
+            if step == usize::MAX && !gate {
+                continue;
+            }
+            assert_eq!(
+                events_fed(data, opts, || step, gate),
+                whole,
+                "fed {step} bytes at a time, gated by needed(): {gate}"
+            );
+        }
     }
     whole
 }
@@ -439,6 +466,324 @@ fn bad_lzf_token_in_a_big_string_is_reported_the_same_for_any_split() {
             what: "LZF string",
             offset: start,
             detail: "back reference before the start of the output at input byte 66".into(),
+        })
+    );
+}
+
+/// Every prefix of `data` (a file cut short anywhere), fed in every way `same_for_every_split` feeds.
+fn every_prefix_same_for_every_split(data: &[u8], opts: &DecoderOptions) {
+    for n in 0..=data.len() {
+        same_for_every_split(&data[..n], opts);
+    }
+}
+
+/// `body` (after the magic) with the EOF marker and its CRC-64 appended.
+fn with_trailer(mut body: Vec<u8>) -> Vec<u8> {
+    body.push(0xFF);
+    let crc = crc64::checksum(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
+}
+
+/// Issue 8, found by fuzz/rdb_split once its corpus held RDB 12 cluster files: a string value over the
+/// big-value limit that ends exactly where the input ends. Its last `StringPart` consumed the last byte,
+/// and `needed()` then said 1 (as after every event), so a caller that waits for `needed()` bytes never
+/// called again: 9 events and "truncated inside a big key's value", against 10 (`BigEnd`) and "truncated
+/// before the EOF marker" when called anyway. After an event `needed()` is now 0.
+#[test]
+fn issue8_big_string_ending_with_the_input_gives_the_same_events_when_gated_by_needed() {
+    let f = b"REDIS0012\xfa\x09resase\xc0\x00\xfe\x00\xfb\x05\x00\xf4@b\x01\x00\x00\x08c{slot2}\x01c\
+\xf4@\xe6\x01\x00\x00\x08f{slot6d6d42246bcf84151fad3c1\xa4\x02\x00\x00\x07a{slob\x00\x07b{slom}\x01b\
+\xff\x93\xd3\x8a\x8fG,\xf4P,\xf4P";
+    assert_eq!(f.len(), 111);
+    let (events, err) = same_for_every_split(f, &tiny_limits());
+    assert_eq!(events.len(), 10, "{events:?}");
+    assert_eq!(events[9], Event::BigEnd);
+    assert_eq!(
+        err,
+        Some(RdbError::Truncated {
+            offset: 111,
+            inside: "the data before the EOF marker"
+        })
+    );
+    // As ferry's feeder and the benchmark call it: one push of everything, decoding while the buffer
+    // holds `needed()`.
+    let mut d = Decoder::new(tiny_limits());
+    let mut buf = BytesMut::from(&f[..]);
+    let mut n = 0;
+    while buf.len() >= d.needed() {
+        match d.decode(&mut buf).unwrap() {
+            Some(_) => n += 1,
+            None => break,
+        }
+    }
+    assert_eq!(n, 10);
+}
+
+/// The same at the end of any big value whose last item leaves events behind it: batches of a plain
+/// list, of a listpack read whole as one item, and the output of an LZF string, then `BigEnd`.
+#[test]
+fn big_values_ending_with_the_input_give_every_chunk_and_big_end_when_gated_by_needed() {
+    let opts = tiny_limits(); // 48 bytes, 2 elements a chunk
+    let mut list = b"REDIS0009\xfe\x00\x01\x01l\x07".to_vec(); // 7 elements of 10 bytes
+    for i in 0..7u8 {
+        list.push(9);
+        list.extend_from_slice(&[b'a' + i; 9]);
+    }
+    let (events, err) = same_for_every_split(&list, &opts);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::BigChunk(_)))
+            .count(),
+        4
+    );
+    assert_eq!(events.last(), Some(&Event::BigEnd));
+    assert!(matches!(
+        err,
+        Some(RdbError::Truncated {
+            inside: "the data before the EOF marker",
+            ..
+        })
+    ));
+
+    // A set listpack (type 20) of 6 members, over the limit: one item, then three chunks and BigEnd.
+    let mut lp = Vec::new();
+    for i in 0..6u8 {
+        lp.extend_from_slice(&[0x87, b'm', b'e', b'm', b'b', b'e', b'r', b'0' + i, 8]);
+    }
+    let total = 6 + lp.len() + 1;
+    let mut blob = (total as u32).to_le_bytes().to_vec();
+    blob.extend_from_slice(&6u16.to_le_bytes());
+    blob.extend_from_slice(&lp);
+    blob.push(0xFF);
+    let mut set = b"REDIS0011\xfe\x00\x14\x01s".to_vec();
+    set.push(blob.len() as u8);
+    set.extend_from_slice(&blob);
+    let (events, _) = same_for_every_split(&set, &opts);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::BigChunk(_)))
+            .count(),
+        3,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Event::BigEnd));
+
+    // An LZF string of 53 compressed bytes (over the limit): 32 'a's, 16 'b's, then 100 more 'b's by
+    // one back reference; 148 bytes out in 48-byte parts, the last one from the last input byte.
+    let mut z = b"REDIS0009\xfe\x00\x00\x01k\xc3\x35\x40\x94\x1f".to_vec();
+    z.extend_from_slice(&[b'a'; 32]);
+    z.push(0x0f);
+    z.extend_from_slice(&[b'b'; 16]);
+    z.extend_from_slice(&[0xE0, 91, 0x00]);
+    let (events, err) = same_for_every_split(&z, &opts);
+    assert!(matches!(
+        err,
+        Some(RdbError::Truncated {
+            inside: "the data before the EOF marker",
+            ..
+        })
+    ));
+    let mut out = Vec::new();
+    for e in &events {
+        if let Event::BigChunk(Chunk::StringPart(p)) = e {
+            out.extend_from_slice(p);
+        }
+    }
+    let mut want = vec![b'a'; 32];
+    want.extend_from_slice(&[b'b'; 116]);
+    assert_eq!(out, want);
+    assert_eq!(events.last(), Some(&Event::BigEnd));
+}
+
+/// The header: `needed()` said 9 from the start, but the magic word can be wrong at any of its bytes. A
+/// file of 5 bytes "REDIX" was `BadMagic` for a caller that called after every byte, and "truncated
+/// inside the header" for one that waited for 9. It now asks for one byte more until the word is in.
+#[test]
+fn bad_magic_in_a_short_input_is_the_same_when_gated_by_needed() {
+    for (data, bad) in [
+        (&b"X"[..], true),
+        (b"REDIX", true),
+        (b"VALKEX", true),
+        (b"RV", true),
+        (b"REDIS", false),
+        (b"REDIS00", false),
+        (b"VALKEY08", false),
+        (b"", false),
+    ] {
+        let (events, err) = same_for_every_split(data, &DecoderOptions::default());
+        assert!(events.is_empty());
+        if bad {
+            assert!(
+                matches!(err, Some(RdbError::BadMagic { .. })),
+                "{data:?}: {err:?}"
+            );
+        } else {
+            assert!(
+                matches!(
+                    err,
+                    Some(RdbError::Truncated {
+                        inside: "the header",
+                        ..
+                    })
+                ),
+                "{data:?}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(Decoder::new(DecoderOptions::default()).needed(), 0);
+}
+
+/// A Redis 7.4+ cluster file: SLOT_INFO (slot, keys in the slot, keys with an expiry in it; three
+/// lengths, in every length form) before the keys of each slot, as `rdbSaveDb` writes them. Cut anywhere
+/// and fed in any way, the same events.
+#[test]
+fn slot_info_records_are_decoded_the_same_for_any_split_and_any_cut() {
+    let mut b =
+        b"REDIS0012\xfa\x09redis-ver\x057.4.0\xfa\x08aof-base\xc0\x00\xfe\x00\xfb\x03\x01".to_vec();
+    b.extend_from_slice(b"\xf4\x40\x62\x01\x00"); // slot 98: 1 key, 0 with an expiry
+    b.extend_from_slice(b"\x00\x08c{slot2}\x01c");
+    b.extend_from_slice(b"\xf4\x80\x00\x00\x3f\xff\x02\x01"); // slot 16383 (32-bit form): 2 keys, 1 expiring
+    b.extend_from_slice(b"\xfc\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01x\xc0\x07");
+    b.extend_from_slice(b"\x00\x01y\x40\x40");
+    b.extend_from_slice(&[b'v'; 64]); // over the tiny limit: goes big
+    b.extend_from_slice(b"\xf4\x81\x00\x00\x00\x00\x00\x00\x00\x07\x00\x00"); // 64-bit form, empty
+    let f = with_trailer(b);
+    for opts in [DecoderOptions::default(), tiny_limits()] {
+        let (events, err) = same_for_every_split(&f, &opts);
+        assert_eq!(err, None);
+        let slots: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SlotInfo {
+                    slot,
+                    slot_size,
+                    expires_slot_size,
+                } => Some((*slot, *slot_size, *expires_slot_size)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(slots, [(98, 1, 0), (16383, 2, 1), (7, 0, 0)]);
+        every_prefix_same_for_every_split(&f, &opts);
+    }
+}
+
+/// Valkey 9's SLOT_IMPORT (0xF3): a job name, a count of slot ranges and the ranges, skipped. The record
+/// is re-read from its opcode until it is whole, so a count past the 16384 ranges a cluster can have is
+/// refused at once (it would hold and re-read a record as long as the input), at the count's offset for
+/// any split. In a REDIS file 0xF3 is no opcode.
+#[test]
+fn slot_import_is_skipped_and_a_count_past_16384_ranges_refused_for_any_split() {
+    let mut b = b"VALKEY080\xfe\x00\xf3\x28".to_vec();
+    b.extend_from_slice(&[b'j'; 40]);
+    b.extend_from_slice(b"\x02\x00\x40\x64\x41\x00\x80\x00\x00\x3f\xff"); // 0-100, 256-16383
+    b.extend_from_slice(b"\x00\x01k\x01v");
+    let f = with_trailer(b);
+    let (events, err) = same_for_every_split(&f, &DecoderOptions::default());
+    assert_eq!(err, None);
+    assert_eq!(events.len(), 4, "{events:?}"); // Header, SelectDb, Entry, End
+    every_prefix_same_for_every_split(&f, &DecoderOptions::default());
+
+    let mut b = b"VALKEY080\xfe\x00\xf3\x01j\x80\x00\x00\x40\x01".to_vec(); // 16385 ranges
+    b.extend_from_slice(&[0u8; 64]);
+    let (_, err) = same_for_every_split(&b, &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::Corrupt {
+            what: "SLOT_IMPORT",
+            offset: 14,
+            detail: "16385 slot ranges".into()
+        })
+    );
+    let (_, err) = same_for_every_split(b"REDIS0012\xf3\x01j\x00", &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::UnknownType {
+            byte: 0xF3,
+            offset: 9
+        })
+    );
+}
+
+/// A module AUX body is bounded by `max_unchunked_bytes` as a stream or module value is: its own bytes,
+/// after the opcode and module id (the limit used to count those too, so a body of exactly the limit was
+/// refused and `TooLarge`'s length included them).
+#[test]
+fn module_aux_body_of_exactly_the_limit_is_accepted_and_one_more_byte_refused() {
+    let body = |extra: usize| {
+        let mut v = b"\x02\x40\x05".to_vec(); // UINT 5 in a 2-byte length: 3 bytes
+        for _ in 0..22 + extra {
+            v.extend_from_slice(b"\x02\x05");
+        }
+        v.push(0); // module EOF: 48 bytes with extra = 0
+        v
+    };
+    for (extra, ok) in [(0, true), (1, false)] {
+        let mut b = b"REDIS0009\xf7\x81\x01\x02\x03\x04\x05\x06\x07\x08".to_vec(); // a 64-bit module id
+        let raw = body(extra);
+        b.extend_from_slice(&raw);
+        let f = with_trailer(b);
+        let (events, err) = same_for_every_split(&f, &tiny_limits());
+        if ok {
+            assert_eq!(err, None);
+            assert_eq!(
+                events[1],
+                Event::ModuleAux {
+                    module_id: 0x0102030405060708,
+                    raw: raw.into()
+                }
+            );
+        } else {
+            assert_eq!(
+                err,
+                Some(RdbError::TooLarge {
+                    len: 49,
+                    offset: 9,
+                    limit: 48
+                })
+            );
+        }
+    }
+}
+
+/// Found by fuzz/rdb_split (a slow unit: 12 KB, 5 s): a SLOT_IMPORT record of 3,926 ranges fed in small
+/// pieces was parsed again from its opcode on every call, quadratic in its length. The ranges are now
+/// walked from where the last call stopped. A record of 16384 ranges in their 5-byte form (164 KB) fed
+/// byte by byte takes milliseconds (it took minutes); cut short, it is truncated at its opcode.
+#[test]
+fn long_slot_import_fed_byte_by_byte_is_walked_once() {
+    let mut b = b"VALKEY080\xfe\x00\xf3\x28".to_vec();
+    b.extend_from_slice(&[b'j'; 40]);
+    b.extend_from_slice(b"\x80\x00\x00\x40\x00"); // 16384 ranges
+    for i in 0..16384u32 {
+        b.push(0x80);
+        b.extend_from_slice(&i.to_be_bytes());
+        b.push(0x80);
+        b.extend_from_slice(&i.to_be_bytes());
+    }
+    b.extend_from_slice(b"\x00\x01k\x01v");
+    let f = with_trailer(b);
+    let t = std::time::Instant::now();
+    let (events, err) = events_fed(&f, &DecoderOptions::default(), || 1, true);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(err, None);
+    assert_eq!(
+        events,
+        events_then_error(&f, &DecoderOptions::default(), usize::MAX).0
+    );
+    assert_eq!(events.len(), 4);
+    let (_, err) = same_for_every_split(&f[..f.len() - 20], &DecoderOptions::default());
+    assert_eq!(
+        err,
+        Some(RdbError::Truncated {
+            offset: 11,
+            inside: "a SLOT_IMPORT record"
         })
     );
 }
