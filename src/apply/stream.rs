@@ -139,8 +139,6 @@ pub struct StreamApplier {
     loaded: HashSet<String>,
     /// Forward FLUSHDB/FLUSHALL/SWAPDB as they are (the source is alone on the target).
     forward_flush: bool,
-    /// A flush seen inside MULTI, signalled after its EXEC.
-    flush_after_group: Option<Option<u32>>,
     /// The checkpoint kept in the target, updated in the same MULTI/EXEC as the commands it covers.
     target_cp: Option<TargetCheckpoint>,
     /// Which source dbs are synced and where they go (`--db`, `--map-db`).
@@ -154,6 +152,11 @@ pub struct StreamApplier {
     skip_until: i64,
     /// A resync was signalled: nothing more is applied.
     stopped: bool,
+    /// Atomic mode, a flush signalled: the offset just after the flush, applied once the caller has removed
+    /// the source's keys (the next `push`).
+    flush_end: Option<i64>,
+    /// The flush came inside the source's transaction, which continues after it.
+    regroup: bool,
     pub stats: Arc<StreamStats>,
 }
 
@@ -204,13 +207,14 @@ impl StreamApplier {
             scripts: HashMap::new(),
             loaded: HashSet::new(),
             forward_flush: true,
-            flush_after_group: None,
             target_cp: None,
             dbs: super::DbMap::default(),
             group_selected: false,
             heartbeat: None,
             skip_until: -1,
             stopped: false,
+            flush_end: None,
+            regroup: false,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -314,6 +318,18 @@ impl StreamApplier {
         if self.stopped {
             return Ok(signals);
         }
+        if let Some(end) = self.flush_end.take() {
+            // The caller removed this source's keys: the flush is applied.
+            self.offset = end;
+        }
+        if std::mem::take(&mut self.regroup) {
+            // The source's transaction goes on after its flush.
+            if !self.atomic() {
+                self.batch
+                    .push_tx("MULTI", &Bytes::new(), &[b"MULTI"], Tx::Multi);
+            }
+            self.in_group = true;
+        }
         self.rbuf.extend_from_slice(chunk);
         loop {
             let cmd = match self.decoder.decode_frozen(&mut self.rbuf) {
@@ -331,7 +347,14 @@ impl StreamApplier {
                 self.skip(&cmd)?;
                 continue;
             }
+            let len = cmd.raw().len() as i64;
             self.on_command(cmd, &mut signals).await?;
+            if signals.flush.is_some() && self.atomic() && self.flush_end.is_none() {
+                // The flush is applied only once the caller has removed this source's keys: until then the
+                // position handed over (and checkpointed) stays before it, so a crash in between replays it.
+                self.flush_end = Some(self.offset);
+                self.offset -= len;
+            }
             if signals.flush.is_some() || signals.resync.is_some() {
                 // Hold the rest back until the caller removed this source's keys (or resyncs it).
                 self.stopped = signals.resync.is_some();
@@ -517,9 +540,6 @@ impl StreamApplier {
         if atomic && name.eq_ignore_ascii_case(b"EXEC") {
             self.in_group = false;
             self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-            if let Some(scope) = self.flush_after_group.take() {
-                signals.flush = Some(scope);
-            }
             return Ok(());
         }
         if let Some((key, sink)) = &self.heartbeat {
@@ -586,10 +606,13 @@ impl StreamApplier {
             tracing::info!(command = %String::from_utf8_lossy(name).to_uppercase(), db = ?scope,
                 "the source flushed: removing only its own keys from the shared target");
             if self.in_group {
-                self.flush_after_group = Some(scope);
-            } else {
-                signals.flush = Some(scope);
+                // The source's transaction is split at its flush: what came before it is handed over (one
+                // transaction), the keys are removed, the rest follows in another. The removal is a scan, never
+                // atomic, and the keys written after the flush must survive it.
+                self.close_group().await?;
+                self.regroup = true;
             }
+            signals.flush = Some(scope);
             return Ok(());
         }
         if name.eq_ignore_ascii_case(b"SWAPDB") && !self.forward_flush {
@@ -640,30 +663,44 @@ impl StreamApplier {
             self.batch
                 .finish_tx(command_name(name), key, tx, ResendRule::Strict);
             if exec {
-                self.in_group = false;
-                if std::mem::take(&mut self.group_selected) {
-                    // The transaction moved the connection to another db: put it back where the batch
-                    // says it is, and continue in a batch of the new db.
-                    let back = self.batch.db.unwrap_or(0).to_string();
-                    self.batch.push(
-                        "SELECT",
-                        &Bytes::new(),
-                        &[b"SELECT", back.as_bytes()],
-                        ResendRule::Strict,
-                    );
-                    self.send().await?;
-                    self.batch.db = Some(self.tdb());
-                }
+                self.after_group().await?;
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                if let Some(scope) = self.flush_after_group.take() {
-                    signals.flush = Some(scope);
-                }
             }
             return Ok(());
         }
         self.batch.bytes.extend_from_slice(cmd.raw());
         self.batch
             .finish_cmd(command_name(name), key, 1, ResendRule::Strict);
+        Ok(())
+    }
+
+    /// End the source's open transaction here (at a flush): in plain mode with an EXEC of our own.
+    async fn close_group(&mut self) -> Result<(), ApplyError> {
+        if self.atomic() {
+            self.in_group = false;
+            return Ok(());
+        }
+        self.batch
+            .push_tx("EXEC", &Bytes::new(), &[b"EXEC"], Tx::Exec);
+        self.after_group().await
+    }
+
+    /// Plain mode, after the EXEC of a source transaction.
+    async fn after_group(&mut self) -> Result<(), ApplyError> {
+        self.in_group = false;
+        if std::mem::take(&mut self.group_selected) {
+            // The transaction moved the connection to another db: put it back where the batch says it is, and
+            // continue in a batch of the new db.
+            let back = self.batch.db.unwrap_or(0).to_string();
+            self.batch.push(
+                "SELECT",
+                &Bytes::new(),
+                &[b"SELECT", back.as_bytes()],
+                ResendRule::Strict,
+            );
+            self.send().await?;
+            self.batch.db = Some(self.tdb());
+        }
         Ok(())
     }
 

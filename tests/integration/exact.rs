@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::fault_proxy::FaultProxy;
 use crate::support::ferry_proc::Ferry;
-use crate::support::{data_digest, data_keys, wait_until, Client, RedisServer, TempDir};
+use crate::support::{
+    data_digest, data_key_count, data_keys, wait_until, Client, RedisServer, TempDir,
+};
 
 fn debug_server(extra: &[&str]) -> RedisServer {
     let mut args = vec!["--enable-debug-command", "yes"];
@@ -507,6 +509,133 @@ fn a_busy_source_never_makes_a_sweep_delete_on_a_guess() {
         t.data_dbsize() == 300
     });
     assert!(data_keys(&mut t).iter().all(|(_, k)| k.starts_with(b"b:")));
+}
+
+/// A kill -9 while a source's FLUSHDB is being applied to a shared target (its keys being removed): the
+/// position of the flush was checkpointed before the removal ran, so the restart continued after the flush
+/// and the source's old keys stayed on the target for good (found by the soak, seed 102). The flush counts
+/// as applied only once its keys are gone; the restart replays it.
+#[test]
+fn a_kill_during_a_flush_sweep_replays_the_flush() {
+    let a = debug_server(&[]);
+    let b = debug_server(&["--busy-reply-threshold", "100"]);
+    let target = debug_server(&[]);
+    for (s, p) in [(&a, "a"), (&b, "b")] {
+        let mut c = s.client();
+        for i in 0..300 {
+            c.ok(&["SET", &format!("{p}:{i}"), "v"]);
+        }
+    }
+    let state = TempDir::new("kill-sweep");
+    let sources = [a.url(), b.url()];
+    let mut ferry = Ferry::sync(&sources, &target.url(), state.path(), &[]);
+    let mut t = target.client();
+    wait_until("both masters' keys", Duration::from_secs(30), || {
+        t.data_dbsize() == 600
+    });
+    wait_online(&mut a.client(), &ferry);
+    let mut am = a.client();
+    let partial = info_i64(&mut am, "stats", "sync_partial_ok");
+    // b runs a script that never ends: the removal of a's keys waits for b to say which keys it holds.
+    let bport = b.port;
+    let script = std::thread::spawn(move || {
+        let mut c = Client::connect(bport);
+        c.cmd(&["EVAL", "while true do end", "0"])
+    });
+    let mut probe = b.client();
+    wait_until(
+        "b to be busy",
+        Duration::from_secs(10),
+        || matches!(probe.cmd(&["PING"]), crate::support::Reply::Error(e) if e.starts_with("BUSY")),
+    );
+    // In one transaction, so that writes before the flush share its batch (the checkpoint of that batch
+    // is what used to run ahead of the removal) and the transaction goes on after it.
+    am.ok(&["MULTI"]);
+    am.cmd(&["SET", "a:before", "1"]);
+    am.cmd(&["FLUSHDB"]);
+    am.cmd(&["SET", "a:after", "1"]);
+    am.ok(&["EXEC"]);
+    wait_until(
+        "ferry to start removing a's keys",
+        Duration::from_secs(20),
+        || ferry.log().contains("the source flushed"),
+    );
+    ferry.kill9();
+    probe.ok(&["SCRIPT", "KILL"]);
+    let _ = script.join();
+    let ferry = Ferry::sync(&sources, &target.url(), state.path(), &[]);
+    wait_until("a's old keys to go", Duration::from_secs(30), || {
+        t.data_dbsize() == 301
+    });
+    let keys = data_keys(&mut t);
+    assert!(
+        keys.iter()
+            .all(|(_, k)| k.starts_with(b"b:") || k == b"a:after"),
+        "{keys:?}\n{}",
+        ferry.log()
+    );
+    assert!(
+        info_i64(&mut am, "stats", "sync_partial_ok") > partial,
+        "the restart was meant to continue by partial resync\n{}",
+        ferry.log()
+    );
+}
+
+/// A source transaction with a FLUSHDB in its middle, on a shared target: the flush becomes a removal of the
+/// source's own keys, which used to run after the whole transaction and so also removed the keys the
+/// transaction wrote after its flush. In both apply modes.
+#[test]
+fn a_flush_inside_a_transaction_keeps_what_follows_it() {
+    for extra in [&[][..], &["--no-target-checkpoint"][..]] {
+        let a = debug_server(&[]);
+        let b = debug_server(&[]);
+        let target = debug_server(&[]);
+        for (s, p) in [(&a, "a"), (&b, "b")] {
+            let mut c = s.client();
+            for i in 0..100 {
+                c.ok(&["SET", &format!("{p}:{i}"), "v"]);
+            }
+            c.ok(&["SELECT", "3"]);
+            c.ok(&["SET", &format!("{p}:db3"), "v"]);
+        }
+        let state = TempDir::new("flush-in-multi");
+        let ferry = Ferry::sync(&[a.url(), b.url()], &target.url(), state.path(), extra)
+            .allowing(&["--no-target-checkpoint: stream commands are written as plain pipelines"]);
+        let mut t = target.client();
+        wait_until("both masters' keys", Duration::from_secs(30), || {
+            data_key_count(&mut t) == 202
+        });
+        let mut am = a.client();
+        am.ok(&["MULTI"]);
+        am.cmd(&["SET", "a:before", "1"]);
+        am.cmd(&["SELECT", "3"]);
+        am.cmd(&["SET", "a:db3:before", "1"]);
+        am.cmd(&["SELECT", "0"]);
+        am.cmd(&["FLUSHDB"]);
+        am.cmd(&["SET", "a:after", "1"]);
+        am.cmd(&["INCR", "a:counter"]);
+        am.ok(&["EXEC"]);
+        am.ok(&["SET", "a:later", "1"]);
+        wait_until(
+            "the transaction and the write after it",
+            Duration::from_secs(30),
+            || t.cmd(&["EXISTS", "a:later"]).as_int() == 1,
+        );
+        let mut want: Vec<(u32, Vec<u8>)> = (0..100)
+            .map(|i| (0, format!("b:{i}").into_bytes()))
+            .collect();
+        for k in ["a:after", "a:counter", "a:later"] {
+            want.push((0, k.as_bytes().to_vec()));
+        }
+        for k in ["a:db3", "a:db3:before", "b:db3"] {
+            want.push((3, k.as_bytes().to_vec()));
+        }
+        want.sort();
+        let mut got = data_keys(&mut t);
+        got.sort();
+        assert_eq!(got, want, "mode {extra:?}\n{}", ferry.log());
+        assert_eq!(t.cmd(&["GET", "a:counter"]).as_string(), "1");
+    }
 }
 
 /// Item 8: `rdb:` sources were not among "the other sources", so a master's FLUSHALL deleted what the file
