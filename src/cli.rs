@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::{RedisAddr, SourceSpec};
+use crate::endpoint::{SourceSpec, TargetSpec};
 use crate::job::{OnConflict, SyncConfig, SyncError};
 use crate::rdb::DecoderOptions;
 use crate::target::pool::PoolConfig;
@@ -99,9 +99,11 @@ pub struct SyncArgs {
     /// twemproxy:PATH[#POOL] (every server of a nutcracker pool). Repeatable.
     #[arg(long = "source", required = true, value_name = "SRC")]
     pub sources: Vec<SourceSpec>,
-    /// The target: redis://[[user]:password@]host:port. Repeatable: every target gets every change.
+    /// The target: redis://[[user]:password@]host:port, a Redis Cluster as
+    /// cluster://[[user]:password@]host:port[,host:port…], or twemproxy:PATH[#POOL] (the pool's servers
+    /// written directly, with nutcracker's placement). Repeatable: every target gets every change.
     #[arg(long = "target", value_name = "DST", required = true)]
-    pub targets: Vec<RedisAddr>,
+    pub targets: Vec<TargetSpec>,
     /// What to do when the target already holds data.
     #[arg(long, value_enum, default_value_t = OnConflict::Error)]
     pub on_conflict: OnConflict,
@@ -187,8 +189,9 @@ impl SyncArgs {
         };
         Ok(SyncConfig {
             sources: self.sources,
-            target: self.targets[0].clone(),
-            more_targets: self.targets[1..].to_vec(),
+            target: crate::job::first_server(&self.targets),
+            targets: self.targets,
+            shard: None,
             overwrite: self.on_conflict == OnConflict::Overwrite,
             once: self.once,
             state_dir: self.state_dir,
@@ -413,7 +416,9 @@ async fn sync_main(cfg: SyncConfig) -> i32 {
             }
             0
         }
-        Err(SyncError::Precheck(msg)) | Err(SyncError::Runtime(msg)) => {
+        Err(SyncError::Precheck(msg))
+        | Err(SyncError::Runtime(msg))
+        | Err(SyncError::Topology(msg)) => {
             eprintln!("ferry: {msg}");
             1
         }

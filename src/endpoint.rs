@@ -105,7 +105,8 @@ impl fmt::Display for SourceSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
     #[error(
-        "{0}: expected redis://[[user]:password@]host:port, rdb:PATH or twemproxy:PATH[#POOL]"
+        "{0}: expected redis://[[user]:password@]host:port, cluster://host:port[,host:port…], rdb:PATH or \
+         twemproxy:PATH[#POOL]"
     )]
     Scheme(String),
     #[error("{0}: missing host")]
@@ -135,6 +136,89 @@ impl std::str::FromStr for SourceSpec {
             return Ok(SourceSpec::Twemproxy { path, pool });
         }
         s.parse::<RedisAddr>().map(SourceSpec::Redis)
+    }
+}
+
+/// A target: one server, a Redis Cluster, or the servers of a twemproxy pool written directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// `redis://[[user]:password@]host:port`
+    Redis(RedisAddr),
+    /// `cluster://[[user]:password@]host:port[,host:port…]`: seed nodes (each with the same credentials).
+    Cluster(Vec<RedisAddr>),
+    /// `twemproxy:PATH[#POOL]`: nutcracker's placement, every server written directly.
+    Twemproxy { path: PathBuf, pool: Option<String> },
+}
+
+impl TargetSpec {
+    /// The single server, for the commands that take one (`ferry verify`, `ferry check` of a server).
+    pub fn as_redis(&self) -> Option<&RedisAddr> {
+        match self {
+            TargetSpec::Redis(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSpec::Redis(a) => fmt::Display::fmt(a, f),
+            TargetSpec::Cluster(seeds) => {
+                let user = seeds
+                    .first()
+                    .and_then(|a| a.auth.as_ref())
+                    .and_then(|a| a.user.clone());
+                write!(f, "cluster://")?;
+                if let Some(u) = user {
+                    write!(f, "{u}@")?;
+                }
+                let hosts: Vec<String> = seeds.iter().map(|a| a.host_port()).collect();
+                write!(f, "{}", hosts.join(","))
+            }
+            TargetSpec::Twemproxy {
+                path,
+                pool: Some(p),
+            } => write!(f, "twemproxy:{}#{p}", path.display()),
+            TargetSpec::Twemproxy { path, pool: None } => write!(f, "twemproxy:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for TargetSpec {
+    type Err = EndpointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("twemproxy:") {
+            let (path, pool) = parse_twemproxy(rest);
+            if path.as_os_str().is_empty() {
+                return Err(EndpointError::NoConfigPath);
+            }
+            return Ok(TargetSpec::Twemproxy { path, pool });
+        }
+        if let Some(rest) = s.strip_prefix("cluster://") {
+            // Credentials (before the last '@') apply to every seed.
+            let (creds, hosts) = match rest.rfind('@') {
+                Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+                None => (None, rest),
+            };
+            let mut seeds = Vec::new();
+            for h in hosts.trim_end_matches('/').split(',') {
+                let url = match creds {
+                    Some(c) => format!("redis://{c}@{h}"),
+                    None => format!("redis://{h}"),
+                };
+                let addr = url.parse::<RedisAddr>().map_err(|e| match e {
+                    EndpointError::NoHost(_) => EndpointError::NoHost(format!("cluster://…{h}")),
+                    _ => EndpointError::Port(format!("cluster://…{h}")),
+                })?;
+                seeds.push(addr);
+            }
+            return Ok(TargetSpec::Cluster(seeds));
+        }
+        if s.starts_with("rdb:") {
+            return Err(EndpointError::Scheme("rdb: (a file cannot be a target)".into()));
+        }
+        s.parse::<RedisAddr>().map(TargetSpec::Redis)
     }
 }
 
@@ -260,6 +344,34 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = "http://bob:hunter2@h:1".parse::<RedisAddr>().unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn target_forms() {
+        let t: TargetSpec = "cluster://bob:pw@h1:7000,h2:7001".parse().unwrap();
+        let TargetSpec::Cluster(seeds) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].host_port(), "h2:7001");
+        assert_eq!(seeds[1].auth.as_ref().unwrap().password.expose(), "pw");
+        assert_eq!(t.to_string(), "cluster://bob@h1:7000,h2:7001");
+        assert!(!format!("{t:?}").contains("pw@"));
+        assert!("cluster://h1:7000,h2".parse::<TargetSpec>().is_err());
+        let e = "cluster://:secret@h1:0".parse::<TargetSpec>().unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert_eq!(
+            "twemproxy:/etc/n.yml#beta".parse::<TargetSpec>().unwrap(),
+            TargetSpec::Twemproxy {
+                path: "/etc/n.yml".into(),
+                pool: Some("beta".into())
+            }
+        );
+        assert!("rdb:/x".parse::<TargetSpec>().is_err());
+        assert!(matches!(
+            "redis://h:1".parse::<TargetSpec>().unwrap(),
+            TargetSpec::Redis(_)
+        ));
     }
 
     #[test]

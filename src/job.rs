@@ -18,10 +18,14 @@ use crate::target::pool::PoolConfig;
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     pub sources: Vec<SourceSpec>,
+    /// Every target as given (`--target` repeated): every target gets every change; a source acknowledges
+    /// the lowest offset applied across them. A cluster or twemproxy target is expanded into its nodes.
+    pub targets: Vec<crate::endpoint::TargetSpec>,
+    /// The server one writer writes: the first `redis://` target in the job's configuration, a node of a
+    /// sharded target in each of its writers' configurations.
     pub target: RedisAddr,
-    /// Further targets (`--target` repeated): every target gets every change; a source acknowledges the
-    /// lowest offset applied across them.
-    pub more_targets: Vec<RedisAddr>,
+    /// For a node of a sharded target: which keys it holds.
+    pub shard: Option<crate::target::shard::Shard>,
     /// Source values replace target values; otherwise a non-empty target is refused before any write.
     pub overwrite: bool,
     /// Exit when every source's full sync has been applied.
@@ -85,6 +89,9 @@ pub enum SyncError {
     /// The job's configuration cannot work (exit 2), e.g. an unreadable twemproxy config.
     #[error("{0}")]
     Config(String),
+    /// A cluster target's slot layout changed under the job: `sync::run` starts it again on the new layout.
+    #[error("{0}")]
+    Topology(String),
 }
 
 /// One source to run, after twemproxy pools were expanded into their servers.
@@ -235,4 +242,32 @@ pub fn ownership(
             })
             .collect(),
     )
+}
+
+/// The server standing for the job's targets before they are expanded into nodes: the first `redis://`
+/// target, else the first seed of the first cluster, else the first server of the first twemproxy pool
+/// (an unreadable config is reported when the job expands its targets).
+pub fn first_server(targets: &[crate::endpoint::TargetSpec]) -> RedisAddr {
+    use crate::endpoint::TargetSpec;
+    let placeholder = || RedisAddr {
+        host: "0.0.0.0".into(),
+        port: 1,
+        auth: None,
+    };
+    if let Some(a) = targets.iter().find_map(|t| t.as_redis()) {
+        return a.clone();
+    }
+    match targets.first() {
+        Some(TargetSpec::Cluster(seeds)) => seeds.first().cloned().unwrap_or_else(placeholder),
+        Some(TargetSpec::Twemproxy { path, pool }) => crate::twemproxy::TwemproxyConfig::load(path)
+            .ok()
+            .and_then(|c| {
+                c.select_pool(pool.as_deref())
+                    .ok()
+                    .and_then(|p| p.masters().ok())
+            })
+            .and_then(|m| m.into_iter().next())
+            .unwrap_or_else(placeholder),
+        _ => placeholder(),
+    }
 }

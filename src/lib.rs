@@ -44,6 +44,7 @@
 
 pub mod apply;
 pub mod checkpoint;
+pub mod cluster;
 pub mod cli;
 pub mod endpoint;
 pub mod info;

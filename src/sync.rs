@@ -64,6 +64,173 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
     Ok(info)
 }
 
+/// Every target of the job as the configuration of its writer: a `redis://` target as it is, a cluster or
+/// twemproxy target as one configuration per master node, each with the placement and its own part.
+async fn expand_targets(cfg: &SyncConfig) -> Result<Vec<SyncConfig>, SyncError> {
+    use crate::endpoint::TargetSpec;
+    use crate::target::shard::{Placement, Shard};
+    let mut out = Vec::new();
+    for spec in &cfg.targets {
+        let (nodes, placement) = match spec {
+            TargetSpec::Redis(a) => {
+                out.push(SyncConfig {
+                    target: a.clone(),
+                    shard: None,
+                    ..cfg.clone()
+                });
+                continue;
+            }
+            TargetSpec::Cluster(seeds) => {
+                let (map, nodes) = crate::cluster::discover(seeds)
+                    .await
+                    .map_err(|e| SyncError::Precheck(format!("target {spec}: {e}")))?;
+                let gaps = map.uncovered();
+                if !gaps.is_empty() {
+                    let shown: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                    return Err(SyncError::Precheck(format!(
+                        "target {spec}: slots {} are served by no master (the cluster is not ready: \
+                         cluster_state is not ok); nothing was written",
+                        shown.join(", ")
+                    )));
+                }
+                (nodes, Placement::Cluster(map))
+            }
+            TargetSpec::Twemproxy { path, pool } => {
+                let conf = crate::twemproxy::TwemproxyConfig::load(path)
+                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+                let p = conf
+                    .select_pool(pool.as_deref())
+                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+                let router = crate::twemproxy::Router::new(p)
+                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+                let mut nodes = p
+                    .masters()
+                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+                if let Some(auth) = &cfg.pool_auth {
+                    for n in nodes.iter_mut() {
+                        n.auth = Some(auth.clone());
+                    }
+                }
+                let servers = nodes.len();
+                (nodes, Placement::Twemproxy { router, servers })
+            }
+        };
+        let placement = std::sync::Arc::new(placement);
+        let n = nodes.len();
+        for (i, node) in nodes.into_iter().enumerate() {
+            out.push(SyncConfig {
+                target: node,
+                shard: Some(Shard {
+                    placement: placement.clone(),
+                    node: i,
+                    nodes: n,
+                    label: spec.to_string(),
+                    db: shard_db(spec)?,
+                }),
+                ..cfg.clone()
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The one db of a sharded target: 0 for a cluster, the pool's `redis_db` for a twemproxy target.
+fn shard_db(spec: &crate::endpoint::TargetSpec) -> Result<u32, SyncError> {
+    use crate::endpoint::TargetSpec;
+    match spec {
+        TargetSpec::Twemproxy { path, pool } => {
+            let conf = crate::twemproxy::TwemproxyConfig::load(path)
+                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+            let p = conf
+                .select_pool(pool.as_deref())
+                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
+            Ok(p.redis_db)
+        }
+        _ => Ok(0),
+    }
+}
+
+/// A sharded target has one db (a cluster only db 0, a pool its `redis_db`): every synced source db must
+/// go there. Without `--db`/`--map-db`, a source is synced from its db 0, and a source holding keys in
+/// another db is refused, naming the dbs and their keys.
+async fn one_target_db(
+    plan: &mut [crate::job::PlannedSource],
+    targets: &[SyncConfig],
+) -> Result<(), SyncError> {
+    let dbs: std::collections::BTreeSet<u32> = targets
+        .iter()
+        .map(|t| t.shard.as_ref().map(|s| s.db).unwrap_or(0))
+        .collect();
+    if dbs.len() > 1 {
+        return Err(SyncError::Config(format!(
+            "the targets have different dbs ({dbs:?}): a job writes every source db to one target db"
+        )));
+    }
+    let tdb = *dbs.iter().next().unwrap_or(&0);
+    for p in plan.iter_mut() {
+        let explicit = p.dbs.keep.is_some() || !p.dbs.map.is_empty();
+        if !explicit {
+            if let SourceSpec::Redis(addr) = &p.spec {
+                let info = async {
+                    let mut c = Client::connect(addr).await?;
+                    c.server_info().await
+                }
+                .await
+                .map_err(|e| SyncError::Precheck(format!("source {}: {e}", p.label)))?;
+                let other: Vec<String> = info
+                    .keyspace
+                    .iter()
+                    .filter(|(db, n)| *db != 0 && *n > 0)
+                    .map(|(db, n)| format!("db{db}: {n} keys"))
+                    .collect();
+                if !other.is_empty() {
+                    return Err(SyncError::Precheck(format!(
+                        "source {} holds keys outside db 0 ({}), and a sharded target has one db: choose \
+                         with --db 0 (sync db 0 only) or --map-db N:{tdb} (write db N there too); nothing \
+                         was written",
+                        p.label,
+                        other.join(", ")
+                    )));
+                }
+            }
+            p.dbs.keep = Some([0].into_iter().collect());
+        }
+        let keep: Vec<u32> = match &p.dbs.keep {
+            Some(k) => k.iter().copied().collect(),
+            None => {
+                let mut k: Vec<u32> = p.dbs.map.keys().copied().collect();
+                k.push(0);
+                k.sort_unstable();
+                k.dedup();
+                p.dbs.keep = Some(k.iter().copied().collect());
+                k
+            }
+        };
+        for db in keep {
+            if db == tdb && !p.dbs.map.contains_key(&db) {
+                continue;
+            }
+            match p.dbs.map.get(&db) {
+                Some(t) if *t == tdb => {}
+                None if tdb == 0 && db == 0 => {}
+                _ => {
+                    if db == 0 && tdb != 0 {
+                        p.dbs.map.insert(0, tdb);
+                        continue;
+                    }
+                    return Err(SyncError::Config(format!(
+                        "source {}: db {db} would be written to db {} of a sharded target that has only db \
+                         {tdb}: map it with --map-db {db}:{tdb}, or leave it out with --db",
+                        p.label,
+                        p.dbs.target(db).unwrap_or(db)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sources of this job that have a checkpoint in the state directory: their data is already on the target.
 fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
     cfg.sources
@@ -83,7 +250,85 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
 }
 
 /// Run the job until every source finished (`--once`, or only `rdb:` sources) or `cancel` fires.
-pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+///
+/// A cluster target whose slot layout changes under the job (a resharding, a failover) stops every source
+/// cleanly; the job then waits until the cluster has settled and starts again on the new layout, where every
+/// slot's checkpoint says exactly what its data holds: a partial resync, nothing applied twice or lost.
+pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    let mut restarts = 0u32;
+    loop {
+        match run_once(cfg.clone(), cancel.clone()).await {
+            Err(SyncError::Topology(msg)) if !cancel.is_cancelled() => {
+                restarts += 1;
+                tracing::warn!(reason = %msg, restarts,
+                    "the cluster target's slot layout changed: waiting until it settles, then continuing on the new \
+                     layout from every slot's checkpoint");
+                wait_settled(&cfg, &cancel).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Wait until every cluster target serves all slots, agrees on `cluster_state:ok`, and migrates no slot.
+async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<(), SyncError> {
+    use crate::endpoint::TargetSpec;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    for spec in &cfg.targets {
+        let TargetSpec::Cluster(seeds) = spec else {
+            continue;
+        };
+        loop {
+            let last = match cluster_settled(seeds).await {
+                Ok(()) => break,
+                Err(why) => why,
+            };
+            if tokio::time::Instant::now() > deadline {
+                return Err(SyncError::Runtime(format!(
+                    "target {spec}: the cluster did not settle within 10 minutes ({last})"
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = cancel.cancelled() => return Err(SyncError::Runtime("interrupted".into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Ok` when the cluster is settled; else what is still moving.
+async fn cluster_settled(seeds: &[crate::endpoint::RedisAddr]) -> Result<(), String> {
+    let (map, nodes) = crate::cluster::discover(seeds).await?;
+    if !map.uncovered().is_empty() {
+        return Err("some slots are served by no master".into());
+    }
+    for n in &nodes {
+        let mut c = Client::connect(n).await.map_err(|e| e.to_string())?;
+        let info = c
+            .cmd_ok(&[b"CLUSTER", b"INFO"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(info.as_bytes().unwrap_or_default()).to_string();
+        if !text.contains("cluster_state:ok") {
+            return Err(format!("{} does not report cluster_state:ok", n.host_port()));
+        }
+        let nodes_txt = c
+            .cmd_ok(&[b"CLUSTER", b"NODES"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = String::from_utf8_lossy(nodes_txt.as_bytes().unwrap_or_default()).to_string();
+        if t.contains("->-") || t.contains("-<-") {
+            return Err(format!("{} is migrating or importing slots", n.host_port()));
+        }
+    }
+    Ok(())
+}
+
+async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    // A source that meets a changed cluster layout stops the others too (see `run`).
+    let outer = cancel;
+    let cancel = outer.child_token();
     let status = Arc::new(Status::new());
     status.set_phase(JobPhase::Starting);
     // Status stays readable while the job drains; it stops when `run` returns.
@@ -117,15 +362,21 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
-    let mut all_targets = vec![cfg.target.clone()];
-    all_targets.extend(cfg.more_targets.iter().cloned());
+    let all_targets = expand_targets(&cfg).await?;
+    if cfg.target_checkpoint.is_none() && all_targets.iter().any(|t| t.shard.is_some()) {
+        return Err(SyncError::Config(
+            "--no-target-checkpoint cannot be used with a cluster or twemproxy target: ferry applies each slot's \
+             (or server's) commands in a transaction with that slot's checkpoint, which is what keeps the copy \
+             exact there"
+                .into(),
+        ));
+    }
+    let mut plan = plan;
+    if all_targets.iter().any(|t| t.shard.is_some()) {
+        one_target_db(&mut plan, &all_targets).await?;
+    }
     let mut per_target = Vec::new();
-    for t in &all_targets {
-        let tcfg = SyncConfig {
-            target: t.clone(),
-            more_targets: Vec::new(),
-            ..cfg.clone()
-        };
+    for tcfg in all_targets {
         // A shorter write-rate sample than `ferry check` takes (1 s): enough for the backlog warning, and
         // the sync starts sooner.
         let mut opts = crate::precheck::CheckOptions::for_sync(&tcfg);
@@ -209,6 +460,7 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
             opts.overwrite = cfg.overwrite;
             opts.chunk_elements = cfg.chunk_elements;
             opts.dbs = plan[idx].dbs.clone();
+            opts.shard = tcfg.shard.clone();
             opts.skip_key = cfg
                 .heartbeat
                 .as_ref()
@@ -245,9 +497,15 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
     }
 
     let mut failures = Vec::new();
+    let mut topology: Option<String> = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) if is_topology(&e) && !outer.is_cancelled() => {
+                tracing::info!(source = %name, error = %e, "stopping the job to continue on the new layout");
+                cancel.cancel();
+                topology.get_or_insert_with(|| e.to_string());
+            }
             Ok((name, Err(e))) => {
                 tracing::error!(source = %name, error = %e, "source failed");
                 if name.contains("twemproxy pool") {
@@ -276,12 +534,26 @@ pub async fn run(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncR
         keys_expired_skipped: apply_stats.keys_expired_skipped.load(Ordering::Relaxed),
         writes_rejected,
     };
+    if let Some(msg) = topology {
+        return Err(SyncError::Topology(msg));
+    }
     if !failures.is_empty() {
         status.set_phase(JobPhase::Failed);
         return Err(SyncError::Runtime(failures.join("; ")));
     }
     status.set_phase(JobPhase::Done);
     Ok(report)
+}
+
+/// Whether a source stopped because a cluster target redirected a write (its slot layout changed).
+fn is_topology(e: &source::SourceError) -> bool {
+    matches!(
+        e,
+        source::SourceError::Apply {
+            err: crate::apply::ApplyError::Target(crate::target::TargetError::Topology { .. }),
+            ..
+        }
+    )
 }
 
 /// ferry's temporary keys on a target start with this (the source's id and a number follow).

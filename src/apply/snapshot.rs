@@ -43,6 +43,9 @@ pub struct SnapshotOptions {
     pub dbs: super::DbMap,
     /// ferry's heartbeat key on the sources: never copied.
     pub skip_key: Option<Bytes>,
+    /// A node of a sharded target: only the keys it holds are written (the other nodes' appliers write
+    /// the rest), and temporary keys are named in the same group as the key they become.
+    pub shard: Option<crate::target::shard::Shard>,
 }
 
 impl SnapshotOptions {
@@ -56,6 +59,7 @@ impl SnapshotOptions {
             force_reencode: false,
             dbs: super::DbMap::default(),
             skip_key: None,
+            shard: None,
         }
     }
 }
@@ -254,12 +258,28 @@ impl SnapshotApplier {
         self.send_open(0).await
     }
 
+    /// Whether this target (or node of a sharded target) holds `key`.
+    fn holds(&self, key: &[u8]) -> bool {
+        self.opts.shard.as_ref().is_none_or(|s| s.owns(key))
+    }
+
+    /// A new temporary key name for building `key`: on a sharded target in the same group (cluster slot)
+    /// as `key`, so the final `RENAME` stays on one node and is legal in a cluster.
+    fn tmp_name(&mut self, key: &[u8]) -> Bytes {
+        self.tmp_seq += 1;
+        let base = format!("{}{}", self.opts.tmp_prefix, self.tmp_seq);
+        match &self.opts.shard {
+            Some(s) => Bytes::from(s.placement.key_beside(format!("{base}:").as_bytes(), key)),
+            None => Bytes::from(base),
+        }
+    }
+
     fn expired(&self, expire_ms: Option<i64>) -> bool {
         matches!(expire_ms, Some(ms) if ms <= now_ms())
     }
 
     async fn entry(&mut self, mut e: Entry) -> Result<(), ApplyError> {
-        if self.opts.skip_key.as_ref() == Some(&e.key) {
+        if self.opts.skip_key.as_ref() == Some(&e.key) || !self.holds(&e.key) {
             return Ok(());
         }
         if is_empty_collection(&e) {
@@ -384,8 +404,7 @@ impl SnapshotApplier {
         value: rdb::Value,
         expire_ms: Option<i64>,
     ) -> Result<(), ApplyError> {
-        self.tmp_seq += 1;
-        let tmp = Bytes::from(format!("{}{}", self.opts.tmp_prefix, self.tmp_seq));
+        let tmp = self.tmp_name(&key);
         let caps = self.caps;
         let b = self.batch_for(i, Some(db)).await?;
         let none = Bytes::new();
@@ -413,9 +432,19 @@ impl SnapshotApplier {
     }
 
     async fn big_start(&mut self, mut h: BigHeader) -> Result<(), ApplyError> {
-        self.tmp_seq += 1;
-        let tmp = Bytes::from(format!("{}{}", self.opts.tmp_prefix, self.tmp_seq));
+        let tmp = self.tmp_name(&h.key);
         let conn = self.pool.conn_for_key(&h.key);
+        if !self.holds(&h.key) {
+            // Another node's key: that node's applier writes it.
+            self.big = Some(Big {
+                header: h,
+                tmp,
+                conn,
+                progress: Progress::default(),
+                skip: true,
+            });
+            return Ok(());
+        }
         let mapped = self.opts.dbs.target(h.db);
         let skip = mapped.is_none() || self.expired(h.expire_ms);
         if let Some(db) = mapped {

@@ -44,6 +44,12 @@ pub struct StreamStats {
     pub filtered: AtomicU64,
     /// Commands skipped on resume because this target already held them (its in-target checkpoint).
     pub skipped: AtomicU64,
+    /// Sharded target: multi-key commands cut into per-group commands (DEL, MSET, … over several slots),
+    /// counted by each node that applied a part.
+    pub split_commands: AtomicU64,
+    /// Sharded target: source transactions whose keys span groups, applied as one transaction per group
+    /// (atomic per group, not as a whole), counted once.
+    pub split_transactions: AtomicU64,
 }
 
 /// What the applier asks of its caller besides writes.
@@ -157,7 +163,55 @@ pub struct StreamApplier {
     flush_end: Option<i64>,
     /// The flush came inside the source's transaction, which continues after it.
     regroup: bool,
+    /// A node of a sharded target (atomic mode): only its groups' commands are applied, one transaction
+    /// per group with that group's own checkpoint key.
+    shard: Option<Sharded>,
     pub stats: Arc<StreamStats>,
+}
+
+/// The per-group state of a stream into one node of a sharded target.
+struct Sharded {
+    shard: crate::target::shard::Shard,
+    /// Open transactions of this batch, one per group, in the order of their first command.
+    open: Vec<(usize, Batch)>,
+    /// The group whose transaction is `StreamApplier::batch` now.
+    current: Option<usize>,
+    /// Checkpoint key of each group this node owns.
+    keys: HashMap<usize, Bytes>,
+    /// The groups this node owns, in order (for the round-robin refresh of idle groups' checkpoints).
+    owned: Vec<usize>,
+    /// Next owned group whose checkpoint a batch refreshes.
+    refresh_at: usize,
+    /// Where each group's data stood at the resume (its checkpoint): its commands up to there are skipped.
+    skip: HashMap<usize, i64>,
+    /// The group keyless commands of this node go into (its first).
+    home: usize,
+    /// Inside a source transaction: the groups of every key it wrote so far (all nodes').
+    tx_groups: HashSet<usize>,
+}
+
+/// Idle groups whose checkpoint each batch brings forward, so the lowest checkpoint (where a resume starts)
+/// follows the stream even for groups that receive no command.
+const REFRESH_PER_BATCH: usize = 256;
+
+/// Where a command goes on one node of a sharded target.
+enum Route {
+    /// Another node's (or already applied here).
+    Drop,
+    /// Into this group's transaction, as it is.
+    Group(usize),
+    /// Cut into per-group commands with the same effect (DEL, MSET, …): this node's parts.
+    Split(Vec<(usize, Vec<Vec<u8>>)>),
+    /// Not applied: counted and reported as a rejected write.
+    Refuse(String),
+}
+
+/// The checkpoint key of `group` on a sharded target: the source's checkpoint key, `:`, and a tag that
+/// places it in that group.
+pub fn group_key(shard: &crate::target::shard::Shard, key: &[u8], group: usize) -> Vec<u8> {
+    let mut prefix = key.to_vec();
+    prefix.push(b':');
+    shard.placement.key_in_group(&prefix, group)
 }
 
 /// What to do with one command under a db filter or map.
@@ -215,6 +269,7 @@ impl StreamApplier {
             stopped: false,
             flush_end: None,
             regroup: false,
+            shard: None,
             stats: Arc::new(StreamStats::default()),
         }
     }
@@ -247,6 +302,36 @@ impl StreamApplier {
     /// EXEC` (see the module docs).
     pub fn with_target_checkpoint(mut self, cp: Option<TargetCheckpoint>) -> Self {
         self.target_cp = cp;
+        self
+    }
+
+    /// Write only the keys of one node of a sharded target (atomic mode: needs the in-target checkpoint),
+    /// each group's commands in a transaction with that group's checkpoint; `skip` holds each group's
+    /// checkpoint offset read at the resume.
+    pub fn with_shard(
+        mut self,
+        shard: Option<crate::target::shard::Shard>,
+        skip: HashMap<usize, i64>,
+    ) -> Self {
+        if let (Some(shard), Some(cp)) = (shard, self.target_cp.as_ref()) {
+            let owned = shard.groups();
+            let keys = owned
+                .iter()
+                .map(|g| (*g, Bytes::from(group_key(&shard, &cp.key, *g))))
+                .collect();
+            let home = owned.first().copied().unwrap_or(0);
+            self.shard = Some(Sharded {
+                shard,
+                open: Vec::new(),
+                current: None,
+                keys,
+                owned,
+                refresh_at: 0,
+                skip,
+                home,
+                tx_groups: HashSet::new(),
+            });
+        }
         self
     }
 
@@ -308,6 +393,28 @@ impl StreamApplier {
     /// checkpoint), e.g. right after a snapshot, before any stream command.
     pub async fn mark(&mut self) -> Result<(), ApplyError> {
         self.ready().await;
+        if self.shard.is_some() {
+            // Every group of this node starts here (in order after the snapshot's writes).
+            let Some(cp) = self.target_cp.as_ref() else {
+                return Ok(());
+            };
+            let value = cp.value(self.offset, self.db);
+            let Some(mut b) = self.group_checkpoints(value.as_bytes()) else {
+                return Ok(());
+            };
+            let pos = Pos {
+                epoch: self.epoch,
+                offset: self.offset,
+                db: self.db,
+            };
+            b.applied = Some((self.applied.clone(), pos));
+            let (tx, rx) = oneshot::channel();
+            b.done = Some(tx);
+            self.inflight = Some(rx);
+            self.sent_offset = self.offset;
+            self.pool.send(self.conn, b).await?;
+            return Ok(());
+        }
         self.open_tx();
         self.hand_over().await
     }
@@ -361,7 +468,7 @@ impl StreamApplier {
                 return Ok(signals);
             }
         }
-        if !self.in_group && self.batch.len() >= self.batch_bytes {
+        if !self.in_group && self.open_len() >= self.batch_bytes {
             self.send().await?;
         }
         Ok(signals)
@@ -410,9 +517,10 @@ impl StreamApplier {
         if self.in_group || !self.pending() {
             return Ok(());
         }
+        let open = self.open_len();
         if let Some(rx) = self.inflight.as_mut() {
             if let Err(oneshot::error::TryRecvError::Empty) = rx.try_recv() {
-                if self.batch.len() < self.max_batch_bytes {
+                if open < self.max_batch_bytes {
                     return Ok(());
                 }
                 let _ = rx.await;
@@ -442,6 +550,21 @@ impl StreamApplier {
             offset: self.offset,
             db: self.db,
         };
+        if self.shard.is_some() && self.target_cp.is_some() {
+            self.batch = b;
+            let mut batches = self.sharded_batches(pos);
+            let mut last = batches.pop().expect("the refresh batch is always there");
+            last.applied = Some((self.applied.clone(), pos));
+            let (tx, rx) = oneshot::channel();
+            last.done = Some(tx);
+            self.inflight = Some(rx);
+            self.sent_offset = self.offset;
+            for b in batches {
+                self.pool.send(self.conn, b).await?;
+            }
+            self.pool.send(self.conn, last).await?;
+            return Ok(());
+        }
         if let (Some(cp), false) = (&self.target_cp, b.cmds.is_empty()) {
             // Close the transaction: the checkpoint, back to the db the batch began in, EXEC.
             let value = Bytes::from(cp.value(pos.offset, pos.db));
@@ -540,6 +663,18 @@ impl StreamApplier {
         if atomic && name.eq_ignore_ascii_case(b"EXEC") {
             self.in_group = false;
             self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if let Some(sh) = self.shard.as_mut() {
+                if sh.tx_groups.len() > 1 && sh.shard.is_first() {
+                    self.stats
+                        .split_transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.pool
+                        .stats()
+                        .split_transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                sh.tx_groups.clear();
+            }
             return Ok(());
         }
         if let Some((key, sink)) = &self.heartbeat {
@@ -625,6 +760,34 @@ impl StreamApplier {
             ));
             return Ok(());
         }
+        if self.shard.is_some() {
+            match self.route(&cmd) {
+                Route::Drop => return Ok(()),
+                Route::Group(g) => self.switch_group(g),
+                Route::Split(parts) => {
+                    for (g, args) in parts {
+                        self.switch_group(g);
+                        self.open_tx();
+                        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+                        let key = Bytes::copy_from_slice(refs.get(1).copied().unwrap_or_default());
+                        crate::resp::encode_command(&mut self.batch.bytes, &refs);
+                        self.batch
+                            .finish_tx(command_name(name), key, Tx::Queued, ResendRule::Strict);
+                    }
+                    self.stats.split_commands.fetch_add(1, Ordering::Relaxed);
+                    self.pool.stats().record_split(command_name(name));
+                    return Ok(());
+                }
+                Route::Refuse(why) => {
+                    let cmdname = command_name(name);
+                    if self.pool.stats().record_rejection(cmdname, &why) {
+                        tracing::warn!(command = cmdname, key = %crate::target::pool::escape_key(cmd.arg(1)),
+                            reason = %why, "a command was not applied to the sharded target");
+                    }
+                    return Ok(());
+                }
+            }
+        }
         let atomic = self.atomic();
         if let Some(body) = self.scripts_before(&cmd) {
             let none = Bytes::new();
@@ -702,6 +865,217 @@ impl StreamApplier {
             self.batch.db = Some(self.tdb());
         }
         Ok(())
+    }
+
+    /// Sharded target: where a command goes on this node (see [`Route`]).
+    fn route(&mut self, cmd: &Command) -> Route {
+        use crate::cluster::{command_keys, split_rule, KeyRoute, Split};
+        let offset = self.offset;
+        let Some(sh) = self.shard.as_ref() else {
+            return Route::Drop;
+        };
+        let args: Vec<&[u8]> = (0..cmd.argc()).map(|i| cmd.arg(i)).collect();
+        let name = args[0];
+        let placement = &sh.shard.placement;
+        let skipped = |g: usize| sh.skip.get(&g).is_some_and(|s| offset <= *s);
+        let keys = match command_keys(&args) {
+            KeyRoute::Keyless => {
+                // Sent once (the cluster bus or the clients fan it out), or to every node (FLUSHALL,
+                // SCRIPT, FUNCTION, …: each node holds its own).
+                let once = name.eq_ignore_ascii_case(b"PUBLISH");
+                return if (once && !sh.shard.is_first()) || skipped(sh.home) {
+                    Route::Drop
+                } else {
+                    Route::Group(sh.home)
+                };
+            }
+            KeyRoute::Keys(k) if k.is_empty() => {
+                // A script declaring no key: one node runs it.
+                return if sh.shard.is_first() && !skipped(sh.home) {
+                    Route::Group(sh.home)
+                } else {
+                    Route::Drop
+                };
+            }
+            KeyRoute::Keys(k) => k,
+            KeyRoute::Unknown => {
+                return if sh.shard.is_first() {
+                    Route::Refuse(format!(
+                        "{} is not known to ferry's key table, so its keys cannot be placed on the nodes of \
+                         {}",
+                        String::from_utf8_lossy(name).to_uppercase(),
+                        sh.shard.label
+                    ))
+                } else {
+                    Route::Drop
+                };
+            }
+        };
+        let groups: Vec<usize> = keys
+            .iter()
+            .map(|&i| placement.group_of(args[i]))
+            .collect();
+        let first = groups[0];
+        let in_group = self.in_group;
+        let Some(sh) = self.shard.as_mut() else {
+            return Route::Drop;
+        };
+        if in_group {
+            sh.tx_groups.extend(groups.iter().copied());
+        }
+        let sh = &*sh;
+        let placement = &sh.shard.placement;
+        let skipped = |g: usize| sh.skip.get(&g).is_some_and(|s| offset <= *s);
+        let mine = |g: usize| sh.shard.owns_group(g) && !skipped(g);
+        if groups.iter().all(|g| *g == first) {
+            return if mine(first) {
+                Route::Group(first)
+            } else {
+                Route::Drop
+            };
+        }
+        match split_rule(name) {
+            Split::PerKey { first: start, step } => {
+                // One command per group, with that group's keys (and their values) in order.
+                let mut parts: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+                let mut i = start;
+                while i + step <= args.len() {
+                    let g = placement.group_of(args[i]);
+                    if mine(g) {
+                        let part = match parts.iter_mut().find(|(x, _)| *x == g) {
+                            Some(p) => p,
+                            None => {
+                                parts.push((g, args[..start].iter().map(|a| a.to_vec()).collect()));
+                                parts.last_mut().expect("pushed")
+                            }
+                        };
+                        part.1.extend(args[i..i + step].iter().map(|a| a.to_vec()));
+                    }
+                    i += step;
+                }
+                if parts.is_empty() {
+                    Route::Drop
+                } else {
+                    Route::Split(parts)
+                }
+            }
+            Split::Whole => {
+                // Reported once, by the node of its first key.
+                if placement.node_of(first) == Some(sh.shard.node) {
+                    Route::Refuse(format!(
+                        "its keys are in {} different slots of {} and it cannot be cut into per-slot commands \
+                         with the same effect",
+                        {
+                            let mut g = groups.clone();
+                            g.sort_unstable();
+                            g.dedup();
+                            g.len()
+                        },
+                        sh.shard.label
+                    ))
+                } else {
+                    Route::Drop
+                }
+            }
+        }
+    }
+
+    /// Sharded target: make `batch` the open transaction of group `g` (keeping the others aside).
+    fn switch_group(&mut self, g: usize) {
+        let db = Some(self.tdb());
+        let Some(sh) = self.shard.as_mut() else {
+            return;
+        };
+        if sh.current == Some(g) {
+            return;
+        }
+        let b = std::mem::replace(&mut self.batch, Batch::new(db));
+        if let Some(c) = sh.current {
+            if let Some(slot) = sh.open.iter_mut().find(|(x, _)| *x == c) {
+                slot.1 = b;
+            }
+        }
+        match sh.open.iter_mut().find(|(x, _)| *x == g) {
+            Some(slot) => self.batch = std::mem::take(&mut slot.1),
+            None => sh.open.push((g, Batch::default())),
+        }
+        self.batch.db = db;
+        sh.current = Some(g);
+    }
+
+    /// Bytes decoded and not handed over (every open group transaction on a sharded target).
+    fn open_len(&self) -> usize {
+        let others: usize = self
+            .shard
+            .as_ref()
+            .map(|sh| sh.open.iter().map(|(_, b)| b.len()).sum())
+            .unwrap_or(0);
+        self.batch.len() + others
+    }
+
+    /// Sharded target: the batches of one hand-over — each group's transaction closed with its checkpoint,
+    /// then the checkpoints of some idle groups brought forward (plain SETs, after everything of theirs).
+    fn sharded_batches(&mut self, pos: Pos) -> Vec<Batch> {
+        let db = Some(self.tdb());
+        let cp = self.target_cp.clone();
+        let Some(sh) = self.shard.as_mut() else {
+            return Vec::new();
+        };
+        let Some(cp) = cp else {
+            return Vec::new();
+        };
+        if let Some(c) = sh.current.take() {
+            let b = std::mem::replace(&mut self.batch, Batch::new(db));
+            if let Some(slot) = sh.open.iter_mut().find(|(x, _)| *x == c) {
+                slot.1 = b;
+            }
+        }
+        let value = Bytes::from(cp.value(pos.offset, pos.db));
+        let none = Bytes::new();
+        let mut out = Vec::new();
+        let mut touched = HashSet::new();
+        for (g, mut b) in std::mem::take(&mut sh.open) {
+            if b.cmds.is_empty() {
+                continue;
+            }
+            let key = sh.keys[&g].clone();
+            b.push_tx("SET", &key, &[b"SET", &key, &value], Tx::Queued);
+            b.push_tx("EXEC", &none, &[b"EXEC"], Tx::Exec);
+            b.commit = Some(Commit {
+                db: cp.db,
+                key,
+                value: value.clone(),
+            });
+            b.db = db;
+            touched.insert(g);
+            out.push(b);
+        }
+        let mut refresh = Batch::new(db);
+        let n = sh.owned.len();
+        for _ in 0..REFRESH_PER_BATCH.min(n) {
+            let g = sh.owned[sh.refresh_at];
+            sh.refresh_at = (sh.refresh_at + 1) % n;
+            // A group still being replayed (its checkpoint ahead of here) keeps its checkpoint.
+            if touched.contains(&g) || sh.skip.get(&g).is_some_and(|s| *s > pos.offset) {
+                continue;
+            }
+            let key = &sh.keys[&g];
+            refresh.push("SET", key, &[b"SET", key, &value], ResendRule::Strict);
+        }
+        out.push(refresh);
+        out
+    }
+
+    /// Sharded target: set the checkpoint of every group of this node (after its snapshot: `value` the
+    /// stream's start; before it: [`LOADING`]), in order after everything sent before.
+    pub fn group_checkpoints(&self, value: &[u8]) -> Option<Batch> {
+        let sh = self.shard.as_ref()?;
+        let mut b = Batch::new(Some(self.tdb()));
+        for g in &sh.owned {
+            let key = &sh.keys[g];
+            b.push("SET", key, &[b"SET", key, value], ResendRule::Strict);
+        }
+        Some(b)
     }
 
     /// Atomic mode: the open batch starts with MULTI.
@@ -835,8 +1209,11 @@ pub async fn delete_keys(
     conn: usize,
     db: u32,
     keys: Vec<Bytes>,
+    sharded: bool,
 ) -> Result<(), crate::target::TargetError> {
-    for chunk in keys.chunks(256) {
+    // A cluster node refuses a DEL whose keys are in different slots: one key per DEL there.
+    let per = if sharded { 1 } else { 256 };
+    for chunk in keys.chunks(per) {
         let mut b = Batch::new(Some(db));
         let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
         args.push(b"DEL");

@@ -221,6 +221,10 @@ pub struct CheckOptions {
     pub backlog_suggest_secs: u64,
     /// Warn when the target's `maxmemory` leaves less than this share (percent) free after the copy.
     pub memory_headroom_pct: u64,
+    /// The target is a master node of a cluster target (its cluster mode is expected).
+    pub cluster_node: bool,
+    /// The target is one of this many nodes of a sharded target: it needs about 1/N of the data.
+    pub share_of: u64,
 }
 
 impl Default for CheckOptions {
@@ -235,6 +239,8 @@ impl Default for CheckOptions {
             backlog_min_secs: 60,
             backlog_suggest_secs: 300,
             memory_headroom_pct: 20,
+            cluster_node: false,
+            share_of: 1,
         }
     }
 }
@@ -248,6 +254,10 @@ impl CheckOptions {
             dbs: cfg.dbs.clone(),
             state_dir: Some(cfg.state_dir.clone()),
             target_checkpoint: cfg.target_checkpoint.clone(),
+            cluster_node: cfg.shard.as_ref().is_some_and(|s| {
+                matches!(*s.placement, crate::target::shard::Placement::Cluster(_))
+            }),
+            share_of: cfg.shard.as_ref().map_or(1, |s| s.nodes as u64),
             ..CheckOptions::default()
         }
     }

@@ -86,6 +86,7 @@ pub(crate) fn describe(e: &TargetError, timeout: Duration) -> String {
         TargetError::Timeout { .. } => format!("no answer within {}", fmt_timeout(timeout)),
         TargetError::Closed { .. } => "connection closed".into(),
         TargetError::Restarted { detail, .. } => format!("the server restarted ({detail})"),
+        TargetError::Topology { msg, .. } => format!("redirected ({msg})"),
     }
 }
 

@@ -83,7 +83,7 @@ async fn probe(
             facts: None,
         };
     };
-    checks.push(mode_check(&subject, &info));
+    checks.push(mode_check(&subject, &info, opts));
     if info.loading() {
         checks.push(
             Check::warn(
@@ -151,16 +151,24 @@ async fn probe(
     }
 }
 
-/// Standalone master, or why not: ferry writes to a standalone target only today.
-fn mode_check(subject: &str, info: &Info) -> Check {
-    if info.cluster_enabled() {
+/// A master (standalone, or a node of the cluster target), or why not.
+fn mode_check(subject: &str, info: &Info, opts: &CheckOptions) -> Check {
+    if info.cluster_enabled() && !opts.cluster_node {
         return Check::error(
             "target.mode",
             subject,
-            "cluster mode (cluster_enabled:1): ferry writes to a standalone target only today (keys are \
-             not routed by slot yet)",
+            "cluster mode (cluster_enabled:1): a cluster node given as a single server would be sent keys \
+             of slots it does not own",
         )
-        .advice("give a standalone Redis server as the target");
+        .advice("give the cluster as cluster://host:port[,host:port…]: ferry then writes to every master by slot");
+    }
+    if !info.cluster_enabled() && opts.cluster_node {
+        return Check::error(
+            "target.mode",
+            subject,
+            "cluster_enabled:0, yet it was given as a node of a cluster target",
+        )
+        .advice("give a standalone server as redis://host:port");
     }
     if info.is_replica() {
         return Check::error(
@@ -172,6 +180,9 @@ fn mode_check(subject: &str, info: &Info) -> Check {
             ),
         )
         .advice("give its master as the target, or detach it first with REPLICAOF NO ONE");
+    }
+    if opts.cluster_node {
+        return Check::ok("target.mode", subject, "cluster master node");
     }
     Check::ok("target.mode", subject, "standalone master")
 }
@@ -386,7 +397,9 @@ fn memory_check(
     unchecked: usize,
     opts: &CheckOptions,
 ) -> Check {
-    let data: u64 = sources.iter().filter_map(|f| f.data_memory).sum();
+    // A node of a sharded target holds its share of the data.
+    let data: u64 =
+        sources.iter().filter_map(|f| f.data_memory).sum::<u64>() / opts.share_of.max(1);
     let unmeasured = unchecked + sources.iter().filter(|f| f.data_memory.is_none()).count();
     let caveat = if unmeasured > 0 {
         format!(" ({unmeasured} sources not counted: unreachable, INFO refused, or RDB files)")

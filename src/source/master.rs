@@ -28,6 +28,7 @@
 //! answered.
 
 use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,8 @@ struct Sink {
     applied: Arc<Applied>,
     /// From an in-target checkpoint: this target already holds every command up to this offset.
     skip_until: i64,
+    /// A node of a sharded target: each group's checkpoint offset (its commands up to there are held).
+    group_skip: HashMap<usize, i64>,
     /// The in-target checkpoint (its replid is set per stream).
     target_cp: Option<TargetCheckpoint>,
     /// The target holds this source's data from before (an earlier run or epoch): a full sync replaces
@@ -156,7 +159,8 @@ pub async fn run(
                 .target_checkpoint
                 .as_ref()
                 .map(|(db, prefix)| TargetCheckpoint {
-                    db: *db,
+                    // A sharded target has one db (a cluster only db 0).
+                    db: tcfg.shard.as_ref().map_or(*db, |s| s.db),
                     key: Bytes::from(format!("{prefix}{id}")),
                     replid: String::new(),
                 });
@@ -167,6 +171,7 @@ pub async fn run(
                 stream: None,
                 applied: Arc::new(Applied::default()),
                 skip_until: -1,
+                group_skip: HashMap::new(),
                 target_cp,
                 has_data: false,
             }
@@ -177,7 +182,8 @@ pub async fn run(
     let mut resume_at: Option<StoredCheckpoint> = None;
     let mut all_at = true;
     for k in sinks.iter_mut() {
-        let r = decide_resume(k).await.map_err(link_err)?;
+        let (r, groups) = decide_resume(k).await.map_err(link_err)?;
+        k.group_skip = groups;
         tracing::info!(source = %addr, target_addr = %k.target(), resume = ?r, "where the target stands");
         match r {
             Resume::Fresh => all_at = false,
@@ -206,6 +212,7 @@ pub async fn run(
     if resume.is_none() {
         for k in sinks.iter_mut() {
             k.skip_until = -1;
+            k.group_skip.clear();
         }
     } else if let Some(r) = &resume {
         tracing::info!(source = %addr, replid = %r.replid, offset = r.offset, db = r.db,
@@ -283,16 +290,20 @@ pub async fn run(
     outcome
 }
 
-/// Where a target stands for this source, from its in-target checkpoint and its checkpoint file.
-async fn decide_resume(k: &Sink) -> Result<Resume, String> {
+/// Where a target stands for this source, from its in-target checkpoint and its checkpoint file; for a node
+/// of a sharded target also each group's checkpoint offset.
+async fn decide_resume(k: &Sink) -> Result<(Resume, HashMap<usize, i64>), String> {
     let file = k.job.load(&k.cfg.state_dir).map_err(|e| e.to_string())?;
     if let Some(tc) = &k.target_cp {
-        let stored = with_retry("reading the in-target checkpoint", RETRY_FOR, || {
-            read_target_checkpoint(&k.cfg, tc)
+        let (stored, groups) = with_retry("reading the in-target checkpoint", RETRY_FOR, || {
+            read_checkpoints(&k.cfg, tc)
         })
         .await
         .map_err(|e| format!("reading the in-target checkpoint: {e}"))?;
-        return Ok(match (stored, &file) {
+        if let TargetMark::Mixed(why) = stored {
+            return Ok((Resume::Full { why }, HashMap::new()));
+        }
+        let r = match (stored, &file) {
             (TargetMark::At(cp), _) => Resume::At(cp),
             (TargetMark::Loading, _) => Resume::Full {
                 why: "the target was loading a snapshot of this source when the last run stopped".into(),
@@ -305,9 +316,11 @@ async fn decide_resume(k: &Sink) -> Result<Resume, String> {
                 ),
             },
             (TargetMark::None, None) => Resume::Fresh,
-        });
+            (TargetMark::Mixed(_), _) => unreachable!("handled above"),
+        };
+        return Ok((r, groups));
     }
-    Ok(match file {
+    let r = match file {
         None => Resume::Fresh,
         Some(f) if f.clean && f.state == State::Streaming => Resume::At(StoredCheckpoint {
             replid: f.replid,
@@ -322,7 +335,8 @@ async fn decide_resume(k: &Sink) -> Result<Resume, String> {
                   its checkpoint may be behind the target, and replaying commands twice would corrupt the copy"
                 .into(),
         },
-    })
+    };
+    Ok((r, HashMap::new()))
 }
 
 /// The consumer of one source's spool: the phases, the epoch, and what each target applied.
@@ -649,7 +663,8 @@ impl Consumer {
                 t.replid = self.replid.clone();
                 t
             }))
-            .skip_until(k.skip_until);
+            .skip_until(k.skip_until)
+            .with_shard(k.cfg.shard.clone(), k.group_skip.clone());
         s.add_scripts(&k.applier.scripts);
         s
     }
@@ -958,7 +973,9 @@ async fn remove_keys(
             &src.ownership,
             kind,
             &src.own_keys,
-            |db, keys| crate::apply::stream::delete_keys(pool.clone(), conn, db, keys),
+            |db, keys| {
+                crate::apply::stream::delete_keys(pool.clone(), conn, db, keys, cfg.shard.is_some())
+            },
         )
     })
     .await?;
@@ -973,6 +990,86 @@ enum TargetMark {
     None,
     Loading,
     At(StoredCheckpoint),
+    /// A sharded target whose groups' checkpoints disagree (some missing, loading, or of another replid).
+    Mixed(String),
+}
+
+/// The in-target checkpoint of this source: for a node of a sharded target, every group's (the lowest is
+/// where the node stands; each group's offset says what it holds).
+async fn read_checkpoints(
+    cfg: &SyncConfig,
+    tc: &TargetCheckpoint,
+) -> Result<(TargetMark, HashMap<usize, i64>), crate::target::TargetError> {
+    let Some(shard) = &cfg.shard else {
+        return Ok((read_target_checkpoint(cfg, tc).await?, HashMap::new()));
+    };
+    let groups = shard.groups();
+    let keys: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|g| crate::apply::stream::group_key(shard, &tc.key, *g))
+        .collect();
+    let mut c = Client::connect(&cfg.target).await?;
+    if tc.db != 0 {
+        c.cmd_ok(&[b"SELECT", tc.db.to_string().as_bytes()]).await?;
+    }
+    let mut values = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let cmds: Vec<Vec<&[u8]>> = chunk.iter().map(|k| vec![&b"GET"[..], k]).collect();
+        values.extend(c.pipeline(&cmds).await?);
+    }
+    let (mut missing, mut loading) = (0usize, 0usize);
+    let mut low: Option<StoredCheckpoint> = None;
+    let mut map = HashMap::new();
+    for (i, v) in values.iter().enumerate() {
+        if v.is_error() {
+            return Err(c.command_error(b"GET", v.as_bytes().unwrap_or_default()));
+        }
+        match v.as_bytes() {
+            None => missing += 1,
+            Some(b) if b == LOADING.as_bytes() => loading += 1,
+            Some(b) => match TargetCheckpoint::parse(b) {
+                Some(cp) => {
+                    if low.as_ref().is_some_and(|l| l.replid != cp.replid) {
+                        return Ok((
+                            TargetMark::Mixed(format!(
+                                "the slots' checkpoints on {} name different replication ids",
+                                cfg.target
+                            )),
+                            HashMap::new(),
+                        ));
+                    }
+                    map.insert(groups[i], cp.offset);
+                    if low.as_ref().is_none_or(|l| cp.offset < l.offset) {
+                        low = Some(cp);
+                    }
+                }
+                None => {
+                    return Err(crate::target::TargetError::Protocol {
+                        addr: cfg.target.to_string(),
+                        detail: format!(
+                            "the in-target checkpoint {} holds {:?}, not a checkpoint",
+                            String::from_utf8_lossy(&keys[i]),
+                            String::from_utf8_lossy(&b[..b.len().min(64)])
+                        ),
+                    })
+                }
+            },
+        }
+    }
+    let n = values.len();
+    Ok(match (missing, loading, low) {
+        (m, 0, None) if m == n => (TargetMark::None, map),
+        (0, l, None) if l == n => (TargetMark::Loading, map),
+        (0, 0, Some(cp)) => (TargetMark::At(cp), map),
+        (m, l, _) => (
+            TargetMark::Mixed(format!(
+                "of the {n} slot checkpoints on {}, {m} are missing and {l} mark a snapshot being loaded \
+                 (the last run stopped during a full sync, or the node's data was lost)",
+                cfg.target
+            )),
+            HashMap::new(),
+        ),
+    })
 }
 
 /// The in-target checkpoint of this source, if there is one.
@@ -1011,7 +1108,29 @@ async fn mark_loading(
 ) -> Result<(), crate::target::TargetError> {
     let mut c = Client::connect(&cfg.target).await?;
     let db = tc.db.to_string();
-    c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
+    if tc.db != 0 || cfg.shard.is_none() {
+        c.cmd_ok(&[b"SELECT", db.as_bytes()]).await?;
+    }
+    if let Some(shard) = &cfg.shard {
+        // Every group of this node: a resume needs all of them.
+        let keys: Vec<Vec<u8>> = shard
+            .groups()
+            .iter()
+            .map(|g| crate::apply::stream::group_key(shard, &tc.key, *g))
+            .collect();
+        for chunk in keys.chunks(1000) {
+            let cmds: Vec<Vec<&[u8]>> = chunk
+                .iter()
+                .map(|k| vec![&b"SET"[..], k, LOADING.as_bytes()])
+                .collect();
+            for r in c.pipeline(&cmds).await? {
+                if r.is_error() {
+                    return Err(c.command_error(b"SET", r.as_bytes().unwrap_or_default()));
+                }
+            }
+        }
+        return Ok(());
+    }
     c.cmd_ok(&[b"SET", &tc.key, LOADING.as_bytes()]).await?;
     Ok(())
 }

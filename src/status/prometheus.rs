@@ -335,6 +335,18 @@ pub fn render(s: &StatusSnapshot) -> String {
             "Transactions discarded by the target (EXECABORT) and written again without the refused commands.",
         )
         .add(l, t.transactions_retried);
+        f.counter(
+            "ferry_target_split_transactions_total",
+            "Source transactions whose keys span slots of a sharded target, applied as one transaction per slot.",
+        )
+        .add(l, t.split_transactions);
+        for (cmd, n) in &t.split_commands {
+            f.counter(
+                "ferry_target_split_commands_total",
+                "Multi-key commands whose keys span slots of a sharded target, cut into per-slot commands.",
+            )
+            .add(&[("target", &t.address), ("command", cmd)], n);
+        }
         for (kind, n) in &t.rejected_by_kind {
             f.counter(
                 "ferry_target_rejected_writes_by_kind_total",

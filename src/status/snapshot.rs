@@ -126,6 +126,12 @@ pub struct TargetSnapshot {
     /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
     /// refused (those are counted as rejected writes).
     pub transactions_retried: u64,
+    /// A node of a cluster or twemproxy target: multi-key commands whose keys span slots (servers), cut
+    /// into per-slot commands, by command.
+    pub split_commands: BTreeMap<String, u64>,
+    /// A node of a cluster or twemproxy target: source transactions whose keys span slots, applied as one
+    /// transaction per slot (counted by the node that takes the first slot's keys).
+    pub split_transactions: u64,
     /// Rejected writes by error kind (`OOM`, `BUSYKEY`, `WRONGTYPE`, `SCRIPT`, `ERR`, …).
     pub rejected_by_kind: BTreeMap<String, u64>,
     /// Rejected writes by command name.
@@ -261,6 +267,8 @@ fn target(t: &TargetStatus) -> TargetSnapshot {
         resent: st.resent.load(Ordering::Relaxed),
         commits_confirmed: st.commits_confirmed.load(Ordering::Relaxed),
         transactions_retried: st.transactions_retried.load(Ordering::Relaxed),
+        split_commands: st.split_commands(),
+        split_transactions: st.split_transactions.load(Ordering::Relaxed),
         rejected_by_kind: t.rejected_by_kind(),
         rejected_by_command: st.rejected_by_command(),
         latency: t.latency.summary(),

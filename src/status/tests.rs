@@ -200,6 +200,8 @@ fn json_field_names_are_stable() {
             "resent",
             "commits_confirmed",
             "transactions_retried",
+            "split_commands",
+            "split_transactions",
             "rejected_by_kind",
             "rejected_by_command",
             "latency",

@@ -13,6 +13,7 @@ pub mod applied;
 pub mod client;
 pub mod latency;
 pub mod pool;
+pub mod shard;
 pub mod stats;
 
 use crate::endpoint::RedisAddr;
@@ -51,6 +52,20 @@ pub enum TargetError {
              ferry does not write on. Run ferry again: it resumes from the checkpoint the target kept, or runs \
              a full sync of each source whose checkpoint the target lost")]
     Restarted { addr: String, detail: String },
+    /// A node of a cluster target answered a redirection (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`): the
+    /// slot layout changed while ferry wrote (a resharding or a failover). Nothing of the refused command's
+    /// transaction was applied; every slot's checkpoint says exactly what its data holds, so the job starts
+    /// again on the new layout (see `sync`).
+    #[error("target {addr}: the cluster's slot layout changed while ferry wrote ({msg}); nothing of that \
+             write was applied")]
+    Topology { addr: String, msg: String },
+}
+
+/// Whether an error reply is a cluster redirection (the key's slot is served elsewhere, or not now).
+pub fn is_redirection(msg: &str) -> bool {
+    ["MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"]
+        .iter()
+        .any(|p| msg.starts_with(p))
 }
 
 impl TargetError {
@@ -84,6 +99,10 @@ impl TargetError {
                 secs: *secs,
             },
             TargetError::Closed { addr } => TargetError::Closed { addr: addr.clone() },
+            TargetError::Topology { addr, msg } => TargetError::Topology {
+                addr: addr.clone(),
+                msg: msg.clone(),
+            },
             TargetError::Restarted { addr, detail } => TargetError::Restarted {
                 addr: addr.clone(),
                 detail: detail.clone(),

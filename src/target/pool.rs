@@ -786,6 +786,7 @@ impl ConnTask {
                     Some(e) if resent && landed_before(cmd.resend, &e) => {
                         self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
                     }
+                    Some(e) if super::is_redirection(&e) => return Err(self.topology(e)),
                     Some(e) => self.reject(fi, i, &e),
                 }
             }
@@ -868,6 +869,12 @@ impl ConnTask {
                         }
                     }
                     ReplyHead::Error(r) if raw[r.clone()].starts_with(b"EXECABORT") => {
+                        if let Some((_, e)) =
+                            t.refused.iter().find(|(_, e)| super::is_redirection(e))
+                        {
+                            // Not applied, and not to be applied without the refused command.
+                            return Err(self.topology(e.clone()));
+                        }
                         for (j, e) in &t.refused {
                             self.reject(fi, *j, e);
                         }
@@ -884,6 +891,9 @@ impl ConnTask {
                             ReplyHead::Error(r) => text(r.clone()),
                             _ => "EXEC answered no result: the transaction was not applied".into(),
                         };
+                        if super::is_redirection(&e) {
+                            return Err(self.topology(e));
+                        }
                         for j in queued {
                             self.reject(fi, j, &e);
                         }
@@ -924,6 +934,13 @@ impl ConnTask {
         self.unanswered.push_back(f);
         self.complete_ready();
         Then::Rewrite
+    }
+
+    fn topology(&self, msg: String) -> TargetError {
+        TargetError::Topology {
+            addr: self.addr.to_string(),
+            msg,
+        }
     }
 
     /// Count and log (once per distinct command and error kind) a write the target rejected.

@@ -23,6 +23,11 @@ pub struct TargetStats {
     /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
     /// refused.
     pub transactions_retried: AtomicU64,
+    /// Sharded target: multi-key commands whose keys span slots (or servers), cut into per-slot commands,
+    /// by command name.
+    split_commands: Mutex<BTreeMap<String, u64>>,
+    /// Sharded target: source transactions whose keys span slots, applied as one transaction per slot.
+    pub split_transactions: AtomicU64,
     /// Rejected writes by command name, and the distinct error messages seen (for log-once).
     rejected: Mutex<Rejected>,
     /// Round-trip times of batches (written → last reply), when status is watching.
@@ -53,6 +58,23 @@ impl TargetStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_command
+            .clone()
+    }
+
+    /// Count a multi-key command cut into per-slot commands.
+    pub fn record_split(&self, command: &str) {
+        *self
+            .split_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(command.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn split_commands(&self) -> BTreeMap<String, u64> {
+        self.split_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 

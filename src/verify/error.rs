@@ -80,6 +80,12 @@ impl VerifyError {
                 addr,
                 msg: "closed".into(),
             },
+            TargetError::Topology { addr, msg } => VerifyError::Command {
+                role,
+                addr,
+                what: "a read".into(),
+                msg,
+            },
             TargetError::Restarted { addr, detail } => VerifyError::Io {
                 role,
                 addr,
