@@ -3,6 +3,7 @@
 mod support;
 
 mod client;
+mod cluster_fixture;
 mod exact;
 mod fault_proxy;
 mod fixtures;

@@ -415,6 +415,7 @@ pub fn ferry_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")))
 }
 
+pub mod cluster;
 pub mod fault_proxy;
 pub mod ferry_proc;
 pub mod versions;
