@@ -35,6 +35,8 @@
 //! - [`status`]: the metrics registry, `/status` `/metrics` `/healthz`, progress bars and summary logs. It
 //!   reads the other layers' counters; only `sync`, `source` and `cli` import it (to register and draw).
 //! - [`twemproxy`]: nutcracker configs and nutcracker's exact key placement.
+//! - [`cluster`]: Redis Cluster: key slots, the slot map and its discovery, redirections, and which
+//!   arguments of a command are keys.
 //! - [`signal`]: SIGINT/SIGTERM cancel a job's root token (`sync` and `verify`).
 //! - [`cli`]: the command line; only `main` uses it.
 //!
@@ -46,6 +48,7 @@ pub mod apply;
 pub mod checkpoint;
 pub mod cluster;
 pub mod cli;
+pub mod cluster;
 pub mod endpoint;
 pub mod info;
 pub mod job;

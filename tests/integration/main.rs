@@ -4,6 +4,7 @@ mod support;
 
 mod client;
 mod cluster_fixture;
+mod cluster_keys;
 mod exact;
 mod fault_proxy;
 mod fixtures;
