@@ -216,7 +216,9 @@ impl std::str::FromStr for TargetSpec {
             return Ok(TargetSpec::Cluster(seeds));
         }
         if s.starts_with("rdb:") {
-            return Err(EndpointError::Scheme("rdb: (a file cannot be a target)".into()));
+            return Err(EndpointError::Scheme(
+                "rdb: (a file cannot be a target)".into(),
+            ));
         }
         s.parse::<RedisAddr>().map(TargetSpec::Redis)
     }

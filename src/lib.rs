@@ -46,7 +46,6 @@
 
 pub mod apply;
 pub mod checkpoint;
-pub mod cluster;
 pub mod cli;
 pub mod cluster;
 pub mod endpoint;

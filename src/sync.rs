@@ -41,7 +41,12 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
                 "{e}. Check that the target is running and reachable, and its credentials."
             ))
         })?;
-    let resuming = resuming_sources(cfg);
+    let mut resuming = resuming_sources(cfg);
+    if resuming.is_empty() && !info.keyspace.is_empty() {
+        // A node of a cluster target that became a master since the last run (a failover, a new shard) has
+        // no checkpoint file of its own, but the slots it took over carry their checkpoints.
+        resuming = sources_checkpointed_on(cfg).await;
+    }
     if !resuming.is_empty() && !info.keyspace.is_empty() {
         tracing::info!(target_addr = %cfg.target, sources = %resuming.join(", "),
             "target holds data of an earlier run of this job (checkpoints in the state directory): continuing");
@@ -81,7 +86,7 @@ async fn expand_targets(cfg: &SyncConfig) -> Result<Vec<SyncConfig>, SyncError> 
                 continue;
             }
             TargetSpec::Cluster(seeds) => {
-                let (map, nodes) = crate::cluster::discover(seeds)
+                let (map, nodes) = crate::target::shard::discover(seeds)
                     .await
                     .map_err(|e| SyncError::Precheck(format!("target {spec}: {e}")))?;
                 let gaps = map.uncovered();
@@ -231,6 +236,39 @@ async fn one_target_db(
     Ok(())
 }
 
+/// Sources of this job whose in-target checkpoint a node of a sharded target holds (the key of the first
+/// slot it owns).
+async fn sources_checkpointed_on(cfg: &SyncConfig) -> Vec<String> {
+    let (Some(shard), Some((_, prefix))) = (&cfg.shard, &cfg.target_checkpoint) else {
+        return Vec::new();
+    };
+    let Some(first) = shard.groups().first().copied() else {
+        return Vec::new();
+    };
+    let Ok(mut c) = Client::connect(&cfg.target).await else {
+        return Vec::new();
+    };
+    if shard.db != 0 {
+        let _ = c
+            .cmd_ok(&[b"SELECT", shard.db.to_string().as_bytes()])
+            .await;
+    }
+    let mut found = Vec::new();
+    for s in &cfg.sources {
+        if let SourceSpec::Redis(addr) = s {
+            let id = crate::checkpoint::source_id(&addr.to_string());
+            let key =
+                crate::apply::stream::group_key(shard, format!("{prefix}{id}").as_bytes(), first);
+            if let Ok(r) = c.cmd(&[b"EXISTS", &key]).await {
+                if r.as_int() == Some(1) {
+                    found.push(addr.to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Sources of this job that have a checkpoint in the state directory: their data is already on the target.
 fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
     cfg.sources
@@ -278,10 +316,19 @@ async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<()
         let TargetSpec::Cluster(seeds) = spec else {
             continue;
         };
+        // Settled twice in a row, a second apart: a resharding moving slot after slot has short pauses.
+        let mut calm = 0;
         loop {
             let last = match cluster_settled(seeds).await {
-                Ok(()) => break,
-                Err(why) => why,
+                Ok(()) if calm >= 1 => break,
+                Ok(()) => {
+                    calm += 1;
+                    String::new()
+                }
+                Err(why) => {
+                    calm = 0;
+                    why
+                }
             };
             if tokio::time::Instant::now() > deadline {
                 return Err(SyncError::Runtime(format!(
@@ -289,7 +336,7 @@ async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<()
                 )));
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
                 _ = cancel.cancelled() => return Err(SyncError::Runtime("interrupted".into())),
             }
         }
@@ -299,7 +346,7 @@ async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<()
 
 /// `Ok` when the cluster is settled; else what is still moving.
 async fn cluster_settled(seeds: &[crate::endpoint::RedisAddr]) -> Result<(), String> {
-    let (map, nodes) = crate::cluster::discover(seeds).await?;
+    let (map, nodes) = crate::target::shard::discover(seeds).await?;
     if !map.uncovered().is_empty() {
         return Err("some slots are served by no master".into());
     }
@@ -311,7 +358,10 @@ async fn cluster_settled(seeds: &[crate::endpoint::RedisAddr]) -> Result<(), Str
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(info.as_bytes().unwrap_or_default()).to_string();
         if !text.contains("cluster_state:ok") {
-            return Err(format!("{} does not report cluster_state:ok", n.host_port()));
+            return Err(format!(
+                "{} does not report cluster_state:ok",
+                n.host_port()
+            ));
         }
         let nodes_txt = c
             .cmd_ok(&[b"CLUSTER", b"NODES"])

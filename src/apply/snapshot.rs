@@ -260,7 +260,7 @@ impl SnapshotApplier {
 
     /// Whether this target (or node of a sharded target) holds `key`.
     fn holds(&self, key: &[u8]) -> bool {
-        self.opts.shard.as_ref().is_none_or(|s| s.owns(key))
+        self.opts.shard.as_ref().map_or(true, |s| s.owns(key))
     }
 
     /// A new temporary key name for building `key`: on a sharded target in the same group (cluster slot)

@@ -771,8 +771,12 @@ impl StreamApplier {
                         let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
                         let key = Bytes::copy_from_slice(refs.get(1).copied().unwrap_or_default());
                         crate::resp::encode_command(&mut self.batch.bytes, &refs);
-                        self.batch
-                            .finish_tx(command_name(name), key, Tx::Queued, ResendRule::Strict);
+                        self.batch.finish_tx(
+                            command_name(name),
+                            key,
+                            Tx::Queued,
+                            ResendRule::Strict,
+                        );
                     }
                     self.stats.split_commands.fetch_add(1, Ordering::Relaxed);
                     self.pool.stats().record_split(command_name(name));
@@ -911,10 +915,7 @@ impl StreamApplier {
                 };
             }
         };
-        let groups: Vec<usize> = keys
-            .iter()
-            .map(|&i| placement.group_of(args[i]))
-            .collect();
+        let groups: Vec<usize> = keys.iter().map(|&i| placement.group_of(args[i])).collect();
         let first = groups[0];
         let in_group = self.in_group;
         let Some(sh) = self.shard.as_mut() else {

@@ -1,5 +1,5 @@
 //! Unit tests of the cluster module. The checks against real servers (`CLUSTER KEYSLOT`, `COMMAND GETKEYS`,
-//! the replies of a real cluster, [`super::discover`]) are in `tests/integration/cluster_keys.rs`.
+//! the replies of a real cluster, `target::shard::discover`) are in `tests/integration/cluster_keys.rs`.
 
 use bytes::Bytes;
 

@@ -225,6 +225,8 @@ pub struct CheckOptions {
     pub cluster_node: bool,
     /// The target is one of this many nodes of a sharded target: it needs about 1/N of the data.
     pub share_of: u64,
+    /// The target is a node of a sharded target: its in-target checkpoints are one key per slot (server).
+    pub shard: Option<crate::target::shard::Shard>,
 }
 
 impl Default for CheckOptions {
@@ -241,6 +243,7 @@ impl Default for CheckOptions {
             memory_headroom_pct: 20,
             cluster_node: false,
             share_of: 1,
+            shard: None,
         }
     }
 }
@@ -258,6 +261,7 @@ impl CheckOptions {
                 matches!(*s.placement, crate::target::shard::Placement::Cluster(_))
             }),
             share_of: cfg.shard.as_ref().map_or(1, |s| s.nodes as u64),
+            shard: cfg.shard.clone(),
             ..CheckOptions::default()
         }
     }

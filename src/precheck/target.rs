@@ -114,11 +114,19 @@ async fn probe(
     let mut checkpoint_keys = None;
     if let Some((db, prefix)) = &opts.target_checkpoint {
         let db_s = db.to_string();
+        // On a node of a sharded target each source has a checkpoint key per group the node owns: look for
+        // its first one.
+        let groups = opts.shard.as_ref().map(|s| s.groups());
         let keys: Vec<(String, Vec<u8>)> = sources
             .iter()
             .map(|a| {
                 let id = checkpoint::source_id(&a.to_string());
-                (a.host_port(), format!("{prefix}{id}").into_bytes())
+                let key = format!("{prefix}{id}").into_bytes();
+                let key = match (&opts.shard, groups.as_ref().and_then(|g| g.first())) {
+                    (Some(s), Some(g)) => crate::apply::stream::group_key(s, &key, *g),
+                    _ => key,
+                };
+                (a.host_port(), key)
             })
             .collect();
         let mut cmds: Vec<Vec<&[u8]>> = vec![vec![b"SELECT", db_s.as_bytes()]];
@@ -134,7 +142,8 @@ async fn probe(
                         }
                     }
                 }
-                checkpoint_keys = Some((*db, found));
+                let per_source = groups.as_ref().map_or(1, |g| g.len() as u64);
+                checkpoint_keys = Some((*db, found * per_source));
             }
         }
     }

@@ -27,8 +27,8 @@
 //! answers, acknowledges, and writes a clean checkpoint — only while streaming, at exactly what each target
 //! answered.
 
-use std::path::PathBuf;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,7 +182,13 @@ pub async fn run(
     let mut resume_at: Option<StoredCheckpoint> = None;
     let mut all_at = true;
     for k in sinks.iter_mut() {
-        let (r, groups) = decide_resume(k).await.map_err(link_err)?;
+        let (r, groups) = decide_resume(k).await.map_err(|e| match e {
+            Resumed::Target(t) => SourceError::Apply {
+                source_name: addr.to_string(),
+                err: ApplyError::Target(t),
+            },
+            Resumed::Other(m) => link_err(m),
+        })?;
         k.group_skip = groups;
         tracing::info!(source = %addr, target_addr = %k.target(), resume = ?r, "where the target stands");
         match r {
@@ -290,16 +296,29 @@ pub async fn run(
     outcome
 }
 
+/// Why where a target stands could not be read.
+enum Resumed {
+    Target(crate::target::TargetError),
+    Other(String),
+}
+
 /// Where a target stands for this source, from its in-target checkpoint and its checkpoint file; for a node
 /// of a sharded target also each group's checkpoint offset.
-async fn decide_resume(k: &Sink) -> Result<(Resume, HashMap<usize, i64>), String> {
-    let file = k.job.load(&k.cfg.state_dir).map_err(|e| e.to_string())?;
+async fn decide_resume(k: &Sink) -> Result<(Resume, HashMap<usize, i64>), Resumed> {
+    let file = k
+        .job
+        .load(&k.cfg.state_dir)
+        .map_err(|e| Resumed::Other(e.to_string()))?;
     if let Some(tc) = &k.target_cp {
         let (stored, groups) = with_retry("reading the in-target checkpoint", RETRY_FOR, || {
             read_checkpoints(&k.cfg, tc)
         })
         .await
-        .map_err(|e| format!("reading the in-target checkpoint: {e}"))?;
+        .map_err(|e| match e {
+            // A cluster whose layout changes under the reading: the job starts again on the new one.
+            crate::target::TargetError::Topology { .. } => Resumed::Target(e),
+            e => Resumed::Other(format!("reading the in-target checkpoint: {e}")),
+        })?;
         if let TargetMark::Mixed(why) = stored {
             return Ok((Resume::Full { why }, HashMap::new()));
         }
@@ -555,7 +574,13 @@ impl Consumer {
                     mark_loading(&k.cfg, tc)
                 })
                 .await
-                .map_err(|e| err(format!("marking the in-target checkpoint as loading: {e}")))?;
+                .map_err(|e| match e {
+                    crate::target::TargetError::Topology { .. } => SourceError::Apply {
+                        source_name: self.src.addr.to_string(),
+                        err: ApplyError::Target(e),
+                    },
+                    e => err(format!("marking the in-target checkpoint as loading: {e}")),
+                })?;
             }
         }
         self.phase = Phase::Snapshot(Box::new(RdbFeeder::new(self.cfg.decoder.clone())));
@@ -874,9 +899,17 @@ impl Consumer {
                     .map_err(ApplyError::from),
             };
             let k = &self.sinks[i];
-            if let Err(e) = &drained {
-                tracing::warn!(source = %self.src.addr, target_addr = %k.target(), error = %e,
-                    "could not hand everything to the target on shutdown");
+            match &drained {
+                Err(ApplyError::Target(crate::target::TargetError::Topology { .. })) => {
+                    // The cluster's layout changed: the job continues on the new one (see `sync::run`).
+                    tracing::info!(source = %self.src.addr, target_addr = %k.target(),
+                        "the target's layout changed; its slots' checkpoints say what it holds");
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.src.addr, target_addr = %k.target(), error = %e,
+                    "could not hand everything to the target on shutdown")
+                }
+                Ok(()) => {}
             }
             let p = k.applied.get();
             let cp: Option<Checkpoint> = if streaming && p.epoch == self.epoch && p.offset >= 0 {
@@ -1022,7 +1055,7 @@ async fn read_checkpoints(
     let mut map = HashMap::new();
     for (i, v) in values.iter().enumerate() {
         if v.is_error() {
-            return Err(c.command_error(b"GET", v.as_bytes().unwrap_or_default()));
+            return Err(redirected_or(&c, b"GET", v.as_bytes().unwrap_or_default()));
         }
         match v.as_bytes() {
             None => missing += 1,
@@ -1039,7 +1072,7 @@ async fn read_checkpoints(
                         ));
                     }
                     map.insert(groups[i], cp.offset);
-                    if low.as_ref().is_none_or(|l| cp.offset < l.offset) {
+                    if low.as_ref().map_or(true, |l| cp.offset < l.offset) {
                         low = Some(cp);
                     }
                 }
@@ -1070,6 +1103,18 @@ async fn read_checkpoints(
             HashMap::new(),
         ),
     })
+}
+
+/// An error reply: a cluster redirection (the layout changed) or a refused command.
+fn redirected_or(c: &Client, what: &[u8], msg: &[u8]) -> crate::target::TargetError {
+    let text = String::from_utf8_lossy(msg).to_string();
+    if crate::target::is_redirection(&text) {
+        return crate::target::TargetError::Topology {
+            addr: c.addr().to_string(),
+            msg: text,
+        };
+    }
+    c.command_error(what, msg)
 }
 
 /// The in-target checkpoint of this source, if there is one.
@@ -1125,7 +1170,7 @@ async fn mark_loading(
                 .collect();
             for r in c.pipeline(&cmds).await? {
                 if r.is_error() {
-                    return Err(c.command_error(b"SET", r.as_bytes().unwrap_or_default()));
+                    return Err(redirected_or(&c, b"SET", r.as_bytes().unwrap_or_default()));
                 }
             }
         }

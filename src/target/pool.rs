@@ -297,7 +297,12 @@ impl WriterPool {
             let failure = failure.clone();
             tasks.spawn(async move {
                 if let Err(e) = task.run(client).await {
-                    tracing::error!(error = %e, "target connection failed; its writes could not be applied");
+                    if matches!(e, TargetError::Topology { .. }) {
+                        // Not an outage: the job starts again on the new layout (see `sync::run`).
+                        tracing::info!(error = %e, "target redirected a write; stopping this writer");
+                    } else {
+                        tracing::error!(error = %e, "target connection failed; its writes could not be applied");
+                    }
                     let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
                     if f.is_none() {
                         *f = Some(e);

@@ -13,7 +13,10 @@
 
 use std::sync::Arc;
 
+use super::client::Client;
 use crate::cluster::SlotMap;
+use crate::endpoint::RedisAddr;
+use crate::resp::Reply;
 use crate::twemproxy::Router;
 
 /// How keys are placed on the nodes of a sharded target.
@@ -111,4 +114,107 @@ impl Shard {
     pub fn is_first(&self) -> bool {
         self.node == 0
     }
+}
+
+/// Ask the seeds, in order, for the slot map: the first that answers with at least one owned slot wins.
+///
+/// Each seed is reached with its own credentials through [`Client`]; `CLUSTER
+/// SHARDS` is tried first, then `CLUSTER SLOTS` when it fails with any error (`SHARDS` is 7.0+; older
+/// servers call it an unknown subcommand). A seed whose cluster support is disabled ends the search with
+/// an error saying so (a configuration mistake, not an outage).
+///
+/// Returns the map and, for each of its nodes (same order), the address to write to: host and port from
+/// the map, user and password from the seed that answered. The error names every seed tried and why it
+/// failed (addresses as `redis://user@host:port`, never a password).
+pub async fn discover(
+    seeds: &[RedisAddr],
+) -> Result<(crate::cluster::SlotMap, Vec<RedisAddr>), String> {
+    if seeds.is_empty() {
+        return Err("no cluster seed address given".into());
+    }
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let mut client = match Client::connect(seed).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{seed}: {}", without_role(&e.to_string(), seed)));
+                continue;
+            }
+        };
+        let asked = seed.host_port();
+        let map = match read_map(&mut client, &asked, seed).await {
+            Ok(m) => m,
+            Err(Failure::NotCluster) => {
+                return Err(format!(
+                    "{seed} is not a cluster node: it answered 'This instance has cluster support disabled' \
+                     (cluster-enabled no); name a node of a Redis Cluster, or use it as a standalone server"
+                ))
+            }
+            Err(Failure::Other(m)) => {
+                failures.push(format!("{seed}: {m}"));
+                continue;
+            }
+        };
+        if map.nodes().is_empty() {
+            failures.push(format!(
+                "{seed}: the cluster has no slot assigned to any master"
+            ));
+            continue;
+        }
+        let mut addrs = Vec::with_capacity(map.nodes().len());
+        for n in map.nodes() {
+            let (host, port) = crate::cluster::split_host_port(&n.addr)
+                .ok_or_else(|| format!("{seed}: the slot map names {} (not host:port)", n.addr))?;
+            addrs.push(RedisAddr {
+                host,
+                port,
+                auth: seed.auth.clone(),
+            });
+        }
+        return Ok((map, addrs));
+    }
+    Err(format!(
+        "no cluster seed gave a slot map: {}",
+        failures.join("; ")
+    ))
+}
+
+enum Failure {
+    NotCluster,
+    Other(String),
+}
+
+async fn read_map(
+    client: &mut Client,
+    asked: &str,
+    seed: &RedisAddr,
+) -> Result<crate::cluster::SlotMap, Failure> {
+    let other = |e: super::TargetError| Failure::Other(without_role(&e.to_string(), seed));
+    let is_disabled = |e: &[u8]| {
+        String::from_utf8_lossy(e)
+            .to_ascii_lowercase()
+            .contains("cluster support disabled")
+    };
+    match client.cmd(&[b"CLUSTER", b"SHARDS"]).await.map_err(other)? {
+        Reply::Error(e) if is_disabled(&e) => return Err(Failure::NotCluster),
+        Reply::Error(_) => {}
+        r => {
+            return crate::cluster::SlotMap::from_cluster_shards(&r, asked).map_err(Failure::Other)
+        }
+    }
+    match client.cmd(&[b"CLUSTER", b"SLOTS"]).await.map_err(other)? {
+        Reply::Error(e) if is_disabled(&e) => Err(Failure::NotCluster),
+        Reply::Error(e) => Err(Failure::Other(format!(
+            "CLUSTER SLOTS answered {}",
+            String::from_utf8_lossy(&e)
+        ))),
+        r => crate::cluster::SlotMap::from_cluster_slots(&r, asked).map_err(Failure::Other),
+    }
+}
+
+/// A client error's text without its leading `target <addr>: ` (the seed is named already, and it may be
+/// a source).
+fn without_role(text: &str, seed: &RedisAddr) -> String {
+    let prefix = format!("target {seed}: ");
+    text.strip_prefix(&prefix).unwrap_or(text).to_string()
 }

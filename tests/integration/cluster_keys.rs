@@ -6,7 +6,7 @@
 //!   7.4, 8.2 and Valkey 9 on every line each of them knows (so the commands 7.0 lacks are checked too);
 //!   the few no provisioned server knows are printed and counted;
 //! - [`SlotMap`] read from `CLUSTER SHARDS` equals the one from `CLUSTER SLOTS` on every node of a real
-//!   cluster (three masters, a replica each, a password: the shared [`Cluster`] fixture); [`discover`] on
+//!   cluster (three masters, a replica each, a password: the shared [`Cluster`] fixture); `discover` on
 //!   it through a dead seed, on lone nodes of 5.0 (no `SHARDS`: the `SLOTS` fallback), 7.0 and Valkey 9,
 //!   and refusing a non-cluster server without showing its password;
 //! - real `MOVED` and `ASK` errors parse into the [`Redirect`] the map predicts.
@@ -19,12 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ferry::cluster::{
-    command_keys, discover, key_in_slot, key_slot, KeyRoute, Redirect, SlotMap, SLOTS,
-};
+use ferry::cluster::{command_keys, key_in_slot, key_slot, KeyRoute, Redirect, SlotMap, SLOTS};
 use ferry::endpoint::RedisAddr;
 use ferry::resp::Reply as FerryReply;
 use ferry::target::client::Client as FerryClient;
+use ferry::target::shard::discover;
 use rand::{Rng, SeedableRng};
 
 use crate::support::cluster::Cluster;

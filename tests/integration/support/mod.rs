@@ -433,6 +433,10 @@ pub struct NutcrackerOpts {
     pub redis_db: Option<u32>,
     /// `auto_eject_hosts: true` (default false).
     pub auto_eject_hosts: bool,
+    /// `hash:` (default `fnv1a_64`).
+    pub hash: Option<String>,
+    /// `distribution:` (default `ketama`).
+    pub distribution: Option<String>,
 }
 
 /// The YAML of a one-pool twemproxy config as ferry must read it: `listen` on 127.0.0.1:`port`,
@@ -440,8 +444,10 @@ pub struct NutcrackerOpts {
 /// `(port, name)` in `servers`.
 pub fn nutcracker_yaml(port: u16, servers: &[(u16, &str)], opts: &NutcrackerOpts) -> String {
     let mut y = format!(
-        "{}:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: {}\n  timeout: 5000\n",
+        "{}:\n  listen: 127.0.0.1:{port}\n  hash: {}\n  distribution: {}\n  redis: true\n  auto_eject_hosts: {}\n  timeout: 5000\n",
         opts.pool.as_deref().unwrap_or("ferry"),
+        opts.hash.as_deref().unwrap_or("fnv1a_64"),
+        opts.distribution.as_deref().unwrap_or("ketama"),
         opts.auto_eject_hosts
     );
     if let Some(db) = opts.redis_db {

@@ -1,0 +1,492 @@
+//! Issue 9: sharded targets — a real Redis Cluster (`cluster://`) and a twemproxy pool written directly
+//! (`twemproxy:` as a target). Every test ends with an exact comparison of the whole data set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::cluster::Cluster;
+use crate::support::ferry_proc::Ferry;
+use crate::support::{
+    data_items_of, wait_until, Client, DataItem, Nutcracker, NutcrackerOpts, RedisServer, TempDir,
+};
+
+/// Poll until the cluster holds exactly what the sources hold (ferry's own keys aside).
+fn wait_cluster_equal(sources: &[&RedisServer], cluster: &Cluster, ferry: &Ferry, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut clients: Vec<Client> = sources.iter().map(|s| s.client()).collect();
+        let want = data_items_of(&mut clients);
+        let got = cluster.data_items();
+        if want == got {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{what}: the cluster differs from the sources after 60 s: {}\nferry log:\n{}",
+                diff(&want, &got),
+                ferry.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The first few differences between two sorted item lists.
+fn diff(want: &[DataItem], got: &[DataItem]) -> String {
+    let w: std::collections::BTreeSet<_> = want.iter().collect();
+    let g: std::collections::BTreeSet<_> = got.iter().collect();
+    let missing: Vec<_> = w.difference(&g).take(5).collect();
+    let extra: Vec<_> = g.difference(&w).take(5).collect();
+    format!(
+        "{} items wanted, {} found; missing (first 5): {missing:?}; unexpected (first 5): {extra:?}",
+        want.len(),
+        got.len()
+    )
+}
+
+/// Keys of many slots and every type, written through `c`.
+fn fill(c: &mut Client, tag: &str, n: usize) {
+    for i in 0..n {
+        c.ok(&["SET", &format!("{tag}:s:{i}"), &format!("v{i}")]);
+    }
+    for i in 0..20 {
+        let k = format!("{tag}:h:{i}");
+        c.ok(&["HSET", &k, "a", "1", "b", &i.to_string()]);
+        c.ok(&["SADD", &format!("{tag}:set:{i}"), "x", "y", &i.to_string()]);
+        c.ok(&["ZADD", &format!("{tag}:z:{i}"), "1", "a", "2.5", "b"]);
+        c.ok(&["PEXPIRE", &k, "600000"]);
+    }
+    // A value larger than --big-value-bytes: built under a temporary key, then renamed.
+    let items: Vec<String> = (0..3000).map(|i| format!("item-{i}")).collect();
+    let mut args = vec!["RPUSH".to_string(), format!("{tag}:biglist")];
+    args.extend(items);
+    c.ok(&args);
+}
+
+/// Whether nutcracker places `key` on the server `server` is connected to (written through the proxy `p`,
+/// then looked for there).
+fn placed_on(p: &mut Client, server: &mut Client, key: &str) -> bool {
+    p.ok(&["SET", key, "7"]);
+    server.cmd(&["EXISTS", key]).as_int() == 1
+}
+
+/// A writer of non-idempotent commands on keys of many slots, counting its rounds.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let i = n.to_string();
+                c.ok(&["INCR", &format!("counter:{}", n % 64)]);
+                c.ok(&["RPUSH", &format!("list:{}", n % 16), &i]);
+                c.ok(&["HINCRBY", &format!("hash:{}", n % 8), "f", "1"]);
+                c.ok(&[
+                    "MSET",
+                    &format!("m:{}", n % 32),
+                    &i,
+                    &format!("m:{}", (n + 7) % 32),
+                    &i,
+                ]);
+                n += 1;
+            }
+            n
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("running").join().expect("load")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn info_i64(c: &mut Client, section: &str, field: &str) -> i64 {
+    c.info_field(section, field)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// The headline job: a twemproxy pool into a Redis Cluster — the full data (a big value built in its own
+/// slot), then every change: single-key commands, multi-key ones over several slots (cut per slot), a
+/// transaction over several slots, a script, and a FLUSHALL of one shard (only its keys leave the
+/// cluster's nodes).
+#[test]
+fn a_twemproxy_pool_syncs_into_a_cluster_and_every_change_follows() {
+    let a = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let b = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let proxy = Nutcracker::start(&[(a.port, "shard-a"), (b.port, "shard-b")]);
+    let cluster = Cluster::start(3, 1, &[]);
+    let mut p = Client::connect(proxy.port);
+    fill(&mut p, "pre", 1500);
+    let state = TempDir::new("pool-to-cluster");
+    let src = format!("twemproxy:{}", proxy.config_path.display());
+    let ferry = Ferry::sync(
+        &[src],
+        &cluster.url(),
+        state.path(),
+        &["--big-value-bytes", "4096"],
+    );
+    wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after the full sync");
+
+    for i in 0..300 {
+        p.ok(&["SET", &format!("pre:s:{i}"), "changed"]);
+        p.ok(&["INCR", &format!("n:{}", i % 17)]);
+        p.ok(&[
+            "DEL",
+            &format!("pre:s:{}", 300 + i),
+            &format!("pre:s:{}", 900 + i),
+        ]);
+        p.ok(&[
+            "MSET",
+            &format!("ms:{i}"),
+            "1",
+            &format!("ms:{}", i + 1000),
+            "2",
+        ]);
+    }
+    p.ok(&["RPUSH", "pre:biglist", "tail"]);
+    // Straight to one master (nutcracker forwards neither MULTI nor EVAL), on keys nutcracker places there:
+    // a transaction over several slots, a script, two keys of one slot.
+    let mut am = a.client();
+    let mut on_a = (0..200)
+        .map(|i| format!("tx:{i}"))
+        .filter(|k| placed_on(&mut p, &mut am, k));
+    let (k1, k2, k3, k4) = (
+        on_a.next().unwrap(),
+        on_a.next().unwrap(),
+        on_a.next().unwrap(),
+        on_a.next().unwrap(),
+    );
+    am.ok(&["MULTI"]);
+    am.cmd(&["SET", &k1, "a"]);
+    am.cmd(&["SET", &k2, "b"]);
+    am.cmd(&["INCR", &k3]);
+    am.ok(&["EXEC"]);
+    am.ok(&[
+        "EVAL",
+        "redis.call('INCRBY', KEYS[1], ARGV[1]) return 1",
+        "1",
+        &k4,
+        "5",
+    ]);
+    let tag = (0..500)
+        .find(|i| {
+            placed_on(&mut p, &mut am, &format!("{{t{i}}}src"))
+                && placed_on(&mut p, &mut am, &format!("{{t{i}}}dst"))
+        })
+        .unwrap();
+    let (src_list, dst_list) = (format!("{{t{tag}}}src"), format!("{{t{tag}}}dst"));
+    am.ok(&["DEL", &src_list, &dst_list]);
+    am.ok(&["RPUSH", &src_list, "1", "2", "3"]);
+    am.ok(&["RPOPLPUSH", &src_list, &dst_list]);
+    wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after streaming");
+
+    // One shard flushes: its keys leave every node of the cluster, the other shard's stay.
+    b.client().ok(&["FLUSHALL"]);
+    wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after shard-b's FLUSHALL");
+    assert!(
+        cluster.data_key_count() > 100,
+        "shard-a's keys must stay in the cluster"
+    );
+}
+
+/// kill -9 of ferry while a load runs: the restart continues with a partial resync from the per-slot
+/// checkpoints, and not one INCR, RPUSH or HINCRBY is lost or applied twice.
+#[test]
+fn a_kill_during_streaming_into_a_cluster_resumes_exactly() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let cluster = Cluster::start(3, 0, &[]);
+    let mut mc = m.client();
+    fill(&mut mc, "pre", 500);
+    let state = TempDir::new("cluster-kill");
+    let sources = [m.url()];
+    let mut ferry = Ferry::sync(&sources, &cluster.url(), state.path(), &[]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after the full sync");
+    let load = Load::start(m.port);
+    let full = info_i64(&mut mc, "stats", "sync_full");
+    let partial = info_i64(&mut mc, "stats", "sync_partial_ok");
+    for round in 0..2 {
+        // Let commands flow, then kill in the middle of them.
+        let applied = cluster.cmd(&["GET", "counter:0"]).as_string();
+        wait_until("commands to flow", Duration::from_secs(20), || {
+            cluster.cmd(&["GET", "counter:0"]).as_string() != applied
+        });
+        ferry.kill9();
+        std::thread::sleep(Duration::from_millis(200 + 300 * round));
+        // Restarted under the load: the precheck's backlog estimate may warn.
+        ferry = Ferry::sync(&sources, &cluster.url(), state.path(), &[])
+            .allowing(&["repl-backlog-size"]);
+    }
+    let rounds = load.stop();
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after two kills");
+    let total: i64 = (0..64)
+        .map(|i| {
+            let v = cluster.cmd(&["GET", &format!("counter:{i}")]);
+            v.as_string().parse::<i64>().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(total as u64, rounds, "every INCR exactly once");
+    assert_eq!(
+        info_i64(&mut mc, "stats", "sync_full"),
+        full,
+        "no full resync after a kill\n{}",
+        ferry.log()
+    );
+    assert!(info_i64(&mut mc, "stats", "sync_partial_ok") >= partial + 2);
+}
+
+/// Slots move between masters while the load runs (the way `redis-cli --cluster reshard` moves them), and a
+/// replica takes over a master: ferry meets MOVED/ASK, stops its writers, waits for the cluster to settle
+/// and continues on the new layout from every slot's checkpoint — without exiting, losing or doubling a
+/// write.
+#[test]
+fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let cluster = Cluster::start(3, 1, &[]);
+    let mut mc = m.client();
+    fill(&mut mc, "pre", 500);
+    let state = TempDir::new("cluster-reshard");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[]).allowing(&[
+        "slot layout changed",
+        "target connection lost",
+        "could not hand everything to the target on shutdown",
+        "repl-backlog-size",
+    ]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after the full sync");
+    let load = Load::start(m.port);
+    // Slots 0..=299 (the first master's) move to the second master, slowly, under the load.
+    let dest = cluster.masters[1].port;
+    cluster.move_slots(0, 299, dest, Duration::from_millis(5));
+    let first = cluster.masters[2].port;
+    let promoted = cluster.failover(first);
+    assert_ne!(promoted, first);
+    std::thread::sleep(Duration::from_millis(500));
+    let rounds = load.stop();
+    wait_cluster_equal(
+        &[&m],
+        &cluster,
+        &ferry,
+        "after the resharding and the failover",
+    );
+    let total: i64 = (0..64)
+        .map(|i| {
+            cluster
+                .cmd(&["GET", &format!("counter:{i}")])
+                .as_string()
+                .parse::<i64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(total as u64, rounds, "every INCR exactly once");
+    assert_eq!(
+        info_i64(&mut mc, "stats", "sync_full"),
+        1,
+        "{}",
+        ferry.log()
+    );
+    assert!(
+        ferry.log().contains("slot layout changed"),
+        "{}",
+        ferry.log()
+    );
+}
+
+/// A cluster has only db 0: a source holding keys in another db is refused before any write, naming the
+/// dbs; `--map-db 1:0` writes them there.
+#[test]
+fn a_source_db_other_than_0_needs_a_map_into_a_cluster() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let cluster = Cluster::start(3, 0, &[]);
+    let mut mc = m.client();
+    mc.ok(&["SET", "zero", "0"]);
+    mc.ok(&["SELECT", "1"]);
+    for i in 0..7 {
+        mc.ok(&["SET", &format!("one:{i}"), "1"]);
+    }
+    let state = TempDir::new("cluster-db");
+    let mut ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &["--once"]);
+    let status = ferry.wait(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        ferry.log().contains("db1: 7 keys") && ferry.log().contains("--map-db"),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(cluster.data_key_count(), 0, "nothing was written");
+
+    let mut ferry = Ferry::sync(
+        &[m.url()],
+        &cluster.url(),
+        state.path(),
+        &["--once", "--map-db", "1:0"],
+    );
+    assert!(
+        ferry.wait(Duration::from_secs(60)).success(),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(cluster.data_key_count(), 8);
+    assert_eq!(cluster.cmd(&["GET", "one:3"]).as_string(), "1");
+}
+
+/// A command whose keys span slots and that cannot be cut per slot (RPOPLPUSH of two slots) is not applied
+/// yet: it is counted as a rejected write and logged with its reason — never silently dropped — and
+/// `--no-target-checkpoint`, which would lose the per-slot transactions, is refused for a cluster.
+#[test]
+fn a_cross_slot_command_that_cannot_be_cut_is_reported() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let cluster = Cluster::start(3, 0, &[]);
+    let state = TempDir::new("cluster-cross");
+    let mut refused = Ferry::sync(
+        &[m.url()],
+        &cluster.url(),
+        state.path(),
+        &["--no-target-checkpoint"],
+    )
+    .allowing(&["--no-target-checkpoint"]);
+    assert!(!refused.wait(Duration::from_secs(30)).success());
+    assert!(refused.log().contains("cannot be used with a cluster"));
+
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[])
+        .allowing(&["a command was not applied to the sharded target"]);
+    let mut mc = m.client();
+    mc.ok(&["SET", "before", "1"]);
+    wait_until("streaming", Duration::from_secs(30), || {
+        cluster.cmd(&["GET", "before"]).as_string() == "1"
+    });
+    mc.ok(&["RPUSH", "src", "1", "2"]);
+    mc.ok(&["RPOPLPUSH", "src", "dst"]);
+    mc.ok(&["SET", "after", "1"]);
+    wait_until("the write after it", Duration::from_secs(30), || {
+        cluster.cmd(&["GET", "after"]).as_string() == "1"
+    });
+    assert!(
+        ferry
+            .log()
+            .contains("a command was not applied to the sharded target"),
+        "{}",
+        ferry.log()
+    );
+}
+
+/// A twemproxy pool as the target: ferry writes each key to the server nutcracker would choose, for every
+/// distribution and with or without a hash tag — every key is then readable through the proxy, and no
+/// server holds a key it does not own.
+#[test]
+fn a_twemproxy_target_places_every_key_where_nutcracker_reads_it() {
+    for (dist, hash, tag) in [
+        ("ketama", "fnv1a_64", None),
+        ("ketama", "murmur", Some("{}")),
+        ("modula", "crc32a", None),
+        ("modula", "md5", Some("{}")),
+    ] {
+        let src = RedisServer::start(&[
+            "--enable-debug-command",
+            "yes",
+            "--repl-backlog-size",
+            "64mb",
+        ]);
+        let servers: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start(&[
+                    "--enable-debug-command",
+                    "yes",
+                    "--repl-backlog-size",
+                    "64mb",
+                ])
+            })
+            .collect();
+        let names = ["t-a", "t-b", "t-c"];
+        let pool: Vec<(u16, &str)> = servers.iter().map(|s| s.port).zip(names).collect();
+        let proxy = Nutcracker::start_with(
+            &pool,
+            &NutcrackerOpts {
+                hash_tag: tag.map(String::from),
+                hash: Some(hash.into()),
+                distribution: Some(dist.into()),
+                ..Default::default()
+            },
+        );
+        let mut sc = src.client();
+        for i in 0..600 {
+            sc.ok(&["SET", &format!("k:{i}"), &format!("v{i}")]);
+            sc.ok(&["SET", &format!("{{user{}}}:{i}", i % 9), &format!("t{i}")]);
+        }
+        let state = TempDir::new("tw-target");
+        let target = format!("twemproxy:{}", proxy.config_path.display());
+        let ferry = Ferry::sync(&[src.url()], &target, state.path(), &[]);
+        // Stream too, with a multi-key command over several servers.
+        sc.ok(&["MSET", "k:1", "changed", "k:2", "changed", "k:3", "changed"]);
+        sc.ok(&["DEL", "k:4", "k:5", "k:6"]);
+        let mut through = Client::connect(proxy.port);
+        wait_until(
+            &format!("every key readable through nutcracker ({dist}/{hash}/{tag:?})"),
+            Duration::from_secs(30),
+            || {
+                let total: i64 = servers.iter().map(|s| s.client().data_dbsize()).sum();
+                total == sc.dbsize()
+                    && (0..600).all(|i| {
+                        let k = format!("k:{i}");
+                        through.cmd(&["GET", &k]) == sc.cmd(&["GET", &k])
+                    })
+            },
+        );
+        for i in 0..600 {
+            let k = format!("{{user{}}}:{i}", i % 9);
+            assert_eq!(
+                through.cmd(&["GET", &k]).as_string(),
+                format!("t{i}"),
+                "{k} ({dist}/{hash}/{tag:?})\n{}",
+                ferry.log()
+            );
+        }
+    }
+}
