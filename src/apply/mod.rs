@@ -9,6 +9,7 @@
 //! - [`sweep`] tells which target keys belong to a source and removes them (a source's flush, ghosts after
 //!   a full resync).
 
+pub mod cross;
 pub mod encode;
 pub mod snapshot;
 pub mod stream;

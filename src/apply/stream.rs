@@ -64,6 +64,23 @@ pub struct Signals {
     /// The source ran a command that cannot be applied to its own keys alone on a shared target (`SWAPDB`):
     /// the caller must re-copy the source with a full resync. Nothing after it is applied by this applier.
     pub resync: Option<String>,
+    /// A node of a sharded target met a command whose keys span groups and that cannot be cut per group:
+    /// every node's applier stops at it; the caller applies it once for all nodes
+    /// ([`crate::apply::cross`]), then calls `push(&[])` on each to go on.
+    pub cross: Option<CrossCommand>,
+}
+
+/// A command over several groups of a sharded target, to be applied once across its nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrossCommand {
+    /// The command as the source sent it.
+    pub args: Vec<Bytes>,
+    /// Argument indexes that are keys.
+    pub keys: Vec<usize>,
+    /// The master offset just after it (what the groups' checkpoints record once it is applied).
+    pub end: i64,
+    /// The source db the stream is in (recorded with the checkpoints).
+    pub db: u32,
 }
 
 /// Where the in-target checkpoint of a source lives, and the replication id it records.
@@ -204,6 +221,8 @@ enum Route {
     Split(Vec<(usize, Vec<Vec<u8>>)>),
     /// Not applied: counted and reported as a rejected write.
     Refuse(String),
+    /// Over several groups and not to be cut: every node stops here and the caller applies it once.
+    Cross(Vec<usize>),
 }
 
 /// The checkpoint key of `group` on a sharded target: the source's checkpoint key, `:`, and a tag that
@@ -456,13 +475,16 @@ impl StreamApplier {
             }
             let len = cmd.raw().len() as i64;
             self.on_command(cmd, &mut signals).await?;
-            if signals.flush.is_some() && self.atomic() && self.flush_end.is_none() {
+            if (signals.flush.is_some() || signals.cross.is_some())
+                && self.atomic()
+                && self.flush_end.is_none()
+            {
                 // The flush is applied only once the caller has removed this source's keys: until then the
                 // position handed over (and checkpointed) stays before it, so a crash in between replays it.
                 self.flush_end = Some(self.offset);
                 self.offset -= len;
             }
-            if signals.flush.is_some() || signals.resync.is_some() {
+            if signals.flush.is_some() || signals.resync.is_some() || signals.cross.is_some() {
                 // Hold the rest back until the caller removed this source's keys (or resyncs it).
                 self.stopped = signals.resync.is_some();
                 return Ok(signals);
@@ -782,6 +804,20 @@ impl StreamApplier {
                     self.pool.stats().record_split(command_name(name));
                     return Ok(());
                 }
+                Route::Cross(keys) => {
+                    if self.in_group {
+                        // As at a flush: what came before is handed over, the rest follows after it.
+                        self.close_group().await?;
+                        self.regroup = true;
+                    }
+                    signals.cross = Some(CrossCommand {
+                        args: (0..cmd.argc()).map(|i| cmd.arg_bytes(i)).collect(),
+                        keys,
+                        end: self.offset,
+                        db: self.db,
+                    });
+                    return Ok(());
+                }
                 Route::Refuse(why) => {
                     let cmdname = command_name(name);
                     if self.pool.stats().record_rejection(cmdname, &why) {
@@ -869,6 +905,19 @@ impl StreamApplier {
             self.batch.db = Some(self.tdb());
         }
         Ok(())
+    }
+
+    /// A node of a sharded target: its placement, and the checkpoint key (with its value) of a group.
+    pub fn shard_checkpoint(&self, group: usize, end: i64, db: u32) -> Option<(Bytes, Bytes)> {
+        let sh = self.shard.as_ref()?;
+        let cp = self.target_cp.as_ref()?;
+        let key = Bytes::from(group_key(&sh.shard, &cp.key, group));
+        Some((key, Bytes::from(cp.value(end, db))))
+    }
+
+    /// The shard this applier writes (a node of a sharded target).
+    pub fn shard(&self) -> Option<&crate::target::shard::Shard> {
+        self.shard.as_ref().map(|s| &s.shard)
     }
 
     /// Sharded target: where a command goes on this node (see [`Route`]).
@@ -960,24 +1009,8 @@ impl StreamApplier {
                     Route::Split(parts)
                 }
             }
-            Split::Whole => {
-                // Reported once, by the node of its first key.
-                if placement.node_of(first) == Some(sh.shard.node) {
-                    Route::Refuse(format!(
-                        "its keys are in {} different slots of {} and it cannot be cut into per-slot commands \
-                         with the same effect",
-                        {
-                            let mut g = groups.clone();
-                            g.sort_unstable();
-                            g.dedup();
-                            g.len()
-                        },
-                        sh.shard.label
-                    ))
-                } else {
-                    Route::Drop
-                }
-            }
+            // Every node stops at it (see `Signals::cross`).
+            Split::Whole => Route::Cross(keys),
         }
     }
 

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{RdbFeeder, SourceError};
 use crate::apply::snapshot::SnapshotApplier;
-use crate::apply::stream::{StoredCheckpoint, StreamApplier, TargetCheckpoint, LOADING};
+use crate::apply::stream::{
+    CrossCommand, Signals, StoredCheckpoint, StreamApplier, TargetCheckpoint, LOADING,
+};
 use crate::apply::sweep::{self, OwnKeys, Ownership, SweepKind};
 use crate::apply::{ApplyError, DbMap};
 use crate::checkpoint::{self, Checkpoint, Job, State};
@@ -766,33 +768,52 @@ impl Consumer {
         }
         let mut ack_now = false;
         let mut resync: Option<String> = None;
+        let mut pushed: Vec<Option<Result<Signals, ApplyError>>> = Vec::new();
         for i in 0..self.sinks.len() {
-            let k = &mut self.sinks[i];
-            let Some(s) = k.stream.as_mut() else { continue };
-            let mut pushed = s.push(&bytes).await;
-            loop {
-                match &pushed {
-                    Ok(sig) if sig.flush.is_some() => {
-                        let scope = sig.flush.expect("checked");
-                        let dbs = scope.map(|d| vec![d]);
-                        if let Err(e) =
-                            remove_keys(s, &k.cfg, &self.src, dbs, &SweepKind::All).await
-                        {
-                            pushed = Err(e);
-                            break;
-                        }
-                        ack_now |= sig.ack_now;
-                        pushed = s.push(&[]).await;
-                    }
-                    _ => break,
+            let r = self.push_sink(i, &bytes, &mut ack_now).await;
+            pushed.push(r);
+        }
+        // The nodes of a sharded target that stopped at a command over several of their groups: apply it
+        // once for all of them, then let them go on (they may stop again further on).
+        while let Some(first) = pushed
+            .iter()
+            .position(|p| matches!(p, Some(Ok(sig)) if sig.cross.is_some()))
+        {
+            let Some(Ok(sig)) = &pushed[first] else {
+                unreachable!("matched above")
+            };
+            let cmd = sig.cross.clone().expect("matched above");
+            let label = self.sinks[first]
+                .cfg
+                .shard
+                .as_ref()
+                .map(|s| s.label.clone());
+            let crossing: Vec<usize> = (0..self.sinks.len())
+                .filter(|&i| {
+                    matches!(&pushed[i], Some(Ok(sig)) if sig.cross.as_ref() == Some(&cmd))
+                        && self.sinks[i].cfg.shard.as_ref().map(|s| s.label.clone()) == label
+                })
+                .collect();
+            self.apply_cross(&cmd, first)
+                .await
+                .map_err(|e| self.apply_err(e))?;
+            for i in crossing {
+                if let Some(Ok(sig)) = &pushed[i] {
+                    ack_now |= sig.ack_now;
                 }
+                pushed[i] = self.push_sink(i, &[], &mut ack_now).await;
             }
-            match pushed {
+        }
+        for (i, p) in pushed.into_iter().enumerate() {
+            let Some(p) = p else { continue };
+            match p {
                 Ok(sig) => {
-                    s.send().await.map_err(|e| SourceError::Apply {
-                        source_name: self.src.addr.to_string(),
-                        err: e,
-                    })?;
+                    if let Some(s) = self.sinks[i].stream.as_mut() {
+                        s.send().await.map_err(|e| SourceError::Apply {
+                            source_name: self.src.addr.to_string(),
+                            err: e,
+                        })?;
+                    }
                     ack_now |= sig.ack_now;
                     if sig.resync.is_some() {
                         resync = sig.resync;
@@ -825,7 +846,84 @@ impl Consumer {
         Ok(())
     }
 
-    /// Tell the link (ACK) and status what every target applied.
+    /// Push stream bytes into one target's applier, removing this source's keys at each flush it meets;
+    /// `None` when this target has no stream (yet).
+    async fn push_sink(
+        &mut self,
+        i: usize,
+        bytes: &[u8],
+        ack_now: &mut bool,
+    ) -> Option<Result<Signals, ApplyError>> {
+        let k = &mut self.sinks[i];
+        let s = k.stream.as_mut()?;
+        let mut pushed = s.push(bytes).await;
+        loop {
+            match &pushed {
+                Ok(sig) if sig.flush.is_some() => {
+                    let scope = sig.flush.expect("checked");
+                    let dbs = scope.map(|d| vec![d]);
+                    if let Err(e) = remove_keys(s, &k.cfg, &self.src, dbs, &SweepKind::All).await {
+                        return Some(Err(e));
+                    }
+                    *ack_now |= sig.ack_now;
+                    pushed = s.push(&[]).await;
+                }
+                _ => return Some(pushed),
+            }
+        }
+    }
+
+    /// A command over several groups of the sharded target that sink `first` is a node of: every node
+    /// holds everything before it (drained), then it is applied once across them (see `apply::cross`).
+    async fn apply_cross(&mut self, cmd: &CrossCommand, first: usize) -> Result<(), ApplyError> {
+        let Some(shard) = self.sinks[first].cfg.shard.clone() else {
+            return Ok(());
+        };
+        let mut nodes = std::collections::HashMap::new();
+        for k in self.sinks.iter_mut() {
+            let Some(ks) = k.cfg.shard.as_ref() else {
+                continue;
+            };
+            if ks.label != shard.label {
+                continue;
+            }
+            nodes.insert(ks.node, k.cfg.target.clone());
+            if let Some(s) = k.stream.as_mut() {
+                s.drain().await?;
+            }
+        }
+        let Some(s) = self.sinks[first].stream.as_ref() else {
+            return Ok(());
+        };
+        let checkpoint = |g: usize| s.shard_checkpoint(g, cmd.end, cmd.db).unwrap_or_default();
+        let tmp_prefix = format!(
+            "{}{}:",
+            crate::job::TMP_PREFIX,
+            checkpoint::source_id(&self.src.addr.to_string())
+        );
+        let target = crate::apply::cross::CrossTarget {
+            shard: &shard,
+            nodes: &nodes,
+            checkpoint: &checkpoint,
+            tmp_prefix: &tmp_prefix,
+        };
+        let outcome = crate::apply::cross::apply(cmd, &target).await?;
+        let name = String::from_utf8_lossy(&cmd.args[0]).to_uppercase();
+        let stats = s.ordered_connection().0.stats().clone();
+        match outcome {
+            crate::apply::cross::Outcome::Refused(e) => {
+                if stats.record_rejection(&name, &e) {
+                    tracing::error!(target_addr = %shard.label, command = %name,
+                        key = %crate::target::pool::escape_key(&cmd.args[cmd.keys[0]]), error = %e,
+                        "target rejected a write (further rejections of this kind are counted, not logged)");
+                }
+            }
+            _ => stats.record_split(&name),
+        }
+        Ok(())
+    }
+
+    /// Tell the link (ACK) and status what every target applied.    /// Tell the link (ACK) and status what every target applied.
     fn report_applied(&self) {
         let low = self.min_applied();
         let offset = low.map(|p| p.offset).unwrap_or(-1);

@@ -218,3 +218,62 @@ fn without_role(text: &str, seed: &RedisAddr) -> String {
     let prefix = format!("target {seed}: ");
     text.strip_prefix(&prefix).unwrap_or(text).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_router(dist: &str) -> Router {
+        let yaml = format!(
+            "p:\n  listen: 127.0.0.1:1\n  hash: fnv1a_64\n  distribution: {dist}\n  redis: true\n  servers:\n   - 127.0.0.1:7001:1 a\n   - 127.0.0.1:7002:1 b\n   - 127.0.0.1:7003:1 c\n"
+        );
+        let conf = crate::twemproxy::TwemproxyConfig::parse(&yaml, "t.yml").unwrap();
+        Router::new(conf.select_pool(None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn our_keys_land_in_the_group_asked_for() {
+        let cluster = Placement::Cluster(SlotMap::default());
+        for g in [0usize, 1, 5000, 16383] {
+            let k = cluster.key_in_group(b"ferry:checkpoint:x:", g);
+            assert_eq!(cluster.group_of(&k), g);
+            assert!(k.starts_with(b"ferry:checkpoint:x:"));
+        }
+        let user = b"user:{42}:profile";
+        let tmp = cluster.key_beside(b"ferry:tmp:s:1:", user);
+        assert_eq!(cluster.group_of(&tmp), cluster.group_of(user));
+        for dist in ["ketama", "modula"] {
+            let pool = Placement::Twemproxy {
+                router: pool_router(dist),
+                servers: 3,
+            };
+            for g in 0..3 {
+                let k = pool.key_in_group(b"ferry:checkpoint:x:", g);
+                assert_eq!(pool.group_of(&k), g, "{dist}");
+            }
+            let tmp = pool.key_beside(b"ferry:tmp:s:1:", b"some-key");
+            assert_eq!(pool.group_of(&tmp), pool.group_of(b"some-key"));
+        }
+    }
+
+    #[test]
+    fn a_node_owns_the_groups_its_map_gives_it() {
+        let mut map = SlotMap::default();
+        for s in 0..16384u16 {
+            map.assign(s, if s < 8000 { "h:1" } else { "h:2" });
+        }
+        let placement = Arc::new(Placement::Cluster(map));
+        let shard = |node| Shard {
+            placement: placement.clone(),
+            node,
+            nodes: 2,
+            label: "cluster://h:1".into(),
+            db: 0,
+        };
+        assert_eq!(shard(0).groups().len(), 8000);
+        assert_eq!(shard(1).groups().len(), 8384);
+        let k = b"some-key";
+        assert!(shard(0).owns(k) != shard(1).owns(k));
+        assert!(shard(0).is_first() && !shard(1).is_first());
+    }
+}
