@@ -196,7 +196,7 @@ async fn client<'c>(
     group: usize,
 ) -> Result<&'c mut Client, TargetError> {
     let node = node_of(t, group)?;
-    if !clients.contains_key(&node) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = clients.entry(node) {
         let addr = t.nodes.get(&node).ok_or_else(|| TargetError::Topology {
             addr: t.shard.label.clone(),
             msg: format!("node {node} is not known"),
@@ -206,7 +206,7 @@ async fn client<'c>(
             c.cmd_ok(&[b"SELECT", t.shard.db.to_string().as_bytes()])
                 .await?;
         }
-        clients.insert(node, c);
+        slot.insert(c);
     }
     Ok(clients.get_mut(&node).expect("inserted"))
 }
