@@ -72,87 +72,20 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
 /// Every target of the job as the configuration of its writer: a `redis://` target as it is, a cluster or
 /// twemproxy target as one configuration per master node, each with the placement and its own part.
 async fn expand_targets(cfg: &SyncConfig) -> Result<Vec<SyncConfig>, SyncError> {
-    use crate::endpoint::TargetSpec;
-    use crate::target::shard::{Placement, Shard};
     let mut out = Vec::new();
     for spec in &cfg.targets {
-        let (nodes, placement) = match spec {
-            TargetSpec::Redis(a) => {
-                out.push(SyncConfig {
-                    target: a.clone(),
-                    shard: None,
-                    ..cfg.clone()
-                });
-                continue;
-            }
-            TargetSpec::Cluster(seeds) => {
-                let (map, nodes) = crate::target::shard::discover(seeds)
-                    .await
-                    .map_err(|e| SyncError::Precheck(format!("target {spec}: {e}")))?;
-                let gaps = map.uncovered();
-                if !gaps.is_empty() {
-                    let shown: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-                    return Err(SyncError::Precheck(format!(
-                        "target {spec}: slots {} are served by no master (the cluster is not ready: \
-                         cluster_state is not ok); nothing was written",
-                        shown.join(", ")
-                    )));
-                }
-                (nodes, Placement::Cluster(map))
-            }
-            TargetSpec::Twemproxy { path, pool } => {
-                let conf = crate::twemproxy::TwemproxyConfig::load(path)
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let p = conf
-                    .select_pool(pool.as_deref())
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let router = crate::twemproxy::Router::new(p)
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let mut nodes = p
-                    .masters()
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                if let Some(auth) = &cfg.pool_auth {
-                    for n in nodes.iter_mut() {
-                        n.auth = Some(auth.clone());
-                    }
-                }
-                let servers = nodes.len();
-                (nodes, Placement::Twemproxy { router, servers })
-            }
-        };
-        let placement = std::sync::Arc::new(placement);
-        let n = nodes.len();
-        for (i, node) in nodes.into_iter().enumerate() {
+        let nodes = crate::target::shard::expand(spec, cfg.pool_auth.as_ref())
+            .await
+            .map_err(SyncError::Precheck)?;
+        for (node, shard) in nodes {
             out.push(SyncConfig {
                 target: node,
-                shard: Some(Shard {
-                    placement: placement.clone(),
-                    node: i,
-                    nodes: n,
-                    label: spec.to_string(),
-                    db: shard_db(spec)?,
-                }),
+                shard,
                 ..cfg.clone()
             });
         }
     }
     Ok(out)
-}
-
-/// The one db of a sharded target: 0 for a cluster, the pool's `redis_db` for a twemproxy target.
-fn shard_db(spec: &crate::endpoint::TargetSpec) -> Result<u32, SyncError> {
-    use crate::endpoint::TargetSpec;
-    match spec {
-        TargetSpec::Twemproxy { path, pool } => {
-            let conf = crate::twemproxy::TwemproxyConfig::load(path)
-                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-            let p = conf
-                .select_pool(pool.as_deref())
-                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-            Ok(p.redis_db)
-        }
-        _ => Ok(0),
-    }
 }
 
 /// A sharded target has one db (a cluster only db 0, a pool its `redis_db`): every synced source db must

@@ -208,6 +208,34 @@ fn a_twemproxy_pool_syncs_into_a_cluster_and_every_change_follows() {
     am.ok(&["RPUSH", &src_list, "1", "2", "3"]);
     am.ok(&["RPOPLPUSH", &src_list, &dst_list]);
     wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after streaming");
+    // ferry verify reads every key from the master that owns its slot; a changed value is found.
+    let pool = format!("twemproxy:{}", proxy.config_path.display());
+    let verify = |mode: &str| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["verify", "--no-progress", "--mode", mode, "--source", &pool])
+            .args(["--target", &cluster.url()])
+            .output()
+            .expect("ferry verify runs")
+    };
+    let out = verify("full");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.ok(&["SET", "pre:s:1", "tampered"]);
+    let out = verify("full");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pre:s:1"));
+    let out = verify("count");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode count cannot"));
+    p.ok(&["SET", "pre:s:1", "changed again"]);
 
     // One shard flushes: its keys leave every node of the cluster, the other shard's stay.
     b.client().ok(&["FLUSHALL"]);
@@ -346,6 +374,14 @@ fn a_source_db_other_than_0_needs_a_map_into_a_cluster() {
     for i in 0..7 {
         mc.ok(&["SET", &format!("one:{i}"), "1"]);
     }
+    // ferry check looks at every master of the cluster.
+    let out = crate::support::ferry_proc::ferry_command()
+        .args(["check", "--source", &m.url(), "--target", &cluster.url()])
+        .output()
+        .expect("ferry check runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("cluster master node").count(), 3, "{text}");
     let state = TempDir::new("cluster-db");
     let mut ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &["--once"]);
     let status = ferry.wait(Duration::from_secs(30));
