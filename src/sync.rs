@@ -345,7 +345,17 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
-    let all_targets = expand_targets(&cfg).await?;
+    let mut all_targets = expand_targets(&cfg).await?;
+    let cluster = all_targets.iter().any(|t| {
+        t.shard
+            .as_ref()
+            .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)))
+    });
+    for t in all_targets.iter_mut().filter(|t| t.shard.is_some()) {
+        // A cluster node that stays away is failed over by its cluster: ferry waits for that at the job
+        // level (see `run`) rather than for the lost address.
+        t.pool.reconnect_for = t.pool.reconnect_for.min(Duration::from_secs(5));
+    }
     if cfg.target_checkpoint.is_none() && all_targets.iter().any(|t| t.shard.is_some()) {
         return Err(SyncError::Config(
             "--no-target-checkpoint cannot be used with a cluster or twemproxy target: ferry applies each slot's \
@@ -405,7 +415,7 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         let stats = Arc::new(TargetStats::default());
         let pool = WriterPool::connect(
             &tcfg.target,
-            cfg.pool.clone(),
+            tcfg.pool.clone(),
             stats.clone(),
             cancel.child_token(),
         )
@@ -484,7 +494,9 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) if is_topology(&e) && !outer.is_cancelled() => {
+            Ok((name, Err(e)))
+                if (is_topology(&e) || (cluster && lost_node(&e))) && !outer.is_cancelled() =>
+            {
                 tracing::info!(source = %name, error = %e, "stopping the job to continue on the new layout");
                 cancel.cancel();
                 topology.get_or_insert_with(|| e.to_string());
@@ -526,6 +538,21 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     }
     status.set_phase(JobPhase::Done);
     Ok(report)
+}
+
+/// Whether a source stopped because a cluster target's node went away (a killed master, a restarted node):
+/// a failover may be under way, which `run` waits for.
+fn lost_node(e: &source::SourceError) -> bool {
+    use crate::target::TargetError as T;
+    matches!(
+        e,
+        source::SourceError::Apply {
+            err: crate::apply::ApplyError::Target(
+                T::Connect { .. } | T::Io { .. } | T::Timeout { .. } | T::Restarted { .. }
+            ),
+            ..
+        }
+    )
 }
 
 /// Whether a source stopped because a cluster target redirected a write (its slot layout changed).
