@@ -351,7 +351,11 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
             .as_ref()
             .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)))
     });
-    for t in all_targets.iter_mut().filter(|t| t.shard.is_some()) {
+    for t in all_targets.iter_mut().filter(|t| {
+        t.shard
+            .as_ref()
+            .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)))
+    }) {
         // A cluster node that stays away is failed over by its cluster: ferry waits for that at the job
         // level (see `run`) rather than for the lost address.
         t.pool.reconnect_for = t.pool.reconnect_for.min(Duration::from_secs(5));
