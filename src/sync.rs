@@ -346,16 +346,13 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
     let mut all_targets = expand_targets(&cfg).await?;
-    let cluster = all_targets.iter().any(|t| {
-        t.shard
-            .as_ref()
-            .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)))
-    });
-    for t in all_targets.iter_mut().filter(|t| {
-        t.shard
-            .as_ref()
-            .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)))
-    }) {
+    let cluster = all_targets
+        .iter()
+        .any(|t| t.shard.as_ref().is_some_and(|s| s.is_cluster()));
+    for t in all_targets
+        .iter_mut()
+        .filter(|t| t.shard.as_ref().is_some_and(|s| s.is_cluster()))
+    {
         // A cluster node that stays away is failed over by its cluster: ferry waits for that at the job
         // level (see `run`) rather than for the lost address.
         t.pool.reconnect_for = t.pool.reconnect_for.min(Duration::from_secs(5));

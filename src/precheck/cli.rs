@@ -91,9 +91,7 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
     let mut reports = Vec::new();
     for (addr, shard) in nodes {
         let mut o = opts.clone();
-        o.cluster_node = shard
-            .as_ref()
-            .is_some_and(|s| matches!(*s.placement, crate::target::shard::Placement::Cluster(_)));
+        o.cluster_node = shard.as_ref().is_some_and(|s| s.is_cluster());
         o.share_of = shard.as_ref().map_or(1, |s| s.nodes as u64);
         o.shard = shard;
         reports.push(run_checks(&plan, &addr, &o).await);

@@ -110,6 +110,11 @@ impl Shard {
             .collect()
     }
 
+    /// Whether this is a node of a Redis Cluster (not of a twemproxy pool).
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.placement, Placement::Cluster(_))
+    }
+
     /// Whether this node is the one that takes keyless commands sent once (PUBLISH).
     pub fn is_first(&self) -> bool {
         self.node == 0
