@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{run_checks, CheckOptions};
 use crate::endpoint::{SourceSpec, TargetSpec};
-use crate::job::{expand_sources, OnConflict, SyncError};
+use crate::job::{expand_sources_with, OnConflict, SyncError};
 
 /// `ferry check --source SRC [--source SRC ...] --target DST [--on-conflict error|overwrite] [--json]`:
 /// every check `ferry sync` would need to pass, without writing anything.
@@ -69,7 +69,7 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let plan = match expand_sources(&args.sources) {
+    let mut plan = match expand_sources_with(&args.sources, None, &opts.dbs) {
         Ok(p) => p,
         Err(SyncError::Config(msg)) => {
             eprintln!("ferry: {msg}");
@@ -87,6 +87,21 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 1;
         }
     };
+    // A sharded target has one db: the sources' other dbs need --db or --map-db (as the sync decides).
+    let dbs: Vec<u32> = nodes
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| s.db))
+        .collect();
+    let mut db_check = None;
+    if !dbs.is_empty() {
+        if let Err(e) = crate::job::one_target_db(&mut plan, &dbs).await {
+            db_check = Some(super::Check::error(
+                "target.databases",
+                format!("target {}", args.target),
+                e.to_string(),
+            ));
+        }
+    }
     // A sharded target is checked node by node, each as the sync would write it.
     let mut reports = Vec::new();
     for (addr, shard) in nodes {
@@ -95,6 +110,9 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
         o.share_of = shard.as_ref().map_or(1, |s| s.nodes as u64);
         o.shard = shard;
         reports.push(run_checks(&plan, &addr, &o).await);
+    }
+    if let (Some(c), Some(r)) = (db_check, reports.first_mut()) {
+        r.checks.push(c);
     }
     if args.json {
         let value = match reports.as_slice() {

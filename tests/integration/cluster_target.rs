@@ -449,14 +449,22 @@ fn a_source_db_other_than_0_needs_a_map_into_a_cluster() {
     for i in 0..7 {
         mc.ok(&["SET", &format!("one:{i}"), "1"]);
     }
-    // ferry check looks at every master of the cluster.
-    let out = crate::support::ferry_proc::ferry_command()
-        .args(["check", "--source", &m.url(), "--target", &cluster.url()])
-        .output()
-        .expect("ferry check runs");
+    // ferry check looks at every master of the cluster, and names the db a cluster cannot hold.
+    let check = |extra: &[&str]| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["check", "--source", &m.url(), "--target", &cluster.url()])
+            .args(extra)
+            .output()
+            .expect("ferry check runs")
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches("cluster master node").count(), 3, "{text}");
+    assert!(text.contains("db1: 7 keys"), "{text}");
+    let out = check(&["--map-db", "1:0"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("cluster master node").count(), 3, "{text}");
     let state = TempDir::new("cluster-db");
     let mut ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &["--once"]);
     let status = ferry.wait(Duration::from_secs(30));
