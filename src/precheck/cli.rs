@@ -69,7 +69,7 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let plan = match expand_sources(&args.sources) {
+    let plan = match expand_sources(&args.sources).await {
         Ok(p) => p,
         Err(SyncError::Config(msg)) => {
             eprintln!("ferry: {msg}");

@@ -66,6 +66,8 @@ pub struct SourceJob {
     pub ownership: Ownership,
     /// ferry's own keys on the targets (never swept).
     pub own_keys: OwnKeys,
+    /// For a master that can move (of a cluster source): where its link finds it after a failover.
+    pub locate: Option<Arc<dyn repl::Locate>>,
 }
 
 /// Where the consumer is in the source's life.
@@ -243,6 +245,7 @@ pub async fn run(
         name: format!("source {addr}"),
         addr: addr.clone(),
         resume: resume.as_ref().map(|r| (r.replid.clone(), r.offset)),
+        locate: src.locate.clone(),
         ..LinkConfig::new(addr.clone())
     };
     // Not a child of `cancel`: the link keeps reading (and acknowledging) while the consumer drains on a stop,
