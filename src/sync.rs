@@ -501,6 +501,11 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         }
     }
     let own_keys = own_keys(&cfg);
+    // A job that continues (checkpoints of its sources): a master of a cluster source without one took over
+    // since the last run, and the targets hold its slots' keys.
+    let continuing = per_target
+        .iter()
+        .any(|(t, _)| !resuming_sources(t).is_empty());
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
@@ -532,6 +537,7 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
             own_keys: own_keys.clone(),
             file_keys: file_keys_tx[idx].take(),
             locate: plan[idx].cluster.as_ref().map(|(c, i)| c.member(*i)),
+            replaces: continuing && plan[idx].cluster.is_some(),
         };
         let cfg = cfg.clone();
         let cancel = cancel.clone();
@@ -636,6 +642,8 @@ struct SourceRun {
     file_keys: Option<tokio::sync::watch::Sender<Option<Arc<crate::keyset::KeySet>>>>,
     /// For a master of a cluster source: where its link finds it after a failover.
     locate: Option<Arc<dyn crate::repl::Locate>>,
+    /// See `SourceJob::replaces`.
+    replaces: bool,
 }
 
 async fn run_source(
@@ -682,6 +690,7 @@ async fn run_source(
                 ownership: run.ownership,
                 own_keys: run.own_keys,
                 locate: run.locate,
+                replaces: run.replaces,
             };
             source::master::run(job, appliers, cfg, st, cancel).await
         }

@@ -308,6 +308,30 @@ fn a_source_failover_mid_stream_continues_with_a_partial_resync() {
         rounds,
         "every INCR exactly once"
     );
+
+    // A restart after the failover: the promoted master has no checkpoint of its own (ferry knew it by the
+    // old master's address). It is copied again with a full resync — nothing refused as a conflict — and the
+    // other masters resume where they were.
+    let mut ferry = ferry;
+    assert!(ferry.terminate(Duration::from_secs(30)).success());
+    let ferry = Ferry::sync(&[cluster.url()], &target.url(), state.path(), &[])
+        .allowing(&["no checkpoint of this master, but the job continues"]);
+    for i in 0..300 {
+        cluster.ok(&["INCR", &format!("counter:{}", i % 64)]);
+    }
+    cluster.ok(&["SET", "after-restart", "1"]);
+    wait_target_equal(&cluster, &target, &ferry, "after a restart");
+    let log = ferry.log();
+    assert_eq!(
+        log.matches("resuming with a partial resync").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(
+        load.counters_total(&mut target.client()),
+        rounds + 300,
+        "every INCR exactly once"
+    );
 }
 
 /// A master of the source killed (-9) while the load runs: its replica takes over, ferry's link finds it
