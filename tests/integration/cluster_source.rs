@@ -592,3 +592,51 @@ fn a_resharding_of_the_source_is_reported_and_repaired() {
         ferry.log()
     );
 }
+
+/// A cluster into a cluster: every master of the source is synced into every master of the target by
+/// slot, streaming follows, and one source master's FLUSHALL removes its keys from whichever target node
+/// holds them, and only those.
+#[test]
+fn a_cluster_source_syncs_into_a_cluster_target() {
+    let source = Cluster::start(3, 0, &["--repl-backlog-size", "64mb"]);
+    let target = Cluster::start(3, 0, &[]);
+    fill(&source, "pre", 600);
+    let state = TempDir::new("cluster-to-cluster");
+    let ferry = Ferry::sync(
+        &[source.url()],
+        &target.url(),
+        state.path(),
+        &["--big-value-bytes", "4096"],
+    );
+    let wait_equal = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (want, got) = (source.data_items(), target.data_items());
+            if want == got {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the target cluster differs from the source cluster after 90 s: {}\nferry log:\n{}",
+                diff(&want, &got),
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_equal("after the full sync");
+    for i in 0..200 {
+        source.ok(&["SET", &format!("pre:s:{i}"), "changed"]);
+        source.ok(&["INCR", &format!("n:{}", i % 23)]);
+        source.ok(&["RPUSH", "pre:biglist", &i.to_string()]);
+    }
+    wait_equal("after streaming");
+    let flushed = source.current_masters()[2].0;
+    source.node_cmd(flushed, &["FLUSHALL"]);
+    source.ok(&["SET", "after-flush", "1"]);
+    wait_equal("after one source master's FLUSHALL");
+    assert!(
+        target.data_key_count() > 300,
+        "the other masters' keys stay"
+    );
+}
