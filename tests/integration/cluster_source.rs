@@ -356,6 +356,21 @@ fn a_killed_source_master_is_followed_to_its_replica() {
     for i in 0..200 {
         cluster.ok(&["INCR", &format!("counter:{}", i % 64)]);
     }
+    let counters = |t: &RedisServer| -> u64 {
+        let mut c = t.client();
+        (0..64)
+            .map(|i| {
+                c.cmd(&["GET", &format!("counter:{i}")])
+                    .as_string()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    // ferry streamed them from every master, the one about to die included.
+    wait_until("the INCRs on the target", Duration::from_secs(30), || {
+        counters(&target) == 200
+    });
     cluster.wait_replicated();
     let promoted = cluster.kill_master(old);
     for i in 0..200 {
@@ -371,17 +386,7 @@ fn a_killed_source_master_is_followed_to_its_replica() {
         "ferry replicates from the promoted master {promoted}\n{}",
         ferry.log()
     );
-    let total: u64 = (0..64)
-        .map(|i| {
-            target
-                .client()
-                .cmd(&["GET", &format!("counter:{i}")])
-                .as_string()
-                .parse::<u64>()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(total, 400, "every INCR exactly once");
+    assert_eq!(counters(&target), 400, "every INCR exactly once");
 }
 
 /// A FLUSHALL on one master of the source removes exactly that master's keys (the keys of its slots) from
