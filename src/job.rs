@@ -322,3 +322,81 @@ pub fn first_server(targets: &[crate::endpoint::TargetSpec]) -> RedisAddr {
         _ => placeholder(),
     }
 }
+
+/// A sharded target has one db (a cluster only db 0, a pool its `redis_db`): every synced source db must
+/// go there. Without `--db`/`--map-db`, a source is synced from its db 0, and a source holding keys in
+/// another db is refused, naming the dbs and their keys.
+pub async fn one_target_db(
+    plan: &mut [PlannedSource],
+    target_dbs: &[u32],
+) -> Result<(), SyncError> {
+    let dbs: std::collections::BTreeSet<u32> = target_dbs.iter().copied().collect();
+    if dbs.len() > 1 {
+        return Err(SyncError::Config(format!(
+            "the targets have different dbs ({dbs:?}): a job writes every source db to one target db"
+        )));
+    }
+    let tdb = *dbs.iter().next().unwrap_or(&0);
+    for p in plan.iter_mut() {
+        let explicit = p.dbs.keep.is_some() || !p.dbs.map.is_empty();
+        if !explicit {
+            if let SourceSpec::Redis(addr) = &p.spec {
+                let info = async {
+                    let mut c = crate::target::client::Client::connect(addr).await?;
+                    c.server_info().await
+                }
+                .await
+                .map_err(|e| SyncError::Precheck(format!("source {}: {e}", p.label)))?;
+                let other: Vec<String> = info
+                    .keyspace
+                    .iter()
+                    .filter(|(db, n)| *db != 0 && *n > 0)
+                    .map(|(db, n)| format!("db{db}: {n} keys"))
+                    .collect();
+                if !other.is_empty() {
+                    return Err(SyncError::Precheck(format!(
+                        "source {} holds keys outside db 0 ({}), and a sharded target has one db: choose \
+                         with --db 0 (sync db 0 only) or --map-db N:{tdb} (write db N there too); nothing \
+                         was written",
+                        p.label,
+                        other.join(", ")
+                    )));
+                }
+            }
+            p.dbs.keep = Some([0].into_iter().collect());
+        }
+        let keep: Vec<u32> = match &p.dbs.keep {
+            Some(k) => k.iter().copied().collect(),
+            None => {
+                let mut k: Vec<u32> = p.dbs.map.keys().copied().collect();
+                k.push(0);
+                k.sort_unstable();
+                k.dedup();
+                p.dbs.keep = Some(k.iter().copied().collect());
+                k
+            }
+        };
+        for db in keep {
+            if db == tdb && !p.dbs.map.contains_key(&db) {
+                continue;
+            }
+            match p.dbs.map.get(&db) {
+                Some(t) if *t == tdb => {}
+                None if tdb == 0 && db == 0 => {}
+                _ => {
+                    if db == 0 && tdb != 0 {
+                        p.dbs.map.insert(0, tdb);
+                        continue;
+                    }
+                    return Err(SyncError::Config(format!(
+                        "source {}: db {db} would be written to db {} of a sharded target that has only db \
+                         {tdb}: map it with --map-db {db}:{tdb}, or leave it out with --db",
+                        p.label,
+                        p.dbs.target(db).unwrap_or(db)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}

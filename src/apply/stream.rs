@@ -199,6 +199,8 @@ struct Sharded {
     owned: Vec<usize>,
     /// Next owned group whose checkpoint a batch refreshes.
     refresh_at: usize,
+    /// When idle groups' checkpoints were last brought forward.
+    refreshed: std::time::Instant,
     /// Where each group's data stood at the resume (its checkpoint): its commands up to there are skipped.
     skip: HashMap<usize, i64>,
     /// The group keyless commands of this node go into (its first).
@@ -207,9 +209,11 @@ struct Sharded {
     tx_groups: HashSet<usize>,
 }
 
-/// Idle groups whose checkpoint each batch brings forward, so the lowest checkpoint (where a resume starts)
-/// follows the stream even for groups that receive no command.
+/// Idle groups whose checkpoint a batch brings forward (at most every [`REFRESH_EVERY`]), so the lowest
+/// checkpoint (where a resume starts) follows the stream even for groups that receive no command: a full
+/// round over a third of a cluster's slots takes about 5 s, at most ~1000 small `SET`s a second per node.
 const REFRESH_PER_BATCH: usize = 256;
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where a command goes on one node of a sharded target.
 enum Route {
@@ -346,6 +350,7 @@ impl StreamApplier {
                 keys,
                 owned,
                 refresh_at: 0,
+                refreshed: std::time::Instant::now(),
                 skip,
                 home,
                 tx_groups: HashSet::new(),
@@ -1086,7 +1091,11 @@ impl StreamApplier {
         }
         let mut refresh = Batch::new(db);
         let n = sh.owned.len();
-        for _ in 0..REFRESH_PER_BATCH.min(n) {
+        let due = sh.refreshed.elapsed() >= REFRESH_EVERY;
+        if due {
+            sh.refreshed = std::time::Instant::now();
+        }
+        for _ in 0..if due { REFRESH_PER_BATCH.min(n) } else { 0 } {
             let g = sh.owned[sh.refresh_at];
             sh.refresh_at = (sh.refresh_at + 1) % n;
             // A group still being replayed (its checkpoint ahead of here) keeps its checkpoint.

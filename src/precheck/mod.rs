@@ -257,9 +257,7 @@ impl CheckOptions {
             dbs: cfg.dbs.clone(),
             state_dir: Some(cfg.state_dir.clone()),
             target_checkpoint: cfg.target_checkpoint.clone(),
-            cluster_node: cfg.shard.as_ref().is_some_and(|s| {
-                matches!(*s.placement, crate::target::shard::Placement::Cluster(_))
-            }),
+            cluster_node: cfg.shard.as_ref().is_some_and(|s| s.is_cluster()),
             share_of: cfg.shard.as_ref().map_or(1, |s| s.nodes as u64),
             shard: cfg.shard.clone(),
             ..CheckOptions::default()

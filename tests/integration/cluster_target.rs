@@ -208,6 +208,34 @@ fn a_twemproxy_pool_syncs_into_a_cluster_and_every_change_follows() {
     am.ok(&["RPUSH", &src_list, "1", "2", "3"]);
     am.ok(&["RPOPLPUSH", &src_list, &dst_list]);
     wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after streaming");
+    // ferry verify reads every key from the master that owns its slot; a changed value is found.
+    let pool = format!("twemproxy:{}", proxy.config_path.display());
+    let verify = |mode: &str| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["verify", "--no-progress", "--mode", mode, "--source", &pool])
+            .args(["--target", &cluster.url()])
+            .output()
+            .expect("ferry verify runs")
+    };
+    let out = verify("full");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.ok(&["SET", "pre:s:1", "tampered"]);
+    let out = verify("full");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pre:s:1"));
+    let out = verify("count");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode count cannot"));
+    p.ok(&["SET", "pre:s:1", "changed again"]);
 
     // One shard flushes: its keys leave every node of the cluster, the other shard's stay.
     b.client().ok(&["FLUSHALL"]);
@@ -329,6 +357,81 @@ fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
     );
 }
 
+/// Slots move while the full sync writes, and later a master is killed (its replica takes over) while the
+/// stream runs: the full sync starts again on the new layout (values replaced, nothing left over), the
+/// stream continues from the slots' checkpoints — the promoted replica may have missed the dead master's
+/// last writes, and their checkpoints with them — and the copy ends exact, without ferry exiting.
+#[test]
+fn a_resharding_during_the_full_sync_and_a_killed_master_end_exact() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let mut cluster = Cluster::start(3, 1, &[]);
+    let mut mc = m.client();
+    mc.ok(&["DEBUG", "POPULATE", "60000", "bulk", "64"]);
+    fill(&mut mc, "pre", 200);
+    let state = TempDir::new("cluster-reshard-full");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[]).allowing(&[
+        "slot layout changed",
+        "target connection lost",
+        "needs a full resync of this source",
+        "repl-backlog-size",
+        // The killed master: its connections fail until the job continues on the new layout.
+        "target connection failed",
+        "could not hand everything to the target on shutdown",
+    ]);
+    // Move slots as soon as the snapshot is being written.
+    wait_until(
+        "the snapshot to be written",
+        Duration::from_secs(30),
+        || cluster.data_key_count() > 1000,
+    );
+    let dest = cluster.masters[2].port;
+    cluster.move_slots(0, 99, dest, Duration::ZERO);
+    wait_cluster_equal(
+        &[&m],
+        &cluster,
+        &ferry,
+        "after a resharding during the full sync",
+    );
+    let load = Load::start(m.port);
+    wait_until("commands to flow", Duration::from_secs(20), || {
+        !cluster.cmd(&["GET", "counter:1"]).as_string().is_empty()
+    });
+    let victim = cluster.masters[1].port;
+    let promoted = cluster.kill_master(victim);
+    assert_ne!(promoted, victim);
+    wait_until(
+        "commands to flow on the new layout",
+        Duration::from_secs(60),
+        || {
+            let a = cluster.cmd(&["GET", "counter:1"]).as_string();
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.cmd(&["GET", "counter:1"]).as_string() != a
+        },
+    );
+    let rounds = load.stop();
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after a killed master");
+    let total: i64 = (0..64)
+        .map(|i| {
+            cluster
+                .cmd(&["GET", &format!("counter:{i}")])
+                .as_string()
+                .parse::<i64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(total as u64, rounds, "every INCR exactly once");
+    assert!(
+        ferry.log().contains("slot layout changed"),
+        "{}",
+        ferry.log()
+    );
+}
+
 /// A cluster has only db 0: a source holding keys in another db is refused before any write, naming the
 /// dbs; `--map-db 1:0` writes them there.
 #[test]
@@ -346,6 +449,22 @@ fn a_source_db_other_than_0_needs_a_map_into_a_cluster() {
     for i in 0..7 {
         mc.ok(&["SET", &format!("one:{i}"), "1"]);
     }
+    // ferry check looks at every master of the cluster, and names the db a cluster cannot hold.
+    let check = |extra: &[&str]| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["check", "--source", &m.url(), "--target", &cluster.url()])
+            .args(extra)
+            .output()
+            .expect("ferry check runs")
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches("cluster master node").count(), 3, "{text}");
+    assert!(text.contains("db1: 7 keys"), "{text}");
+    let out = check(&["--map-db", "1:0"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
     let state = TempDir::new("cluster-db");
     let mut ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &["--once"]);
     let status = ferry.wait(Duration::from_secs(30));
