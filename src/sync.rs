@@ -252,7 +252,7 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         });
     }
 
-    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs)?;
+    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs).await?;
     if cfg.target_checkpoint.is_none() {
         tracing::warn!(
             "--no-target-checkpoint: stream commands are written as plain pipelines; a command sent again after \
@@ -368,6 +368,11 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         }
     }
     let own_keys = own_keys(&cfg);
+    // A job that continues (checkpoints of its sources): a master of a cluster source without one took over
+    // since the last run, and the targets hold its slots' keys.
+    let continuing = per_target
+        .iter()
+        .any(|(t, _)| !resuming_sources(t).is_empty());
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
@@ -398,6 +403,8 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
             dbs: plan[idx].dbs.clone(),
             own_keys: own_keys.clone(),
             file_keys: file_keys_tx[idx].take(),
+            locate: plan[idx].cluster.as_ref().map(|(c, i)| c.member(*i)),
+            replaces: continuing && plan[idx].cluster.is_some(),
         };
         let cfg = cfg.clone();
         let cancel = cancel.clone();
@@ -517,6 +524,10 @@ struct SourceRun {
     own_keys: OwnKeys,
     /// For an `rdb:` file sharing the target with other sources: where to publish the keys it wrote.
     file_keys: Option<tokio::sync::watch::Sender<Option<Arc<crate::keyset::KeySet>>>>,
+    /// For a master of a cluster source: where its link finds it after a failover.
+    locate: Option<Arc<dyn crate::repl::Locate>>,
+    /// See `SourceJob::replaces`.
+    replaces: bool,
 }
 
 async fn run_source(
@@ -562,12 +573,14 @@ async fn run_source(
                 dbs: run.dbs,
                 ownership: run.ownership,
                 own_keys: run.own_keys,
+                locate: run.locate,
+                replaces: run.replaces,
             };
             source::master::run(job, appliers, cfg, st, cancel).await
         }
-        SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
+        SourceSpec::Twemproxy { .. } | SourceSpec::Cluster(_) => Err(source::SourceError::Link {
             source_name: name,
-            msg: "a twemproxy pool must be expanded into its servers first".into(),
+            msg: "a twemproxy pool or a cluster must be expanded into its servers first".into(),
         }),
     }
 }

@@ -69,7 +69,7 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let mut plan = match expand_sources_with(&args.sources, None, &opts.dbs) {
+    let mut plan = match expand_sources_with(&args.sources, None, &opts.dbs).await {
         Ok(p) => p,
         Err(SyncError::Config(msg)) => {
             eprintln!("ferry: {msg}");

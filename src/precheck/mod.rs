@@ -293,7 +293,8 @@ pub async fn run_checks(
     for (i, s) in sources.iter().enumerate() {
         let spec = s.spec.clone();
         let opts = opts.clone();
-        tasks.spawn(async move { (i, source::check_source(&spec, &opts).await) });
+        let in_cluster = s.cluster.is_some();
+        tasks.spawn(async move { (i, source::check_source(&spec, in_cluster, &opts).await) });
     }
     // The sources' tasks run while the target is probed.
     let addrs: Vec<RedisAddr> = sources
