@@ -633,3 +633,99 @@ fn a_twemproxy_target_places_every_key_where_nutcracker_reads_it() {
         }
     }
 }
+
+/// A master that replicates scripts verbatim (6.2 with `lua-replicate-commands no`) sends a script's body
+/// once (its first `EVALSHA` goes out as `EVAL`) and then only `EVALSHA`s. Each node of a cluster target
+/// that runs one must have the script, though only one node ran the `EVAL` — a script over one slot runs
+/// on its node, a script over several slots on the first key's node — and so must a replica promoted by a
+/// failover afterwards (a 7.0 replica's script cache is its own), reached after ferry restarted on the new
+/// layout.
+#[test]
+fn an_evalsha_runs_on_nodes_that_never_saw_its_eval() {
+    let Some(m) = crate::support::versions::start_version(
+        "6.2",
+        &[
+            "--lua-replicate-commands",
+            "no",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    ) else {
+        return;
+    };
+    let cluster = Cluster::start(3, 1, &[]);
+    let state = TempDir::new("cluster-evalsha");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[])
+        .allowing(&["slot layout changed", "target connection lost"]);
+    let mut mc = m.client();
+    mc.ok(&["SET", "before", "1"]);
+    wait_until("the full sync", Duration::from_secs(30), || {
+        cluster.cmd(&["GET", "before"]).as_string() == "1"
+    });
+    // A 6.2 source has no PEXPIRETIME for data_items: the keys the scripts write are compared one by one.
+    let keys = |i: usize| [format!("n:{i}"), format!("a:{i}"), format!("l:{i}")];
+    let same = |what: &str| {
+        let mut mc = m.client();
+        let mut last = String::new();
+        let mut equal = |last: &mut String| {
+            for i in 0..40 {
+                for k in keys(i) {
+                    let read: &[&str] = if k.starts_with("l:") {
+                        &["LRANGE", &k, "0", "-1"]
+                    } else {
+                        &["GET", &k]
+                    };
+                    let (want, got) = (mc.cmd(read), cluster.cmd(read));
+                    if want != got {
+                        *last = format!("{k}: source {want:?}, cluster {got:?}");
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !equal(&mut last) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {last}\nferry log:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // One key (runs on its node), and two keys in different slots (runs on the first key's node).
+    let one = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let two =
+        "redis.call('INCRBY', KEYS[1], ARGV[1]); return redis.call('RPUSH', KEYS[2], ARGV[1])";
+    let (sha1, sha2) = (
+        ferry::apply::scripts::sha(one.as_bytes()),
+        ferry::apply::scripts::sha(two.as_bytes()),
+    );
+    // Only EVALSHAs run on the source (never SCRIPT LOAD, which would reach every node): the master
+    // replicates the first one of each script as EVAL, the others as they are.
+    mc.ok(&["EVAL", one, "1", "warm", "0"]);
+    mc.ok(&["EVAL", two, "2", "warm", "warm2", "0"]);
+    let evalsha_everywhere = |mc: &mut Client, round: usize| {
+        for i in 0..40 {
+            let [n, a, l] = keys(i);
+            let r = round.to_string();
+            mc.ok(&["EVALSHA", &sha1, "1", &n, &r]);
+            mc.ok(&["EVALSHA", &sha2, "2", &a, &l, &r]);
+        }
+    };
+    evalsha_everywhere(&mut mc, 2);
+    same("after EVALSHAs on every node");
+
+    let first = cluster.masters[0].port;
+    let promoted = cluster.failover(first);
+    assert_ne!(promoted, first);
+    evalsha_everywhere(&mut mc, 3);
+    same("after EVALSHAs past a failover");
+    let exists = cluster.node_cmd(promoted, &["SCRIPT", "EXISTS", &sha1]);
+    assert_eq!(
+        exists.as_array()[0].as_int(),
+        1,
+        "ferry loaded the script on the promoted replica"
+    );
+}
