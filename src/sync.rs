@@ -317,6 +317,22 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         let info = precheck_target(&tcfg).await?;
         per_target.push((tcfg, info));
     }
+    // A master that joined a cluster target after the stream's FUNCTION commands went out lacks them.
+    let mut clusters: std::collections::BTreeMap<String, Vec<crate::endpoint::RedisAddr>> =
+        Default::default();
+    for (tcfg, _) in &per_target {
+        if let Some(sh) = tcfg.shard.as_ref().filter(|s| s.is_cluster()) {
+            clusters
+                .entry(sh.label.clone())
+                .or_default()
+                .push(tcfg.target.clone());
+        }
+    }
+    for (label, nodes) in &clusters {
+        crate::target::shard::spread_functions(nodes)
+            .await
+            .map_err(|e| SyncError::Precheck(format!("target {label}: {e}")))?;
+    }
     // A checkpoint written by another job (another db selection) for one of these pairs, or one this ferry
     // cannot read, stops the job before any write, naming the file and how to start over.
     for (tcfg, _) in &per_target {

@@ -180,6 +180,99 @@ pub async fn expand(
         .collect())
 }
 
+/// Function libraries of a cluster's masters. The stream's `FUNCTION LOAD/DELETE/FLUSH/RESTORE` go to the
+/// masters of the layout they meet, so a master that joined since (given slots after them) lacks what was
+/// loaded before — `redis-cli --cluster add-node` copies the libraries of its time, not the ones loaded
+/// while the node held no slot. Each master gets every library another master holds and it lacks, loaded
+/// with that master's code (`FUNCTION LOAD`). Returns the libraries loaded, by node. Servers without
+/// functions (before 7.0) are left alone.
+///
+/// Every master stopped at the same point of the stream (the job stops cleanly before a new layout), so
+/// the masters hold the same libraries but for the new one. The exception, documented: a `FUNCTION DELETE`
+/// that some masters applied and a master refused with `MOVED` did not is loaded back on the former.
+pub async fn spread_functions(nodes: &[RedisAddr]) -> Result<Vec<(RedisAddr, usize)>, String> {
+    let mut clients = Vec::new();
+    let mut held = Vec::new();
+    for addr in nodes {
+        let mut c = Client::connect(addr)
+            .await
+            .map_err(|e| format!("reading the function libraries of {addr}: {e}"))?;
+        let r = c
+            .cmd(&[b"FUNCTION", b"LIST", b"WITHCODE"])
+            .await
+            .map_err(|e| format!("reading the function libraries of {addr}: {e}"))?;
+        if r.is_error() {
+            // An unknown command: no functions on this cluster.
+            return Ok(Vec::new());
+        }
+        held.push(function_libraries(&r));
+        clients.push(c);
+    }
+    // Every library held somewhere, with the code of the first master holding it.
+    let mut all: Vec<(String, bytes::Bytes)> = Vec::new();
+    for libs in &held {
+        for (name, code) in libs {
+            if !all.iter().any(|(n, _)| n == name) {
+                all.push((name.clone(), code.clone()));
+            }
+        }
+    }
+    let mut loaded = Vec::new();
+    for ((addr, c), libs) in nodes.iter().zip(clients.iter_mut()).zip(&held) {
+        let missing: Vec<&(String, bytes::Bytes)> = all
+            .iter()
+            .filter(|(n, _)| !libs.iter().any(|(m, _)| m == n))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        for (name, code) in &missing {
+            let r = c
+                .cmd(&[b"FUNCTION", b"LOAD", code])
+                .await
+                .map_err(|e| format!("loading function library {name} on {addr}: {e}"))?;
+            if let Reply::Error(e) = r {
+                return Err(format!(
+                    "loading function library {name} on {addr}: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+            }
+        }
+        let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!(node = %addr, libraries = %names.join(","),
+            "a master of the cluster target lacked function libraries the other masters hold (it joined since): \
+             loaded them");
+        loaded.push((addr.clone(), missing.len()));
+    }
+    Ok(loaded)
+}
+
+/// `(name, code)` of each library in a `FUNCTION LIST WITHCODE` reply (RESP2: each library a flat array of
+/// field, value).
+pub fn function_libraries(r: &Reply) -> Vec<(String, bytes::Bytes)> {
+    let Reply::Array(Some(libs)) = r else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for lib in libs {
+        let Reply::Array(Some(fields)) = lib else {
+            continue;
+        };
+        let field = |name: &[u8]| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0].as_bytes() == Some(name))
+                .and_then(|kv| kv.get(1))
+                .and_then(|v| v.as_bytes())
+                .map(bytes::Bytes::copy_from_slice)
+        };
+        if let (Some(name), Some(code)) = (field(b"library_name"), field(b"library_code")) {
+            out.push((String::from_utf8_lossy(&name).into_owned(), code));
+        }
+    }
+    out
+}
+
 /// Ask the seeds, in order, for the slot map: the first that answers with at least one owned slot wins.
 ///
 /// Each seed is reached with its own credentials through [`Client`]; `CLUSTER
@@ -293,6 +386,34 @@ mod tests {
         );
         let conf = crate::twemproxy::TwemproxyConfig::parse(&yaml, "t.yml").unwrap();
         Router::new(conf.select_pool(None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn function_libraries_are_read_from_a_function_list_reply() {
+        let bulk = |s: &str| Reply::Bulk(Some(bytes::Bytes::copy_from_slice(s.as_bytes())));
+        // As redis-server 7.0 answers FUNCTION LIST WITHCODE over RESP2.
+        let lib = |name: &str, code: &str| {
+            Reply::Array(Some(vec![
+                bulk("library_name"),
+                bulk(name),
+                bulk("engine"),
+                bulk("LUA"),
+                bulk("functions"),
+                Reply::Array(Some(vec![])),
+                bulk("library_code"),
+                bulk(code),
+            ]))
+        };
+        let r = Reply::Array(Some(vec![
+            lib("a", "#!lua name=a\n"),
+            lib("b", "#!lua name=b\n"),
+        ]));
+        let libs = function_libraries(&r);
+        assert_eq!(libs.len(), 2);
+        assert_eq!(libs[0].0, "a");
+        assert_eq!(&libs[1].1[..], b"#!lua name=b\n");
+        assert!(function_libraries(&Reply::Array(Some(vec![]))).is_empty());
+        assert!(function_libraries(&Reply::Error("ERR unknown command".into())).is_empty());
     }
 
     #[test]

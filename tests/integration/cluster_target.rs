@@ -729,3 +729,93 @@ fn an_evalsha_runs_on_nodes_that_never_saw_its_eval() {
         "ferry loaded the script on the promoted replica"
     );
 }
+
+/// A master added to the cluster target (`redis-cli --cluster add-node`, which copies the libraries of
+/// its time) and given slots later never saw the `FUNCTION LOAD`s of the stream in between (they went to
+/// the masters that held slots): when ferry continues on the new layout, the new master gets them, and
+/// later `FUNCTION` commands reach it like the others.
+#[test]
+fn a_master_added_to_the_cluster_gets_the_function_libraries() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let mut cluster = Cluster::start(3, 0, &[]);
+    let state = TempDir::new("cluster-functions");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[])
+        .allowing(&["slot layout changed", "target connection lost"]);
+    let mut mc = m.client();
+    fill(&mut mc, "f", 300);
+    let lib = |name: &str| {
+        format!(
+            "#!lua name={name}\nredis.register_function('{name}_incr', function(keys, args) return \
+             redis.call('INCR', keys[1]) end)"
+        )
+    };
+    mc.ok(&["FUNCTION", "LOAD", &lib("one")]);
+    mc.ok(&["FUNCTION", "LOAD", &lib("two")]);
+    mc.ok(&["FCALL", "one_incr", "1", "counter"]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after the functions");
+    for (port, _) in cluster.current_masters() {
+        assert_eq!(libraries(&cluster, port), ["one", "two"], "master {port}");
+    }
+
+    let new = cluster.add_master();
+    assert_eq!(
+        libraries(&cluster, new),
+        ["one", "two"],
+        "add-node copies them"
+    );
+    mc.ok(&["FUNCTION", "LOAD", &lib("three")]);
+    mc.ok(&["SET", "before-the-move", "1"]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "before the move");
+    assert_eq!(
+        libraries(&cluster, new),
+        ["one", "two"],
+        "a node without slots gets no FUNCTION LOAD"
+    );
+    cluster.move_slots(0, 99, new, Duration::from_millis(0));
+    // A key of a moved slot, written through a function after the move.
+    let key = (0..)
+        .map(|i| format!("moved:{i}"))
+        .find(|k| cluster.keyslot(k) < 100)
+        .unwrap();
+    mc.ok(&["FCALL", "two_incr", "1", &key]);
+    mc.ok(&["SET", "after", "1"]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after a master joined");
+    wait_until(
+        "the new master to hold the libraries",
+        Duration::from_secs(30),
+        || libraries(&cluster, new) == ["one", "three", "two"],
+    );
+    // Later FUNCTION commands reach every master, the new one included.
+    mc.ok(&["FUNCTION", "DELETE", "one"]);
+    mc.ok(&["SET", "after-delete", "1"]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after FUNCTION DELETE");
+    for (port, _) in cluster.current_masters() {
+        wait_until(
+            &format!("master {port} to drop library one"),
+            Duration::from_secs(30),
+            || libraries(&cluster, port) == ["three", "two"],
+        );
+    }
+    assert!(
+        ferry.log().contains("lacked function libraries"),
+        "{}",
+        ferry.log()
+    );
+}
+
+/// The names of the function libraries a node holds, sorted.
+fn libraries(cluster: &Cluster, port: u16) -> Vec<String> {
+    let mut names: Vec<String> = cluster
+        .node_cmd(port, &["FUNCTION", "LIST"])
+        .as_array()
+        .iter()
+        .map(|l| l.as_array()[1].as_string())
+        .collect();
+    names.sort();
+    names
+}

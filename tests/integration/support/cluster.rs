@@ -180,8 +180,8 @@ fn shown<A: AsRef<[u8]>>(args: &[A]) -> Vec<String> {
 /// What every handle on the cluster shares (a background slot move holds it too).
 struct Shared {
     password: Option<String>,
-    /// Every node's client port and log file, in start order.
-    nodes: Vec<(u16, PathBuf)>,
+    /// Every node's client port and log file, in start order (nodes added later at the end).
+    nodes: Mutex<Vec<(u16, PathBuf)>>,
     /// Ports of nodes killed on purpose.
     dead: Mutex<HashSet<u16>>,
     /// Idle connections per port (authenticated).
@@ -203,6 +203,8 @@ impl Shared {
     fn live_ports(&self) -> Vec<u16> {
         let dead = self.dead.lock().unwrap();
         self.nodes
+            .lock()
+            .unwrap()
             .iter()
             .map(|(p, _)| *p)
             .filter(|p| !dead.contains(p))
@@ -218,7 +220,8 @@ impl Shared {
     /// The last lines of every node's log, for failure messages.
     fn logs(&self) -> String {
         let mut out = String::new();
-        for (port, path) in &self.nodes {
+        let nodes = self.nodes.lock().unwrap().clone();
+        for (port, path) in &nodes {
             let log = std::fs::read_to_string(path).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
@@ -653,6 +656,10 @@ pub struct Cluster {
     pub password: Option<String>,
     /// Where `redis-cli --cluster create`'s output went.
     pub dir: TempDir,
+    /// Nodes added by [`Cluster::add_master`] (killed on drop like the others).
+    pub added: Vec<RedisServer>,
+    /// Every node's arguments (for nodes added later).
+    node_args: Vec<String>,
     shared: Arc<Shared>,
 }
 
@@ -698,10 +705,12 @@ impl Cluster {
         let mut servers: Vec<RedisServer> = (0..total).map(|_| start_node(&args)).collect();
         let shared = Arc::new(Shared {
             password: password.clone(),
-            nodes: servers
-                .iter()
-                .map(|s| (s.port, s.dir.path().join("redis.log")))
-                .collect(),
+            nodes: Mutex::new(
+                servers
+                    .iter()
+                    .map(|s| (s.port, s.dir.path().join("redis.log")))
+                    .collect(),
+            ),
             dead: Mutex::new(HashSet::new()),
             pool: Mutex::new(HashMap::new()),
             route: Mutex::new(vec![0; SLOTS as usize]),
@@ -757,10 +766,43 @@ impl Cluster {
             replicas: rs.into_iter().map(|(_, s)| s).collect(),
             password,
             dir,
+            added: Vec::new(),
+            node_args: args,
             shared,
         };
         cluster.shared.refresh_routes();
         cluster
+    }
+
+    /// Start a new node and join it as a master without slots (`redis-cli --cluster add-node`); returns its
+    /// port once every node knows it and the cluster is settled. Move slots to it with
+    /// [`Cluster::move_slots`].
+    pub fn add_master(&mut self) -> u16 {
+        let node = start_node(&self.node_args);
+        let port = node.port;
+        let seed = self.live_ports()[0];
+        self.shared
+            .nodes
+            .lock()
+            .unwrap()
+            .push((port, node.dir.path().join("redis.log")));
+        self.added.push(node);
+        let mut cli = Command::new(redis_cli_bin());
+        if let Some(pw) = &self.password {
+            cli.args(["-a", pw, "--no-auth-warning"]);
+        }
+        cli.args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{seed}"));
+        run_with_deadline(
+            cli,
+            self.dir.path(),
+            Duration::from_secs(60),
+            &self.shared,
+            "redis-cli --cluster add-node",
+        );
+        self.shared.wait_settled(None, "after add-node");
+        port
     }
 
     /// `cluster://127.0.0.1:P1,127.0.0.1:P2,…` of the current masters (slot order), with `:password@`
