@@ -585,6 +585,15 @@ def compare(target, sample, nbig, *masters):
                     print(f"MISMATCH {k!r}: master {st} pttl {sp}, target {tt} pttl {tp}", file=sys.stderr)
     print(checked, bad)
 
+# ---- cpu: CPU seconds the servers on PORTS have used so far, their reaped children (an RDB fork) included --------
+def cpu(*ports):
+    t = 0.0
+    for p in ports:
+        i = Redis(p).info("cpu")
+        t += sum(float(i.get(k, 0)) for k in ("used_cpu_user", "used_cpu_sys", "used_cpu_user_children",
+                                               "used_cpu_sys_children"))
+    print("%.3f" % t)
+
 # ---- rec: append one JSON line (numbers stay numbers) -----------------------------------------------------------
 def rec(path, *kvs):
     d = {}
@@ -618,6 +627,7 @@ if __name__ == "__main__":
     elif cmd == "compare": compare(args[0], int(args[1]), int(args[2]), *args[3:])
     elif cmd == "rec": rec(*args)
     elif cmd == "info": print(Redis(args[0]).info(args[1]).get(args[2], ""))
+    elif cmd == "cpu": cpu(*args)
     elif cmd == "json": print(json.load(open(args[0]))[args[1]])
     else: sys.exit(f"unknown command {cmd}")
 PYEOF
@@ -740,13 +750,14 @@ SOURCES=()
 for p in "${MPORT[@]}"; do SOURCES+=(--source "redis://127.0.0.1:$p"); done
 
 # --- stage 2: ferry full sync -----------------------------------------------------------------------------------
-FERRY_S="" FERRY_RSS_MIB="" FERRY_FAILED=0 FERRY_WHY=""
+FERRY_S="" FERRY_RSS_MIB="" FERRY_FAILED=0 FERRY_WHY="" TCPU="" MCPU=""
 if has_stage ferry; then
   STAGE=ferry
   say "ferry: full sync of $MASTERS master(s) into a fresh target (--once)"
   start_redis ferry-target
   TPORT=$PORT TPID=$SPID TDIR=$SDIR
   echo "  \$ ferry sync ${SOURCES[*]} --target redis://127.0.0.1:$TPORT --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  TCPU0=$(py cpu "$TPORT") MCPU0=$(py cpu "${MPORT[@]}")
   py timed "$WORK/ferry.json" "$TIMEOUT" "$WORK/ferry.log" -- \
     "$FERRY" sync "${SOURCES[@]}" --target "redis://127.0.0.1:$TPORT" --once --state-dir "$WORK/ferry-state" \
     "${FERRY_EXTRA[@]}"
@@ -758,6 +769,9 @@ if has_stage ferry; then
   TKEYS=$(jget "$WORK/target-keys.json" data)
   TCHECK=$(jget "$WORK/target-keys.json" checkpoint)
   TOTHER=$(jget "$WORK/target-keys.json" other_ferry)
+  # CPU the target and the masters (with their RDB forks, reaped by now) spent on the sync; with ferry's user+sys,
+  # what the sync cost the machine's cores, whatever else ran beside it
+  TCPU=$(sum "$(py cpu "$TPORT")" "-$TCPU0") MCPU=$(sum "$(py cpu "${MPORT[@]}")" "-$MCPU0")
   if [[ "$(jget "$WORK/ferry.json" timed_out)" == True ]]; then
     FERRY_FAILED=1 FERRY_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
   elif ((FRC != 0)); then
@@ -776,7 +790,7 @@ if has_stage ferry; then
     fi
   fi
   rec kind=ferry wall_s="$FERRY_S" peak_rss_mib="$FERRY_RSS_MIB" rc="$FRC" target_keys="$TKEYS" \
-    checkpoint_keys="$TCHECK" source_keys="$TOTAL_KEYS" target_used_memory="$(py info "$TPORT" memory used_memory)" \
+    checkpoint_keys="$TCHECK" source_keys="$TOTAL_KEYS" target_cpu_s="$TCPU" masters_cpu_s="$MCPU" target_used_memory="$(py info "$TPORT" memory used_memory)" \
     user_s="$(jget "$WORK/ferry.json" user_s)" sys_s="$(jget "$WORK/ferry.json" sys_s)" \
     ok="$((1 - FERRY_FAILED))" why="$FERRY_WHY"
   if ((FERRY_FAILED)); then
@@ -841,7 +855,7 @@ if has_stage rdbload; then
 fi
 
 # --- stage 5: the redis-cli --pipe floor ------------------------------------------------------------------------
-PIPE_S=""
+PIPE_S="" PIPE_TCPU=""
 if has_stage pipe; then
   STAGE=pipe
   say "redis-cli --pipe floor: RESTORE files of all masters, in sequence, into ONE fresh target"
@@ -853,6 +867,7 @@ if has_stage pipe; then
   for pid in "${dump_pids[@]}"; do wait "$pid" || die "dumping RESTORE commands failed"; done
   echo "  RESTORE files: $(du -ch "$WORK"/restore*.resp | tail -1 | cut -f1)"
   start_redis pipe-target
+  PCPU0=$(py cpu "$PORT")
   times=()
   for ((m = 1; m <= MASTERS; m++)); do
     py timed "$WORK/pipe$m.json" "$TIMEOUT" "$WORK/pipe$m.out" -- \
@@ -868,18 +883,20 @@ if has_stage pipe; then
   n=$(py keycount "$PORT")
   ((n == TOTAL_KEYS)) || die "the pipe target holds $n keys, the masters $TOTAL_KEYS"
   PIPE_S=$(sum "${times[@]}")
-  rec kind=pipe_total sum_s="$PIPE_S" keys="$n"
+  PIPE_TCPU=$(sum "$(py cpu "$PORT")" "-$PCPU0")
+  rec kind=pipe_total sum_s="$PIPE_S" keys="$n" target_cpu_s="$PIPE_TCPU"
   stop_redis "$SPID" "$SDIR"
 fi
 
 # --- stage 6: a Redis Cluster target (3 masters): ferry, then the redis-cli --pipe floor -------------------------
-CL_S="" CL_RSS_MIB="" CL_FAILED=0 CL_WHY="" CLPIPE_S="" CLPIPE_SUM=""
+CL_S="" CL_RSS_MIB="" CL_FAILED=0 CL_WHY="" CLPIPE_S="" CLPIPE_SUM="" CTCPU="" CMCPU="" CPCPU=""
 if has_stage cluster; then
   STAGE=cluster
   say "cluster: full sync of $MASTERS master(s) into a fresh 3-master Redis Cluster (--once)"
   start_cluster cluster-ferry
   CSPEC="cluster://$(IFS=,; echo "${CPORTS[*]/#/127.0.0.1:}")"
   echo "  \$ ferry sync ${SOURCES[*]} --target $CSPEC --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  TCPU0=$(py cpu "${CPORTS[@]}") MCPU0=$(py cpu "${MPORT[@]}")
   py timed "$WORK/cluster-ferry.json" "$TIMEOUT" "$WORK/cluster-ferry.log" -- \
     "$FERRY" sync "${SOURCES[@]}" --target "$CSPEC" --once --state-dir "$WORK/cluster-ferry-state" "${FERRY_EXTRA[@]}"
   CRC=$(jget "$WORK/cluster-ferry.json" rc)
@@ -890,6 +907,7 @@ if has_stage cluster; then
   CKEYS=$(jget "$WORK/cluster-keys.json" data)
   CCHECK=$(jget "$WORK/cluster-keys.json" checkpoint)
   COTHER=$(jget "$WORK/cluster-keys.json" other_ferry)
+  CTCPU=$(sum "$(py cpu "${CPORTS[@]}")" "-$TCPU0") CMCPU=$(sum "$(py cpu "${MPORT[@]}")" "-$MCPU0")
   if [[ "$(jget "$WORK/cluster-ferry.json" timed_out)" == True ]]; then
     CL_FAILED=1 CL_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
   elif ((CRC != 0)); then
@@ -911,7 +929,7 @@ if has_stage cluster; then
     checkpoint_keys="$CCHECK" other_ferry_keys="$COTHER" node_keys="$(jget "$WORK/cluster-keys.json" per_node)" \
     source_keys="$TOTAL_KEYS" keys_per_s="$(python3 -c 'import sys; print(round(int(sys.argv[1]) / float(sys.argv[2])))' "$TOTAL_KEYS" "$CL_S")" \
     user_s="$(jget "$WORK/cluster-ferry.json" user_s)" sys_s="$(jget "$WORK/cluster-ferry.json" sys_s)" \
-    ok="$((1 - CL_FAILED))" why="$CL_WHY"
+    target_cpu_s="$CTCPU" masters_cpu_s="$CMCPU" ok="$((1 - CL_FAILED))" why="$CL_WHY"
   if ((CL_FAILED)); then
     echo "error: [stage cluster] $CL_WHY; last lines of ferry's log:" >&2
     tail -15 "$WORK/cluster-ferry.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' >&2
@@ -939,6 +957,7 @@ if has_stage cluster; then
   for p in "${CPORTS[@]}"; do
     par+=(-- "$WORK/cpipe$p.out" bash -c 'exec redis-cli -p "$1" --pipe <"$2"' _ "$p" "$WORK/cnode$p.resp")
   done
+  PCPU0=$(py cpu "${CPORTS[@]}")
   py timed-par "$WORK/cpipe.json" "$TIMEOUT" "${par[@]}"
   [[ "$(jget "$WORK/cpipe.json" timed_out)" == False ]] || die "the pipes into the cluster took more than ${TIMEOUT}s (BENCH_TIMEOUT)"
   CLPIPE_S=$(jget "$WORK/cpipe.json" wall_s)
@@ -960,7 +979,8 @@ if has_stage cluster; then
   n=$(jget "$WORK/cluster-pipe-keys.json" total)
   ((n == TOTAL_KEYS)) || die "the floor's cluster holds $n keys, the masters $TOTAL_KEYS"
   CLPIPE_SUM=$(sum "${times[@]}")
-  rec kind=cluster_pipe_total wall_s="$CLPIPE_S" sum_s="$CLPIPE_SUM" max_s="$(max "${times[@]}")" keys="$n" \
+  CPCPU=$(sum "$(py cpu "${CPORTS[@]}")" "-$PCPU0")
+  rec kind=cluster_pipe_total wall_s="$CLPIPE_S" sum_s="$CLPIPE_SUM" max_s="$(max "${times[@]}")" keys="$n" target_cpu_s="$CPCPU" \
     keys_per_s="$(python3 -c 'import sys; print(round(int(sys.argv[1]) / float(sys.argv[2])))' "$n" "$CLPIPE_S")"
   echo "  all $n RESTOREs in $(fmt "$CLPIPE_S")s (3 pipes at once; $(fmt "$CLPIPE_SUM")s summed)"
   stop_cluster
@@ -1074,6 +1094,17 @@ if has_stage cluster; then
     [[ -n "$PIPE_S" ]] && echo "  cluster pipe floor / standalone pipe floor: $(ratio "$CLPIPE_S" "$PIPE_S")x"
     echo "  ferry peak RSS (cluster target): ${CL_RSS_MIB} MiB"
   fi
+  # CPU seconds spent on each sync (a 2-core machine cannot finish faster than this sum / 2)
+  cpu_row() { # label ferry.json target_cpu masters_cpu
+    local f
+    f=$(sum "$(jget "$2" user_s)" "$(jget "$2" sys_s)")
+    printf '  %-44s ferry %s + target %s + masters %s = %s\n' "$1" "$(fmt "$f")" "$(fmt "$3")" "$(fmt "$4")" "$(fmt "$(sum "$f" "$3" "$4")")"
+  }
+  echo "  CPU seconds of the sync:"
+  has_stage ferry && cpu_row "  into one server" "$WORK/ferry.json" "$TCPU" "$MCPU"
+  cpu_row "  into the cluster (3 nodes)" "$WORK/cluster-ferry.json" "$CTCPU" "$CMCPU"
+  [[ -n "${PIPE_TCPU:-}" ]] && printf '  %-44s %s\n' "  pipe floor, one server" "target $(fmt "$PIPE_TCPU")"
+  printf '  %-44s %s\n' "  pipe floor, cluster (3 nodes)" "target $(fmt "$CPCPU")"
 fi
 rec kind=summary ok="$((FERRY_FAILED || CL_FAILED ? 0 : 1))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
   replication_sum_s="${REPL_SUM:-}" replication_max_s="${REPL_MAX:-}" pipe_s="${PIPE_S:-}" rdbload_sum_s="${LOAD_SUM:-}" \
