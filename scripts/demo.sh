@@ -13,10 +13,13 @@
 #   DEMO_KEYS=20000 bash scripts/demo.sh
 #   DEMO_KEEP=1 bash scripts/demo.sh   # keep the temp dir (configs, logs) for a look afterwards
 #   FERRY_BIN=/path/to/ferry bash scripts/demo.sh   # use that binary instead of building one
+#   bash scripts/demo.sh --cluster   # the target is a 3-master Redis Cluster (cluster://…) instead
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 KEYS=${DEMO_KEYS:-3000}
+CLUSTER=0
+[[ "${1:-}" == "--cluster" ]] && CLUSTER=1
 
 if [[ -t 1 ]]; then
   say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -66,12 +69,13 @@ wait_ping() { # port what logfile
   exit 1
 }
 
-start_redis() { # name -> prints port
+start_redis() { # name [extra redis-server args…] -> PORT
   local name=$1 port
+  shift
   port=$(free_port)
   mkdir -p "$WORK/$name"
   redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK/$name" --logfile "$WORK/$name/redis.log" \
-    --save "" --appendonly no --daemonize no </dev/null >/dev/null 2>&1 &
+    --save "" --appendonly no --daemonize no "$@" </dev/null >/dev/null 2>&1 &
   PIDS+=($!)
   wait_ping "$port" "redis-server $name" "$WORK/$name/redis.log"
   PORT=$port
@@ -82,8 +86,30 @@ start_redis m1
 M1=$PORT
 start_redis m2
 M2=$PORT
-start_redis target
-T=$PORT
+if ((CLUSTER)); then
+  NODES=()
+  for i in 1 2 3; do
+    start_redis "node$i" --cluster-enabled yes --cluster-config-file "$WORK/node$i/nodes.conf" \
+      --cluster-port "$(free_port)" --cluster-node-timeout 2000
+    NODES+=("127.0.0.1:$PORT")
+  done
+  redis-cli --cluster create "${NODES[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/cluster-create.log" 2>&1 ||
+    { cat "$WORK/cluster-create.log" >&2; exit 1; }
+  for _ in $(seq 1 200); do
+    ok=1
+    for n in "${NODES[@]}"; do
+      redis-cli -p "${n#*:}" CLUSTER INFO | grep -q cluster_state:ok || ok=0
+    done
+    ((ok)) && break
+    sleep 0.1
+  done
+  T=${NODES[0]#*:}
+  TARGET_URL="cluster://$(IFS=,; echo "${NODES[*]}")"
+else
+  start_redis target
+  T=$PORT
+  TARGET_URL="redis://127.0.0.1:$T"
+fi
 NC=$(free_port)
 NC_STATS=$(free_port)
 CONF="$WORK/nutcracker.yml"
@@ -106,7 +132,7 @@ wait_ping "$NC" nutcracker "$WORK/nutcracker.log"
 echo "  master m1      127.0.0.1:$M1"
 echo "  master m2      127.0.0.1:$M2"
 echo "  nutcracker     127.0.0.1:$NC  (config $CONF)"
-echo "  target         127.0.0.1:$T   (empty)"
+echo "  target         $TARGET_URL   (empty)"
 
 say "writing $KEYS mixed keys through nutcracker (strings, hashes, lists, sets, zsets; ~10% with a TTL)"
 python3 - "$KEYS" >"$WORK/fill.txt" <<'EOF'
@@ -149,9 +175,9 @@ else
   SOURCES=(--source "redis://127.0.0.1:$M1" --source "redis://127.0.0.1:$M2")
 fi
 echo "  source form: $FORM"
-echo "  \$ ferry sync ${SOURCES[*]} --target redis://127.0.0.1:$T --once"
+echo "  \$ ferry sync ${SOURCES[*]} --target $TARGET_URL --once"
 set +e
-timeout 600 "$FERRY" sync "${SOURCES[@]}" --target "redis://127.0.0.1:$T" --once
+timeout 600 "$FERRY" sync "${SOURCES[@]}" --target "$TARGET_URL" --once
 FRC=$?
 set -e
 if ((FRC != 0)); then
@@ -160,7 +186,16 @@ if ((FRC != 0)); then
 fi
 
 say "checking the target"
-TN=$(redis-cli -p "$T" DBSIZE)
+if ((CLUSTER)); then
+  # Every master's keys, without ferry's per-slot checkpoint keys (16384 per source master).
+  TN=0
+  for n in "${NODES[@]}"; do
+    TN=$((TN + $(redis-cli -p "${n#*:}" DBSIZE)))
+  done
+  TN=$((TN - 2 * 16384))
+else
+  TN=$(redis-cli -p "$T" DBSIZE)
+fi
 echo "  source keys: $SRC (m1 $N1 + m2 $N2)   target keys: $TN"
 CMP=0
 python3 - "$T" "$M1" "$M2" <<'EOF' || CMP=1
@@ -172,6 +207,15 @@ class C:
         self.s = socket.create_connection(("127.0.0.1", int(port)))
         self.f = self.s.makefile("rb")
     def __call__(self, *args):
+        try:
+            return self.once(*args)
+        except RuntimeError as e:
+            # A cluster node answers MOVED <slot> <host:port> for a key it does not own: ask that node.
+            if not str(e).startswith("MOVED "):
+                raise
+            port = str(e).split()[2].rsplit(":", 1)[1]
+            return C(port).once(*args)
+    def once(self, *args):
         out = b"*%d\r\n" % len(args)
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
@@ -225,11 +269,11 @@ print(f"  compared {checked} keys ({ttls} with a TTL): {checked - bad} equal, {b
 sys.exit(1 if bad else 0)
 EOF
 echo "  samples on the target:"
-echo "    GET string:0      -> $(redis-cli -p "$T" GET string:0)"
-echo "    HGETALL hash:5    -> $(redis-cli -p "$T" HGETALL hash:5 | paste -sd' ')"
-echo "    LRANGE list:7     -> $(redis-cli -p "$T" LRANGE list:7 0 -1 | paste -sd' ')"
-echo "    ZRANGE zset:9     -> $(redis-cli -p "$T" ZRANGE zset:9 0 -1 WITHSCORES | paste -sd' ')"
-echo "    TTL string:3      -> $(redis-cli -p "$T" TTL string:3)s"
+echo "    GET string:0      -> $(redis-cli -c -p "$T" GET string:0)"
+echo "    HGETALL hash:5    -> $(redis-cli -c -p "$T" HGETALL hash:5 | paste -sd' ')"
+echo "    LRANGE list:7     -> $(redis-cli -c -p "$T" LRANGE list:7 0 -1 | paste -sd' ')"
+echo "    ZRANGE zset:9     -> $(redis-cli -c -p "$T" ZRANGE zset:9 0 -1 WITHSCORES | paste -sd' ')"
+echo "    TTL string:3      -> $(redis-cli -c -p "$T" TTL string:3)s"
 if [[ "$TN" != "$SRC" ]]; then
   echo "FAILED: the target holds $TN keys, the sources $SRC" >&2
   exit 1

@@ -1,4 +1,5 @@
-//! Endpoints named on the command line: `redis://[[user]:password@]host:port` and `rdb:PATH`.
+//! Endpoints named on the command line: `redis://[[user]:password@]host:port`, `cluster://[[user]:password@]host:port[,host:port…]`,
+//! `rdb:PATH` and `twemproxy:PATH[#POOL]`.
 //!
 //! Passwords live in [`Secret`], whose `Debug` and `Display` print `***`, so an endpoint can be logged or
 //! put in an error message as is.
@@ -83,12 +84,16 @@ pub enum SourceSpec {
     RdbFile(PathBuf),
     /// Every server of a Twemproxy (nutcracker) pool: `twemproxy:PATH[#POOL]`.
     Twemproxy { path: PathBuf, pool: Option<String> },
+    /// Every master of a Redis Cluster: `cluster://[[user]:password@]host:port[,host:port…]`, seed nodes
+    /// (each with the same credentials) asked for the slot map.
+    Cluster(Vec<RedisAddr>),
 }
 
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceSpec::Redis(a) => fmt::Display::fmt(a, f),
+            SourceSpec::Cluster(seeds) => fmt_cluster(seeds, f),
             SourceSpec::RdbFile(p) => write!(f, "rdb:{}", p.display()),
             SourceSpec::Twemproxy {
                 path,
@@ -135,6 +140,9 @@ impl std::str::FromStr for SourceSpec {
             }
             return Ok(SourceSpec::Twemproxy { path, pool });
         }
+        if let Some(rest) = s.strip_prefix("cluster://") {
+            return parse_cluster(rest).map(SourceSpec::Cluster);
+        }
         s.parse::<RedisAddr>().map(SourceSpec::Redis)
     }
 }
@@ -164,18 +172,7 @@ impl fmt::Display for TargetSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetSpec::Redis(a) => fmt::Display::fmt(a, f),
-            TargetSpec::Cluster(seeds) => {
-                let user = seeds
-                    .first()
-                    .and_then(|a| a.auth.as_ref())
-                    .and_then(|a| a.user.clone());
-                write!(f, "cluster://")?;
-                if let Some(u) = user {
-                    write!(f, "{u}@")?;
-                }
-                let hosts: Vec<String> = seeds.iter().map(|a| a.host_port()).collect();
-                write!(f, "{}", hosts.join(","))
-            }
+            TargetSpec::Cluster(seeds) => fmt_cluster(seeds, f),
             TargetSpec::Twemproxy {
                 path,
                 pool: Some(p),
@@ -196,24 +193,7 @@ impl std::str::FromStr for TargetSpec {
             return Ok(TargetSpec::Twemproxy { path, pool });
         }
         if let Some(rest) = s.strip_prefix("cluster://") {
-            // Credentials (before the last '@') apply to every seed.
-            let (creds, hosts) = match rest.rfind('@') {
-                Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
-                None => (None, rest),
-            };
-            let mut seeds = Vec::new();
-            for h in hosts.trim_end_matches('/').split(',') {
-                let url = match creds {
-                    Some(c) => format!("redis://{c}@{h}"),
-                    None => format!("redis://{h}"),
-                };
-                let addr = url.parse::<RedisAddr>().map_err(|e| match e {
-                    EndpointError::NoHost(_) => EndpointError::NoHost(format!("cluster://…{h}")),
-                    _ => EndpointError::Port(format!("cluster://…{h}")),
-                })?;
-                seeds.push(addr);
-            }
-            return Ok(TargetSpec::Cluster(seeds));
+            return parse_cluster(rest).map(TargetSpec::Cluster);
         }
         if s.starts_with("rdb:") {
             return Err(EndpointError::Scheme(
@@ -222,6 +202,42 @@ impl std::str::FromStr for TargetSpec {
         }
         s.parse::<RedisAddr>().map(TargetSpec::Redis)
     }
+}
+
+/// The seeds of a `cluster://` endpoint, from the part after `cluster://`: credentials (before the last
+/// `@`) apply to every seed.
+fn parse_cluster(rest: &str) -> Result<Vec<RedisAddr>, EndpointError> {
+    let (creds, hosts) = match rest.rfind('@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    };
+    let mut seeds = Vec::new();
+    for h in hosts.trim_end_matches('/').split(',') {
+        let url = match creds {
+            Some(c) => format!("redis://{c}@{h}"),
+            None => format!("redis://{h}"),
+        };
+        let addr = url.parse::<RedisAddr>().map_err(|e| match e {
+            EndpointError::NoHost(_) => EndpointError::NoHost(format!("cluster://…{h}")),
+            _ => EndpointError::Port(format!("cluster://…{h}")),
+        })?;
+        seeds.push(addr);
+    }
+    Ok(seeds)
+}
+
+/// `cluster://user@host:port,host:port` (the first seed's user; never a password).
+fn fmt_cluster(seeds: &[RedisAddr], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let user = seeds
+        .first()
+        .and_then(|a| a.auth.as_ref())
+        .and_then(|a| a.user.clone());
+    write!(f, "cluster://")?;
+    if let Some(u) = user {
+        write!(f, "{u}@")?;
+    }
+    let hosts: Vec<String> = seeds.iter().map(|a| a.host_port()).collect();
+    write!(f, "{}", hosts.join(","))
 }
 
 /// Split the part of a `twemproxy:PATH[#POOL]` endpoint after `twemproxy:` at its last `#`. An empty
@@ -374,6 +390,22 @@ mod tests {
             "redis://h:1".parse::<TargetSpec>().unwrap(),
             TargetSpec::Redis(_)
         ));
+    }
+
+    #[test]
+    fn cluster_source_form() {
+        let s: SourceSpec = "cluster://:pw@h1:7000,[::1]:7001/".parse().unwrap();
+        let SourceSpec::Cluster(seeds) = &s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].host_port(), "[::1]:7001");
+        assert_eq!(seeds[0].auth.as_ref().unwrap().password.expose(), "pw");
+        assert_eq!(s.to_string(), "cluster://h1:7000,[::1]:7001");
+        assert!(!format!("{s:?}").contains("pw"));
+        assert!("cluster://h1:7000,".parse::<SourceSpec>().is_err());
+        let e = "cluster://u:secret@h1:x".parse::<SourceSpec>().unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

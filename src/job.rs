@@ -1,5 +1,6 @@
-//! The job plan: what a `ferry sync` job is (its configuration) and its sources once twemproxy pools are
-//! expanded into their servers, with the rule each source uses to tell its keys on a shared target.
+//! The job plan: what a `ferry sync` job is (its configuration) and its sources once twemproxy pools and
+//! Redis Cluster sources are expanded into their servers (masters), with the rule each source uses to tell
+//! its keys on a shared target.
 //!
 //! It sits below `sync` (which runs the job), `precheck` (which checks it) and `source` (which runs one of
 //! its sources), so none of them needs another to know what the job is.
@@ -108,16 +109,20 @@ pub struct PlannedSource {
     /// twemproxy pool (when neither is given) the pool's `redis_db` into target db 0 — the one db the pool's
     /// clients see, and the one they use once they talk to the target directly.
     pub dbs: DbMap,
+    /// For a master of a `cluster://` source: the source (its masters share the slot table and follow
+    /// failovers and reshardings through it) and this master's index in it.
+    pub cluster: Option<(Arc<crate::follow::ClusterSource>, usize)>,
 }
 
-/// The job's sources with every `twemproxy:` pool replaced by its servers (each a master to sync).
-pub fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
-    expand_sources_with(sources, None, &DbMap::default())
+/// The job's sources with every `twemproxy:` pool replaced by its servers and every `cluster://` source by
+/// its masters (found in its slot map), each a master to sync.
+pub async fn expand_sources(sources: &[SourceSpec]) -> Result<Vec<PlannedSource>, SyncError> {
+    expand_sources_with(sources, None, &DbMap::default()).await
 }
 
 /// As [`expand_sources`], with `pool_auth` (if given) replacing the pools' `redis_auth` for their servers,
 /// e.g. an ACL user allowed to PSYNC, and `dbs` the job's `--db`/`--map-db`.
-pub fn expand_sources_with(
+pub async fn expand_sources_with(
     sources: &[SourceSpec],
     pool_auth: Option<&crate::endpoint::Auth>,
     dbs: &DbMap,
@@ -178,6 +183,38 @@ pub fn expand_sources_with(
                     router: Some((router.clone(), i)),
                     pool: Some(p.name.clone()),
                     dbs: pool_dbs.clone(),
+                    cluster: None,
+                }));
+            }
+            SourceSpec::Cluster(seeds) => {
+                let (cluster, masters) =
+                    crate::follow::ClusterSource::discover(s.to_string(), seeds)
+                        .await
+                        .map_err(|e| SyncError::Precheck(format!("source {s}: {e}")))?;
+                tracing::info!(source = %s, masters = masters.len(),
+                    "Redis Cluster source: syncing every master as a source (its db 0, the only db of a cluster)");
+                let uncovered = cluster.uncovered();
+                if !uncovered.is_empty() {
+                    tracing::warn!(source = %s, slots = %uncovered,
+                        "no master of the cluster serves these slots now: their keys cannot be synced");
+                }
+                // A cluster has only db 0: nothing else to choose or map (an explicit --map-db 0:N still
+                // chooses where it goes).
+                let cluster_dbs = if dbs.is_default() {
+                    DbMap {
+                        keep: Some([0].into_iter().collect()),
+                        ..DbMap::default()
+                    }
+                } else {
+                    dbs.clone()
+                };
+                out.extend(masters.into_iter().enumerate().map(|(i, a)| PlannedSource {
+                    label: format!("{a} (cluster {s}, slots {})", cluster.slots_of(i)),
+                    spec: SourceSpec::Redis(a),
+                    router: None,
+                    pool: None,
+                    dbs: cluster_dbs.clone(),
+                    cluster: Some((cluster.clone(), i)),
                 }));
             }
             other => out.push(PlannedSource {
@@ -186,6 +223,7 @@ pub fn expand_sources_with(
                 router: None,
                 pool: None,
                 dbs: dbs.clone(),
+                cluster: None,
             }),
         }
     }
@@ -194,7 +232,7 @@ pub fn expand_sources_with(
         if let SourceSpec::Redis(a) = &s.spec {
             if !seen.insert(a.host_port()) {
                 return Err(SyncError::Config(format!(
-                    "source {a} is given twice (directly or through a twemproxy pool)"
+                    "source {a} is given twice (directly, or through a twemproxy pool or a cluster)"
                 )));
             }
         }
@@ -225,6 +263,19 @@ pub fn ownership(
             };
         }
     }
+    if let Some((cluster, me)) = &plan[idx].cluster {
+        // Only when the whole job is that one cluster, as for a pool.
+        if plan.iter().all(|p| {
+            p.cluster
+                .as_ref()
+                .is_some_and(|(c, _)| Arc::ptr_eq(c, cluster))
+        }) {
+            return Ownership::Slots {
+                owners: cluster.owners(),
+                me: *me,
+            };
+        }
+    }
     Ownership::Others(
         plan.iter()
             .enumerate()
@@ -238,7 +289,7 @@ pub fn ownership(
                     name: p.label.clone(),
                     keys,
                 }),
-                SourceSpec::Twemproxy { .. } => None,
+                SourceSpec::Twemproxy { .. } | SourceSpec::Cluster(_) => None,
             })
             .collect(),
     )
@@ -270,4 +321,82 @@ pub fn first_server(targets: &[crate::endpoint::TargetSpec]) -> RedisAddr {
             .unwrap_or_else(placeholder),
         _ => placeholder(),
     }
+}
+
+/// A sharded target has one db (a cluster only db 0, a pool its `redis_db`): every synced source db must
+/// go there. Without `--db`/`--map-db`, a source is synced from its db 0, and a source holding keys in
+/// another db is refused, naming the dbs and their keys.
+pub async fn one_target_db(
+    plan: &mut [PlannedSource],
+    target_dbs: &[u32],
+) -> Result<(), SyncError> {
+    let dbs: std::collections::BTreeSet<u32> = target_dbs.iter().copied().collect();
+    if dbs.len() > 1 {
+        return Err(SyncError::Config(format!(
+            "the targets have different dbs ({dbs:?}): a job writes every source db to one target db"
+        )));
+    }
+    let tdb = *dbs.iter().next().unwrap_or(&0);
+    for p in plan.iter_mut() {
+        let explicit = p.dbs.keep.is_some() || !p.dbs.map.is_empty();
+        if !explicit {
+            if let SourceSpec::Redis(addr) = &p.spec {
+                let info = async {
+                    let mut c = crate::target::client::Client::connect(addr).await?;
+                    c.server_info().await
+                }
+                .await
+                .map_err(|e| SyncError::Precheck(format!("source {}: {e}", p.label)))?;
+                let other: Vec<String> = info
+                    .keyspace
+                    .iter()
+                    .filter(|(db, n)| *db != 0 && *n > 0)
+                    .map(|(db, n)| format!("db{db}: {n} keys"))
+                    .collect();
+                if !other.is_empty() {
+                    return Err(SyncError::Precheck(format!(
+                        "source {} holds keys outside db 0 ({}), and a sharded target has one db: choose \
+                         with --db 0 (sync db 0 only) or --map-db N:{tdb} (write db N there too); nothing \
+                         was written",
+                        p.label,
+                        other.join(", ")
+                    )));
+                }
+            }
+            p.dbs.keep = Some([0].into_iter().collect());
+        }
+        let keep: Vec<u32> = match &p.dbs.keep {
+            Some(k) => k.iter().copied().collect(),
+            None => {
+                let mut k: Vec<u32> = p.dbs.map.keys().copied().collect();
+                k.push(0);
+                k.sort_unstable();
+                k.dedup();
+                p.dbs.keep = Some(k.iter().copied().collect());
+                k
+            }
+        };
+        for db in keep {
+            if db == tdb && !p.dbs.map.contains_key(&db) {
+                continue;
+            }
+            match p.dbs.map.get(&db) {
+                Some(t) if *t == tdb => {}
+                None if tdb == 0 && db == 0 => {}
+                _ => {
+                    if db == 0 && tdb != 0 {
+                        p.dbs.map.insert(0, tdb);
+                        continue;
+                    }
+                    return Err(SyncError::Config(format!(
+                        "source {}: db {db} would be written to db {} of a sharded target that has only db \
+                         {tdb}: map it with --map-db {db}:{tdb}, or leave it out with --db",
+                        p.label,
+                        p.dbs.target(db).unwrap_or(db)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }

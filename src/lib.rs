@@ -23,9 +23,10 @@
 //! - [`info`]: the one parser of `INFO` replies (fields, sections, keyspace); [`target::ServerInfo`] is the
 //!   typed summary built from it.
 //! - [`checkpoint`]: per-source replication position, written atomically, for resume.
-//! - [`endpoint`]: parsing of `redis://`, `rdb:`, `twemproxy:` endpoints, and the [`endpoint::Secret`] type
+//! - [`endpoint`]: parsing of `redis://`, `cluster://`, `rdb:`, `twemproxy:` endpoints, and the [`endpoint::Secret`] type
 //!   that never prints.
-//! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools expanded, and how
+//! - [`job`]: the job plan: `ferry sync`'s configuration, its sources with twemproxy pools and clusters
+//!   expanded, and how
 //!   each source tells its keys on a shared target; the names of ferry's own keys. Below `sync`,
 //!   `precheck`, `source` and `verify`.
 //! - [`keyset`]: an exact, disk-backed set of (db, key) for key ownership after full resyncs and RDB loads.
@@ -37,6 +38,8 @@
 //! - [`twemproxy`]: nutcracker configs and nutcracker's exact key placement.
 //! - [`cluster`]: Redis Cluster: key slots, the slot map and its discovery, redirections, and which
 //!   arguments of a command are keys.
+//! - [`follow`]: a Redis Cluster *source* while the job runs: which of its masters owns which slot, where
+//!   each master is after a failover (its link asks before reconnecting), slots moving between them.
 //! - [`signal`]: SIGINT/SIGTERM cancel a job's root token (`sync` and `verify`).
 //! - [`cli`]: the command line; only `main` uses it.
 //!
@@ -49,6 +52,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod endpoint;
+pub mod follow;
 pub mod info;
 pub mod job;
 pub mod keyset;

@@ -72,168 +72,20 @@ pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> 
 /// Every target of the job as the configuration of its writer: a `redis://` target as it is, a cluster or
 /// twemproxy target as one configuration per master node, each with the placement and its own part.
 async fn expand_targets(cfg: &SyncConfig) -> Result<Vec<SyncConfig>, SyncError> {
-    use crate::endpoint::TargetSpec;
-    use crate::target::shard::{Placement, Shard};
     let mut out = Vec::new();
     for spec in &cfg.targets {
-        let (nodes, placement) = match spec {
-            TargetSpec::Redis(a) => {
-                out.push(SyncConfig {
-                    target: a.clone(),
-                    shard: None,
-                    ..cfg.clone()
-                });
-                continue;
-            }
-            TargetSpec::Cluster(seeds) => {
-                let (map, nodes) = crate::target::shard::discover(seeds)
-                    .await
-                    .map_err(|e| SyncError::Precheck(format!("target {spec}: {e}")))?;
-                let gaps = map.uncovered();
-                if !gaps.is_empty() {
-                    let shown: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-                    return Err(SyncError::Precheck(format!(
-                        "target {spec}: slots {} are served by no master (the cluster is not ready: \
-                         cluster_state is not ok); nothing was written",
-                        shown.join(", ")
-                    )));
-                }
-                (nodes, Placement::Cluster(map))
-            }
-            TargetSpec::Twemproxy { path, pool } => {
-                let conf = crate::twemproxy::TwemproxyConfig::load(path)
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let p = conf
-                    .select_pool(pool.as_deref())
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let router = crate::twemproxy::Router::new(p)
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                let mut nodes = p
-                    .masters()
-                    .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-                if let Some(auth) = &cfg.pool_auth {
-                    for n in nodes.iter_mut() {
-                        n.auth = Some(auth.clone());
-                    }
-                }
-                let servers = nodes.len();
-                (nodes, Placement::Twemproxy { router, servers })
-            }
-        };
-        let placement = std::sync::Arc::new(placement);
-        let n = nodes.len();
-        for (i, node) in nodes.into_iter().enumerate() {
+        let nodes = crate::target::shard::expand(spec, cfg.pool_auth.as_ref())
+            .await
+            .map_err(SyncError::Precheck)?;
+        for (node, shard) in nodes {
             out.push(SyncConfig {
                 target: node,
-                shard: Some(Shard {
-                    placement: placement.clone(),
-                    node: i,
-                    nodes: n,
-                    label: spec.to_string(),
-                    db: shard_db(spec)?,
-                }),
+                shard,
                 ..cfg.clone()
             });
         }
     }
     Ok(out)
-}
-
-/// The one db of a sharded target: 0 for a cluster, the pool's `redis_db` for a twemproxy target.
-fn shard_db(spec: &crate::endpoint::TargetSpec) -> Result<u32, SyncError> {
-    use crate::endpoint::TargetSpec;
-    match spec {
-        TargetSpec::Twemproxy { path, pool } => {
-            let conf = crate::twemproxy::TwemproxyConfig::load(path)
-                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-            let p = conf
-                .select_pool(pool.as_deref())
-                .map_err(|e| SyncError::Config(format!("target {spec}: {e}")))?;
-            Ok(p.redis_db)
-        }
-        _ => Ok(0),
-    }
-}
-
-/// A sharded target has one db (a cluster only db 0, a pool its `redis_db`): every synced source db must
-/// go there. Without `--db`/`--map-db`, a source is synced from its db 0, and a source holding keys in
-/// another db is refused, naming the dbs and their keys.
-async fn one_target_db(
-    plan: &mut [crate::job::PlannedSource],
-    targets: &[SyncConfig],
-) -> Result<(), SyncError> {
-    let dbs: std::collections::BTreeSet<u32> = targets
-        .iter()
-        .map(|t| t.shard.as_ref().map(|s| s.db).unwrap_or(0))
-        .collect();
-    if dbs.len() > 1 {
-        return Err(SyncError::Config(format!(
-            "the targets have different dbs ({dbs:?}): a job writes every source db to one target db"
-        )));
-    }
-    let tdb = *dbs.iter().next().unwrap_or(&0);
-    for p in plan.iter_mut() {
-        let explicit = p.dbs.keep.is_some() || !p.dbs.map.is_empty();
-        if !explicit {
-            if let SourceSpec::Redis(addr) = &p.spec {
-                let info = async {
-                    let mut c = Client::connect(addr).await?;
-                    c.server_info().await
-                }
-                .await
-                .map_err(|e| SyncError::Precheck(format!("source {}: {e}", p.label)))?;
-                let other: Vec<String> = info
-                    .keyspace
-                    .iter()
-                    .filter(|(db, n)| *db != 0 && *n > 0)
-                    .map(|(db, n)| format!("db{db}: {n} keys"))
-                    .collect();
-                if !other.is_empty() {
-                    return Err(SyncError::Precheck(format!(
-                        "source {} holds keys outside db 0 ({}), and a sharded target has one db: choose \
-                         with --db 0 (sync db 0 only) or --map-db N:{tdb} (write db N there too); nothing \
-                         was written",
-                        p.label,
-                        other.join(", ")
-                    )));
-                }
-            }
-            p.dbs.keep = Some([0].into_iter().collect());
-        }
-        let keep: Vec<u32> = match &p.dbs.keep {
-            Some(k) => k.iter().copied().collect(),
-            None => {
-                let mut k: Vec<u32> = p.dbs.map.keys().copied().collect();
-                k.push(0);
-                k.sort_unstable();
-                k.dedup();
-                p.dbs.keep = Some(k.iter().copied().collect());
-                k
-            }
-        };
-        for db in keep {
-            if db == tdb && !p.dbs.map.contains_key(&db) {
-                continue;
-            }
-            match p.dbs.map.get(&db) {
-                Some(t) if *t == tdb => {}
-                None if tdb == 0 && db == 0 => {}
-                _ => {
-                    if db == 0 && tdb != 0 {
-                        p.dbs.map.insert(0, tdb);
-                        continue;
-                    }
-                    return Err(SyncError::Config(format!(
-                        "source {}: db {db} would be written to db {} of a sharded target that has only db \
-                         {tdb}: map it with --map-db {db}:{tdb}, or leave it out with --db",
-                        p.label,
-                        p.dbs.target(db).unwrap_or(db)
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Sources of this job whose in-target checkpoint a node of a sharded target holds (the key of the first
@@ -400,7 +252,7 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         });
     }
 
-    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs)?;
+    let plan = expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs).await?;
     if cfg.target_checkpoint.is_none() {
         tracing::warn!(
             "--no-target-checkpoint: stream commands are written as plain pipelines; a command sent again after \
@@ -412,7 +264,18 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     cfg.sources = plan.iter().map(|p| p.spec.clone()).collect();
     status.set_phase(JobPhase::Precheck);
     // Every check of `ferry check`, once per target, before any source writes: refuse on errors.
-    let all_targets = expand_targets(&cfg).await?;
+    let mut all_targets = expand_targets(&cfg).await?;
+    let cluster = all_targets
+        .iter()
+        .any(|t| t.shard.as_ref().is_some_and(|s| s.is_cluster()));
+    for t in all_targets
+        .iter_mut()
+        .filter(|t| t.shard.as_ref().is_some_and(|s| s.is_cluster()))
+    {
+        // A cluster node that stays away is failed over by its cluster: ferry waits for that at the job
+        // level (see `run`) rather than for the lost address.
+        t.pool.reconnect_for = t.pool.reconnect_for.min(Duration::from_secs(5));
+    }
     if cfg.target_checkpoint.is_none() && all_targets.iter().any(|t| t.shard.is_some()) {
         return Err(SyncError::Config(
             "--no-target-checkpoint cannot be used with a cluster or twemproxy target: ferry applies each slot's \
@@ -423,7 +286,11 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     }
     let mut plan = plan;
     if all_targets.iter().any(|t| t.shard.is_some()) {
-        one_target_db(&mut plan, &all_targets).await?;
+        let dbs: Vec<u32> = all_targets
+            .iter()
+            .filter_map(|t| t.shard.as_ref().map(|s| s.db))
+            .collect();
+        crate::job::one_target_db(&mut plan, &dbs).await?;
     }
     let mut per_target = Vec::new();
     for tcfg in all_targets {
@@ -472,7 +339,7 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         let stats = Arc::new(TargetStats::default());
         let pool = WriterPool::connect(
             &tcfg.target,
-            cfg.pool.clone(),
+            tcfg.pool.clone(),
             stats.clone(),
             cancel.child_token(),
         )
@@ -501,6 +368,11 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
         }
     }
     let own_keys = own_keys(&cfg);
+    // A job that continues (checkpoints of its sources): a master of a cluster source without one took over
+    // since the last run, and the targets hold its slots' keys.
+    let continuing = per_target
+        .iter()
+        .any(|(t, _)| !resuming_sources(t).is_empty());
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
@@ -531,6 +403,8 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
             dbs: plan[idx].dbs.clone(),
             own_keys: own_keys.clone(),
             file_keys: file_keys_tx[idx].take(),
+            locate: plan[idx].cluster.as_ref().map(|(c, i)| c.member(*i)),
+            replaces: continuing && plan[idx].cluster.is_some(),
         };
         let cfg = cfg.clone();
         let cancel = cancel.clone();
@@ -551,7 +425,9 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) if is_topology(&e) && !outer.is_cancelled() => {
+            Ok((name, Err(e)))
+                if (is_topology(&e) || (cluster && lost_node(&e))) && !outer.is_cancelled() =>
+            {
                 tracing::info!(source = %name, error = %e, "stopping the job to continue on the new layout");
                 cancel.cancel();
                 topology.get_or_insert_with(|| e.to_string());
@@ -595,6 +471,21 @@ async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<Sync
     Ok(report)
 }
 
+/// Whether a source stopped because a cluster target's node went away (a killed master, a restarted node):
+/// a failover may be under way, which `run` waits for.
+fn lost_node(e: &source::SourceError) -> bool {
+    use crate::target::TargetError as T;
+    matches!(
+        e,
+        source::SourceError::Apply {
+            err: crate::apply::ApplyError::Target(
+                T::Connect { .. } | T::Io { .. } | T::Timeout { .. } | T::Restarted { .. }
+            ),
+            ..
+        }
+    )
+}
+
 /// Whether a source stopped because a cluster target redirected a write (its slot layout changed).
 fn is_topology(e: &source::SourceError) -> bool {
     matches!(
@@ -633,6 +524,10 @@ struct SourceRun {
     own_keys: OwnKeys,
     /// For an `rdb:` file sharing the target with other sources: where to publish the keys it wrote.
     file_keys: Option<tokio::sync::watch::Sender<Option<Arc<crate::keyset::KeySet>>>>,
+    /// For a master of a cluster source: where its link finds it after a failover.
+    locate: Option<Arc<dyn crate::repl::Locate>>,
+    /// See `SourceJob::replaces`.
+    replaces: bool,
 }
 
 async fn run_source(
@@ -678,12 +573,14 @@ async fn run_source(
                 dbs: run.dbs,
                 ownership: run.ownership,
                 own_keys: run.own_keys,
+                locate: run.locate,
+                replaces: run.replaces,
             };
             source::master::run(job, appliers, cfg, st, cancel).await
         }
-        SourceSpec::Twemproxy { .. } => Err(source::SourceError::Link {
+        SourceSpec::Twemproxy { .. } | SourceSpec::Cluster(_) => Err(source::SourceError::Link {
             source_name: name,
-            msg: "a twemproxy pool must be expanded into its servers first".into(),
+            msg: "a twemproxy pool or a cluster must be expanded into its servers first".into(),
         }),
     }
 }

@@ -79,6 +79,21 @@ pub async fn apply(cmd: &CrossCommand, t: &CrossTarget<'_>) -> Result<Outcome, T
         args[i] = tmp;
     }
 
+    // A script named by its SHA1 runs with its body: the home node may never have loaded it (another node
+    // ran the source's EVAL, or this one was promoted or added since).
+    if let Some(body) = args
+        .get(1)
+        .and_then(|sha| super::scripts::body(&String::from_utf8_lossy(sha).to_ascii_lowercase()))
+    {
+        if args[0].eq_ignore_ascii_case(b"EVALSHA") {
+            args[0] = Bytes::from_static(b"EVAL");
+            args[1] = body;
+        } else if args[0].eq_ignore_ascii_case(b"EVALSHA_RO") {
+            args[0] = Bytes::from_static(b"EVAL_RO");
+            args[1] = body;
+        }
+    }
+
     let (home_key, home_value) = (t.checkpoint)(home);
     let mut refused = None;
     let mut did = false;
@@ -91,13 +106,8 @@ pub async fn apply(cmd: &CrossCommand, t: &CrossTarget<'_>) -> Result<Outcome, T
         let mut tx: Vec<Vec<Bytes>> = vec![vec![Bytes::from_static(b"MULTI")]];
         for ((_, tmp, _), d) in tmps.iter().zip(&dumps) {
             tx.push(vec![Bytes::from_static(b"DEL"), tmp.clone()]);
-            if let Some((payload, ttl)) = d {
-                tx.push(vec![
-                    Bytes::from_static(b"RESTORE"),
-                    tmp.clone(),
-                    Bytes::from(ttl.to_string()),
-                    payload.clone(),
-                ]);
+            if let Some((payload, expiry)) = d {
+                tx.push(restore(tmp, payload, *expiry, false));
             }
         }
         let at = tx.len();
@@ -133,13 +143,7 @@ pub async fn apply(cmd: &CrossCommand, t: &CrossTarget<'_>) -> Result<Outcome, T
         let mut tx: Vec<Vec<Bytes>> = vec![vec![Bytes::from_static(b"MULTI")]];
         for ((k, _), d) in pairs.iter().zip(&dumps) {
             match d {
-                Some((payload, ttl)) => tx.push(vec![
-                    Bytes::from_static(b"RESTORE"),
-                    k.clone(),
-                    Bytes::from(ttl.to_string()),
-                    payload.clone(),
-                    Bytes::from_static(b"REPLACE"),
-                ]),
+                Some((payload, expiry)) => tx.push(restore(k, payload, *expiry, true)),
                 None => tx.push(vec![Bytes::from_static(b"DEL"), k.clone()]),
             }
         }
@@ -235,20 +239,65 @@ async fn position(c: &mut Client, key: &[u8]) -> Result<i64, TargetError> {
         .map_or(-1, |cp| cp.offset))
 }
 
-/// `DUMP` and the remaining time to live (0: none) of a key; `None` when it does not exist.
-async fn dump(c: &mut Client, key: &[u8]) -> Result<Option<(Bytes, i64)>, TargetError> {
+/// A key's `DUMP` and its expiry; `None` when it does not exist.
+async fn dump(c: &mut Client, key: &[u8]) -> Result<Option<(Bytes, Expiry)>, TargetError> {
+    // PEXPIRETIME (7.0+) keeps the expiry exact; before it the remaining time is the best there is.
     let replies = c
-        .pipeline(&[vec![&b"DUMP"[..], key], vec![&b"PTTL"[..], key]])
+        .pipeline(&[vec![&b"DUMP"[..], key], vec![&b"PEXPIRETIME"[..], key]])
         .await?;
-    for r in &replies {
-        redirect_or_ok(c, r, b"DUMP")?;
+    redirect_or_ok(c, &replies[0], b"DUMP")?;
+    let expiry = match &replies[1] {
+        Reply::Integer(-1) => Expiry::None,
+        Reply::Integer(-2) => return Ok(None),
+        Reply::Integer(at) => Expiry::At(*at),
+        Reply::Error(e) if !crate::target::is_redirection(&String::from_utf8_lossy(e)) => {
+            let r = c.cmd(&[b"PTTL", key]).await?;
+            redirect_or_ok(c, &r, b"PTTL")?;
+            match r.as_int() {
+                Some(-2) => return Ok(None),
+                Some(ms) if ms > 0 => Expiry::In(ms),
+                _ => Expiry::None,
+            }
+        }
+        other => {
+            redirect_or_ok(c, other, b"PEXPIRETIME")?;
+            Expiry::None
+        }
+    };
+    Ok(replies[0]
+        .as_bytes()
+        .map(|p| (Bytes::copy_from_slice(p), expiry)))
+}
+
+/// When a copied key expires.
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    None,
+    /// Unix time in ms (restored with `ABSTTL`: exact).
+    At(i64),
+    /// Milliseconds from now (servers before 7.0).
+    In(i64),
+}
+
+/// `RESTORE key <ttl> payload [REPLACE] [ABSTTL]` for a copied key.
+fn restore(key: &Bytes, payload: &Bytes, expiry: Expiry, replace: bool) -> Vec<Bytes> {
+    let ttl = match expiry {
+        Expiry::None => 0,
+        Expiry::At(ms) | Expiry::In(ms) => ms,
+    };
+    let mut v = vec![
+        Bytes::from_static(b"RESTORE"),
+        key.clone(),
+        Bytes::from(ttl.to_string()),
+        payload.clone(),
+    ];
+    if replace {
+        v.push(Bytes::from_static(b"REPLACE"));
     }
-    let payload = replies[0].as_bytes().map(Bytes::copy_from_slice);
-    let ttl = replies[1].as_int().unwrap_or(-1);
-    Ok(match payload {
-        Some(p) if ttl != -2 => Some((p, ttl.max(0))),
-        _ => None,
-    })
+    if matches!(expiry, Expiry::At(_)) {
+        v.push(Bytes::from_static(b"ABSTTL"));
+    }
+    v
 }
 
 /// Send a `MULTI … EXEC` and return the `EXEC` result's items.

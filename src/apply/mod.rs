@@ -6,11 +6,13 @@
 //!   values too big for one command.
 //! - [`encode`] writes native commands for decoded values.
 //! - [`stream::StreamApplier`] applies the replication command stream in source order.
+//! - [`scripts`] keeps the Lua bodies seen, so an `EVALSHA` reaching a node without its script loads it first.
 //! - [`sweep`] tells which target keys belong to a source and removes them (a source's flush, ghosts after
 //!   a full resync).
 
 pub mod cross;
 pub mod encode;
+pub mod scripts;
 pub mod snapshot;
 pub mod stream;
 pub mod sweep;

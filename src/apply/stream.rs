@@ -156,9 +156,8 @@ pub struct StreamApplier {
     inflight: Option<oneshot::Receiver<()>>,
     /// Offset covered by the last batch handed over.
     sent_offset: i64,
-    /// Lua script bodies seen (EVAL, SCRIPT LOAD, the RDB's `lua` AUX fields) by lowercase hex SHA1.
-    scripts: HashMap<String, Bytes>,
-    /// Scripts this applier has loaded on the target (SCRIPT FLUSH clears it).
+    /// Scripts this applier has loaded on its target node (SCRIPT FLUSH clears it); the bodies are in
+    /// [`super::scripts`].
     loaded: HashSet<String>,
     /// Forward FLUSHDB/FLUSHALL/SWAPDB as they are (the source is alone on the target).
     forward_flush: bool,
@@ -199,6 +198,8 @@ struct Sharded {
     owned: Vec<usize>,
     /// Next owned group whose checkpoint a batch refreshes.
     refresh_at: usize,
+    /// When idle groups' checkpoints were last brought forward.
+    refreshed: std::time::Instant,
     /// Where each group's data stood at the resume (its checkpoint): its commands up to there are skipped.
     skip: HashMap<usize, i64>,
     /// The group keyless commands of this node go into (its first).
@@ -207,9 +208,11 @@ struct Sharded {
     tx_groups: HashSet<usize>,
 }
 
-/// Idle groups whose checkpoint each batch brings forward, so the lowest checkpoint (where a resume starts)
-/// follows the stream even for groups that receive no command.
+/// Idle groups whose checkpoint a batch brings forward (at most every [`REFRESH_EVERY`]), so the lowest
+/// checkpoint (where a resume starts) follows the stream even for groups that receive no command: a full
+/// round over a third of a cluster's slots takes about 5 s, at most ~1000 small `SET`s a second per node.
 const REFRESH_PER_BATCH: usize = 256;
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where a command goes on one node of a sharded target.
 enum Route {
@@ -241,16 +244,7 @@ enum DbAction {
     Report(String),
 }
 
-/// Lowercase hex SHA1 of a script body, as Redis names scripts.
-pub fn script_sha(body: &[u8]) -> String {
-    use sha1::{Digest, Sha1};
-    let d = Sha1::digest(body);
-    let mut out = String::with_capacity(40);
-    for b in d {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
+pub use super::scripts::sha as script_sha;
 
 fn parse_db(a: &[u8]) -> Option<u32> {
     std::str::from_utf8(a).ok().and_then(|s| s.parse().ok())
@@ -277,7 +271,6 @@ impl StreamApplier {
             applied,
             inflight: None,
             sent_offset: start.offset,
-            scripts: HashMap::new(),
             loaded: HashSet::new(),
             forward_flush: true,
             target_cp: None,
@@ -346,6 +339,7 @@ impl StreamApplier {
                 keys,
                 owned,
                 refresh_at: 0,
+                refreshed: std::time::Instant::now(),
                 skip,
                 home,
                 tx_groups: HashSet::new(),
@@ -393,7 +387,7 @@ impl StreamApplier {
     /// Remember script bodies (from the RDB's `lua` AUX fields) so an EVALSHA can load them first.
     pub fn add_scripts<'a>(&mut self, bodies: impl IntoIterator<Item = &'a Bytes>) {
         for b in bodies {
-            self.scripts.insert(script_sha(b), b.clone());
+            super::scripts::remember(b);
         }
     }
 
@@ -783,6 +777,7 @@ impl StreamApplier {
             return Ok(());
         }
         if self.shard.is_some() {
+            Self::note_script(&cmd);
             match self.route(&cmd) {
                 Route::Drop => return Ok(()),
                 Route::Group(g) => self.switch_group(g),
@@ -1086,7 +1081,11 @@ impl StreamApplier {
         }
         let mut refresh = Batch::new(db);
         let n = sh.owned.len();
-        for _ in 0..REFRESH_PER_BATCH.min(n) {
+        let due = sh.refreshed.elapsed() >= REFRESH_EVERY;
+        if due {
+            sh.refreshed = std::time::Instant::now();
+        }
+        for _ in 0..if due { REFRESH_PER_BATCH.min(n) } else { 0 } {
             let g = sh.owned[sh.refresh_at];
             sh.refresh_at = (sh.refresh_at + 1) % n;
             // A group still being replayed (its checkpoint ahead of here) keeps its checkpoint.
@@ -1206,34 +1205,43 @@ impl StreamApplier {
     }
 
     /// Track scripts; returns a body to `SCRIPT LOAD` on the target before this command (an EVALSHA of
-    /// a script the target may not have).
+    /// a script this applier's connection may not have).
     fn scripts_before(&mut self, cmd: &Command) -> Option<Bytes> {
         let name = cmd.arg(0);
         if name.eq_ignore_ascii_case(b"EVAL") && cmd.argc() > 1 {
-            let body = cmd.arg_bytes(1);
-            let sha = script_sha(&body);
-            self.loaded.insert(sha.clone());
-            self.scripts.insert(sha, body);
+            self.loaded
+                .insert(super::scripts::remember(&cmd.arg_bytes(1)));
         } else if name.eq_ignore_ascii_case(b"SCRIPT") && cmd.argc() > 1 {
             if cmd.arg(1).eq_ignore_ascii_case(b"LOAD") && cmd.argc() > 2 {
-                let body = cmd.arg_bytes(2);
-                let sha = script_sha(&body);
-                self.loaded.insert(sha.clone());
-                self.scripts.insert(sha, body);
+                self.loaded
+                    .insert(super::scripts::remember(&cmd.arg_bytes(2)));
             } else if cmd.arg(1).eq_ignore_ascii_case(b"FLUSH") {
                 self.loaded.clear();
             }
         } else if name.eq_ignore_ascii_case(b"EVALSHA") && cmd.argc() > 1 {
             let sha = String::from_utf8_lossy(cmd.arg(1)).to_ascii_lowercase();
             if !self.loaded.contains(&sha) {
-                if let Some(body) = self.scripts.get(&sha) {
-                    let body = body.clone();
+                if let Some(body) = super::scripts::body(&sha) {
                     self.loaded.insert(sha);
                     return Some(body);
                 }
             }
         }
         None
+    }
+
+    /// Sharded target: remember the body of an `EVAL`/`SCRIPT LOAD` that another node runs, so that an
+    /// `EVALSHA` of it routed to this node can load it first.
+    fn note_script(cmd: &Command) {
+        let name = cmd.arg(0);
+        if name.eq_ignore_ascii_case(b"EVAL") && cmd.argc() > 1 {
+            super::scripts::remember(&cmd.arg_bytes(1));
+        } else if name.eq_ignore_ascii_case(b"SCRIPT")
+            && cmd.argc() > 2
+            && cmd.arg(1).eq_ignore_ascii_case(b"LOAD")
+        {
+            super::scripts::remember(&cmd.arg_bytes(2));
+        }
     }
 }
 

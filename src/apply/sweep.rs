@@ -9,6 +9,9 @@
 //! - **Router**: the source is a server of a twemproxy pool (and the pool is the whole job): a key is its own
 //!   exactly when nutcracker's placement ([`crate::twemproxy::Router`]) sends the key to it — the same rule
 //!   that put it there.
+//! - **Slots**: the source is a master of a Redis Cluster source (and that cluster is the whole job): a key
+//!   is its own exactly when the master owns the key's hash slot — in a table of which master owns each
+//!   slot that the cluster's masters share, and that follows the slots when they move (a resharding).
 //! - **Others**: several independent sources: a key is this source's unless another source holds it: a
 //!   live master that has it (`EXISTS`, in each of *its* dbs that map into this target db), or an `rdb:`
 //!   file that wrote it (the file's key set, recorded while it was loaded). Keys written by nobody (e.g. by
@@ -36,6 +39,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::DbMap;
+use crate::cluster::SlotMap;
 use crate::endpoint::RedisAddr;
 use crate::keyset::KeySet;
 use crate::resp::Reply;
@@ -59,8 +63,25 @@ pub enum Other {
 #[derive(Clone)]
 pub enum Ownership {
     Sole,
-    Router { router: Arc<Router>, me: usize },
+    Router {
+        router: Arc<Router>,
+        me: usize,
+    },
+    /// `owners` maps each slot to one of the cluster source's masters (node `i` of the map is master `i`
+    /// of the source); `me` is this source's index there.
+    Slots {
+        owners: Arc<std::sync::RwLock<SlotMap>>,
+        me: usize,
+    },
     Others(Vec<Other>),
+}
+
+impl Ownership {
+    /// Whether `key` is this source's by its hash slot (for [`Ownership::Slots`]).
+    fn owns_slot_of(owners: &std::sync::RwLock<SlotMap>, me: usize, key: &[u8]) -> bool {
+        let map = owners.read().unwrap_or_else(|p| p.into_inner());
+        map.owner(crate::cluster::key_slot(key)) == Some(me)
+    }
 }
 
 impl std::fmt::Debug for Ownership {
@@ -68,6 +89,7 @@ impl std::fmt::Debug for Ownership {
         match self {
             Ownership::Sole => write!(f, "Sole"),
             Ownership::Router { me, .. } => write!(f, "Router(server #{me})"),
+            Ownership::Slots { me, .. } => write!(f, "Slots(master #{me})"),
             Ownership::Others(o) => write!(f, "Others({} sources)", o.len()),
         }
     }
@@ -272,6 +294,10 @@ where
                 Ownership::Router { router, me } => keys
                     .into_iter()
                     .filter(|k| router.server_for(k) == *me)
+                    .collect(),
+                Ownership::Slots { owners, me } => keys
+                    .into_iter()
+                    .filter(|k| Ownership::owns_slot_of(owners, *me, k))
                     .collect(),
                 Ownership::Others(_) => {
                     let mut held_elsewhere = vec![false; keys.len()];

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{run_checks, CheckOptions};
-use crate::endpoint::{RedisAddr, SourceSpec};
-use crate::job::{expand_sources, OnConflict, SyncError};
+use crate::endpoint::{SourceSpec, TargetSpec};
+use crate::job::{expand_sources_with, OnConflict, SyncError};
 
 /// `ferry check --source SRC [--source SRC ...] --target DST [--on-conflict error|overwrite] [--json]`:
 /// every check `ferry sync` would need to pass, without writing anything.
@@ -17,7 +17,7 @@ pub struct CheckArgs {
     pub sources: Vec<SourceSpec>,
     /// The target: redis://[[user]:password@]host:port.
     #[arg(long, value_name = "DST")]
-    pub target: RedisAddr,
+    pub target: TargetSpec,
     /// What the sync would do when the target already holds data (`error` makes a non-empty target an
     /// error, `overwrite` a warning).
     #[arg(long, value_enum, default_value_t = OnConflict::Error)]
@@ -69,7 +69,7 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let plan = match expand_sources(&args.sources) {
+    let mut plan = match expand_sources_with(&args.sources, None, &opts.dbs).await {
         Ok(p) => p,
         Err(SyncError::Config(msg)) => {
             eprintln!("ferry: {msg}");
@@ -80,9 +80,46 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             return 1;
         }
     };
-    let report = run_checks(&plan, &args.target, &opts).await;
+    let nodes = match crate::target::shard::expand(&args.target, None).await {
+        Ok(n) => n,
+        Err(msg) => {
+            eprintln!("ferry: {msg}");
+            return 1;
+        }
+    };
+    // A sharded target has one db: the sources' other dbs need --db or --map-db (as the sync decides).
+    let dbs: Vec<u32> = nodes
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| s.db))
+        .collect();
+    let mut db_check = None;
+    if !dbs.is_empty() {
+        if let Err(e) = crate::job::one_target_db(&mut plan, &dbs).await {
+            db_check = Some(super::Check::error(
+                "target.databases",
+                format!("target {}", args.target),
+                e.to_string(),
+            ));
+        }
+    }
+    // A sharded target is checked node by node, each as the sync would write it.
+    let mut reports = Vec::new();
+    for (addr, shard) in nodes {
+        let mut o = opts.clone();
+        o.cluster_node = shard.as_ref().is_some_and(|s| s.is_cluster());
+        o.share_of = shard.as_ref().map_or(1, |s| s.nodes as u64);
+        o.shard = shard;
+        reports.push(run_checks(&plan, &addr, &o).await);
+    }
+    if let (Some(c), Some(r)) = (db_check, reports.first_mut()) {
+        r.checks.push(c);
+    }
     if args.json {
-        match serde_json::to_string_pretty(&report.to_json()) {
+        let value = match reports.as_slice() {
+            [one] => one.to_json(),
+            many => serde_json::Value::Array(many.iter().map(|r| r.to_json()).collect()),
+        };
+        match serde_json::to_string_pretty(&value) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("ferry: cannot write the report as JSON: {e}");
@@ -90,7 +127,9 @@ pub async fn run_cli(args: CheckArgs) -> i32 {
             }
         }
     } else {
-        print!("{}", report.render_text());
+        for r in &reports {
+            print!("{}", r.render_text());
+        }
     }
-    i32::from(report.has_errors())
+    i32::from(reports.iter().any(|r| r.has_errors()))
 }

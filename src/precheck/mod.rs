@@ -257,9 +257,7 @@ impl CheckOptions {
             dbs: cfg.dbs.clone(),
             state_dir: Some(cfg.state_dir.clone()),
             target_checkpoint: cfg.target_checkpoint.clone(),
-            cluster_node: cfg.shard.as_ref().is_some_and(|s| {
-                matches!(*s.placement, crate::target::shard::Placement::Cluster(_))
-            }),
+            cluster_node: cfg.shard.as_ref().is_some_and(|s| s.is_cluster()),
             share_of: cfg.shard.as_ref().map_or(1, |s| s.nodes as u64),
             shard: cfg.shard.clone(),
             ..CheckOptions::default()
@@ -295,7 +293,8 @@ pub async fn run_checks(
     for (i, s) in sources.iter().enumerate() {
         let spec = s.spec.clone();
         let opts = opts.clone();
-        tasks.spawn(async move { (i, source::check_source(&spec, &opts).await) });
+        let in_cluster = s.cluster.is_some();
+        tasks.spawn(async move { (i, source::check_source(&spec, in_cluster, &opts).await) });
     }
     // The sources' tasks run while the target is probed.
     let addrs: Vec<RedisAddr> = sources

@@ -21,9 +21,10 @@ pub(crate) fn subject_of(spec: &SourceSpec) -> String {
 }
 
 /// Every check of one source, and what the target's checks need from it (`None` when it could not be
-/// inspected).
+/// inspected). `in_cluster`: the source is a master of a `cluster://` source (cluster mode is expected).
 pub(crate) async fn check_source(
     spec: &SourceSpec,
+    in_cluster: bool,
     opts: &CheckOptions,
 ) -> (Vec<Check>, Option<SourceFacts>) {
     let subject = subject_of(spec);
@@ -32,7 +33,8 @@ pub(crate) async fn check_source(
             // Every step has its own timeout; this bounds the whole in case a server answers slowly
             // to each of them.
             let budget = opts.timeout * 6 + opts.rate_sample + Duration::from_secs(1);
-            match tokio::time::timeout(budget, check_master(addr, &subject, opts)).await {
+            match tokio::time::timeout(budget, check_master(addr, &subject, in_cluster, opts)).await
+            {
                 Ok(r) => r,
                 Err(_) => (
                     vec![Check::error(
@@ -49,11 +51,11 @@ pub(crate) async fn check_source(
             }
         }
         SourceSpec::RdbFile(path) => check_rdb_file(path, subject).await,
-        SourceSpec::Twemproxy { .. } => (
+        SourceSpec::Twemproxy { .. } | SourceSpec::Cluster(_) => (
             vec![Check::error(
                 "source.reachable",
                 subject,
-                "a twemproxy pool must be expanded into its servers before checking \
+                "a twemproxy pool or a cluster must be expanded into its servers before checking \
                  (crate::job::expand_sources)",
             )],
             None,
@@ -125,6 +127,7 @@ pub(crate) fn rdb_magic_version(head: &[u8]) -> Option<u16> {
 async fn check_master(
     addr: &RedisAddr,
     subject: &str,
+    in_cluster: bool,
     opts: &CheckOptions,
 ) -> (Vec<Check>, Option<SourceFacts>) {
     let opened = match probe::open(addr, Side::Source, subject, opts.timeout).await {
@@ -143,17 +146,30 @@ async fn check_master(
         facts.version = server.version_string();
         facts.rdb_version = server.rdb_version;
         facts.run_id = info.field("run_id").map(str::to_string);
-        if server.cluster {
-            checks.push(
+        match (server.cluster, in_cluster) {
+            (true, false) => checks.push(
                 Check::error(
                     "source.mode",
                     subject,
-                    "cluster mode (cluster_enabled:1): cluster sources are not supported yet",
+                    "cluster mode (cluster_enabled:1): a node of a Redis Cluster given as a single server would \
+                     sync only this node's slots, and would not follow a failover",
                 )
                 .advice(
-                    "give standalone masters (or their replicas), or a twemproxy pool's config",
+                    "give the cluster as --source cluster://host:port[,host:port…]: ferry then syncs every \
+                     master and follows failovers",
                 ),
-            );
+            ),
+            (false, true) => checks.push(Check::error(
+                "source.mode",
+                subject,
+                "cluster_enabled:0, yet it was found as a master of a cluster source",
+            )),
+            (true, true) => checks.push(Check::ok(
+                "source.mode",
+                subject,
+                "cluster master node (one source per master)",
+            )),
+            (false, false) => {}
         }
         if info.loading() {
             checks.push(

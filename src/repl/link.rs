@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proto::{self, BulkLine, EofScan, ErrorKind, Line, PsyncReply, RdbHeader};
 use super::{LinkConfig, LinkError, LinkShared};
+use crate::endpoint::RedisAddr;
 use crate::spool::{Record, SpoolWriter};
 
 /// First reconnect delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
@@ -53,18 +54,25 @@ pub(super) struct Link {
     opened: bool,
     /// Some session succeeded before (so the next success is a reconnect).
     had_link: bool,
+    /// Sessions started so far (the first connects where it was told; later ones ask `locate` first).
+    attempts: u64,
+}
+
+/// The link's name for messages: its configured name, with the address when the name does not show it.
+fn who_of(cfg: &LinkConfig) -> String {
+    let hp = cfg.addr.host_port();
+    if cfg.name.is_empty() {
+        format!("source {}", cfg.addr)
+    } else if cfg.name.contains(&hp) {
+        cfg.name.clone()
+    } else {
+        format!("{} ({})", cfg.name, cfg.addr)
+    }
 }
 
 impl Link {
     pub(super) fn new(cfg: LinkConfig, shared: Arc<LinkShared>, spool: SpoolWriter) -> Link {
-        let hp = cfg.addr.host_port();
-        let who = if cfg.name.is_empty() {
-            format!("source {}", cfg.addr)
-        } else if cfg.name.contains(&hp) {
-            cfg.name.clone()
-        } else {
-            format!("{} ({})", cfg.name, cfg.addr)
-        };
+        let who = who_of(&cfg);
         let pos = cfg
             .resume
             .clone()
@@ -77,7 +85,37 @@ impl Link {
             pos,
             opened: false,
             had_link: false,
+            attempts: 0,
         }
+    }
+
+    /// Before a reconnect: ask where the master is now, and move there when it is another server.
+    async fn relocate(&mut self) -> Result<(), End> {
+        let Some(locate) = self.cfg.locate.clone() else {
+            return Ok(());
+        };
+        let limit = self.cfg.connect_timeout * 3;
+        let found =
+            match tokio::time::timeout(limit, locate.locate(&self.cfg.addr, &self.shared)).await {
+                Err(_) => {
+                    return Err(End::Broken(format!(
+                        "cannot tell where the master is now: no answer within {limit:?}"
+                    )))
+                }
+                Ok(Err(why)) => {
+                    return Err(End::Broken(format!(
+                        "cannot tell where the master is now: {why}"
+                    )))
+                }
+                Ok(Ok(a)) => a,
+            };
+        if found.host_port() != self.cfg.addr.host_port() {
+            tracing::info!(source = %self.cfg.name, from = %self.cfg.addr, to = %found,
+                "the master's role moved to another server (a failover): continuing the replication there");
+            self.cfg.addr = found;
+            self.who = who_of(&self.cfg);
+        }
+        Ok(())
     }
 
     pub(super) async fn run(mut self, cancel: CancellationToken) -> Result<(), LinkError> {
@@ -201,6 +239,10 @@ impl Link {
     }
 
     async fn session_inner(&mut self) -> Result<Infallible, End> {
+        self.attempts += 1;
+        if self.attempts > 1 {
+            self.relocate().await?;
+        }
         let mut c = self.connect().await?;
         let name = self.cfg.name.clone();
 
@@ -535,6 +577,19 @@ impl Link {
             ..
         } = c;
         let mut acker = AckTask(None);
+        let mut watcher = WatchTask(None);
+        if let (Some(locate), Some(every)) = (
+            self.cfg.locate.clone(),
+            self.cfg.locate.as_ref().and_then(|l| l.every()),
+        ) {
+            watcher.0 = Some(tokio::spawn(watch_master(
+                locate,
+                self.cfg.addr.clone(),
+                self.shared.clone(),
+                every,
+                self.cfg.connect_timeout * 3,
+            )));
+        }
         // Without ACKs, keep the write half open all the same: dropping it would half-close the connection.
         let _idle_wr = if ack {
             acker.0 = Some(tokio::spawn(ack_loop(
@@ -572,6 +627,11 @@ impl Link {
                 _ = self.shared.resync_now.notified() => {
                     return Err(End::Broken(RESYNC_REQUESTED.into()));
                 }
+                moved = watcher.moved() => {
+                    return Err(End::Broken(format!(
+                        "the master's role moved to {moved} (a failover); this server no longer serves its slots"
+                    )));
+                }
             }
         }
     }
@@ -602,6 +662,57 @@ impl Drop for AckTask {
     fn drop(&mut self) {
         if let Some(h) = &self.0 {
             h.abort();
+        }
+    }
+}
+
+/// The task that asks, while streaming, whether the master moved; aborted when dropped.
+struct WatchTask(Option<JoinHandle<RedisAddr>>);
+
+impl WatchTask {
+    /// Resolves with the master's new address when it moved (never when there is no watcher, or it failed).
+    async fn moved(&mut self) -> RedisAddr {
+        match &mut self.0 {
+            Some(h) => match h.await {
+                Ok(a) => a,
+                Err(_) => {
+                    self.0 = None;
+                    std::future::pending().await
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Every `every`, ask `locate` where the master is; return when it names another server than `current`.
+/// An unanswered or failed question changes nothing (the stream goes on; a reconnect asks again).
+async fn watch_master(
+    locate: Arc<dyn super::Locate>,
+    current: RedisAddr,
+    shared: Arc<LinkShared>,
+    every: Duration,
+    limit: Duration,
+) -> RedisAddr {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(limit, locate.locate(&current, &shared)).await {
+            Ok(Ok(a)) if a.host_port() != current.host_port() => return a,
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => {
+                tracing::debug!(master = %current, reason = %why, "cannot tell whether the master moved")
+            }
+            Err(_) => {
+                tracing::debug!(master = %current, "cannot tell whether the master moved (no answer)")
+            }
         }
     }
 }
@@ -1069,6 +1180,90 @@ mod tests {
             .await;
         let mut p3 = fake.accept().await;
         assert_eq!(p3.handshake("+OK\r\n").await, ["PSYNC", "?", "-1"]);
+        assert_eq!(r.shared.full_syncs.load(Relaxed), 1);
+    }
+
+    /// Where the master is, as a test says (and how often the link asked).
+    #[derive(Debug)]
+    struct MovableMaster {
+        at: std::sync::Mutex<u16>,
+        asked: std::sync::atomic::AtomicU64,
+    }
+
+    impl super::super::Locate for MovableMaster {
+        fn locate<'a>(
+            &'a self,
+            _current: &'a RedisAddr,
+            _shared: &'a Arc<LinkShared>,
+        ) -> super::super::Located<'a> {
+            self.asked.fetch_add(1, Relaxed);
+            let port = *self.at.lock().unwrap();
+            Box::pin(async move {
+                Ok(RedisAddr {
+                    host: "127.0.0.1".into(),
+                    port,
+                    auth: None,
+                })
+            })
+        }
+        fn every(&self) -> Option<Duration> {
+            Some(Duration::from_millis(50))
+        }
+    }
+
+    /// A master that moves (a cluster failover): when its connection drops, the link asks where it is and
+    /// continues on the new server with PSYNC replid offset+1; while streaming, the periodic question moves
+    /// it too, from a connection that still works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_a_master_that_moved() {
+        let (old, new, newer) = (Fake::new().await, Fake::new().await, Fake::new().await);
+        let locate = Arc::new(MovableMaster {
+            at: std::sync::Mutex::new(old.port()),
+            asked: std::sync::atomic::AtomicU64::new(0),
+        });
+        let l = locate.clone();
+        let mut r = start(old.port(), move |c| c.locate = Some(l));
+        let mut p = old.accept().await;
+        assert_eq!(p.handshake("+OK\r\n").await, ["PSYNC", "?", "-1"]);
+        assert_eq!(
+            locate.asked.load(Relaxed),
+            0,
+            "the first connection goes where it was told"
+        );
+        p.send(format!("+FULLRESYNC {ID} 5\r\n$3\r\nabcxyz").as_bytes())
+            .await;
+        assert!(matches!(r.next().await, Record::FullResync { .. }));
+        assert_eq!(rdb_until_end(&mut r).await, b"abc");
+        assert_eq!(r.next().await, Record::Stream(Bytes::from_static(b"xyz")));
+        // Streaming: the link asks every 50 ms and stays while the answer is where it is.
+        let before = locate.asked.load(Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(locate.asked.load(Relaxed) > before, "asked while streaming");
+        // The old master dies; a replica serves its slots now.
+        *locate.at.lock().unwrap() = new.port();
+        drop(p);
+        assert!(matches!(r.next().await, Record::LinkDown { .. }));
+        let mut p2 = new.accept().await;
+        assert_eq!(p2.handshake("+OK\r\n").await, ["PSYNC", ID, "9"]);
+        p2.send(format!("+CONTINUE {ID2}\r\n").as_bytes()).await;
+        assert_eq!(
+            r.next().await,
+            Record::Continue {
+                replid: ID2.into(),
+                offset: 8
+            }
+        );
+        p2.send(b"\r\n").await;
+        assert_eq!(r.next().await, Record::Stream(Bytes::from_static(b"\r\n")));
+        // A manual failover: the connection still works, but the role moved.
+        *locate.at.lock().unwrap() = newer.port();
+        match r.next().await {
+            Record::LinkDown { reason } => assert!(reason.contains("moved"), "{reason}"),
+            other => panic!("expected LinkDown, got {other:?}"),
+        }
+        let mut p3 = newer.accept().await;
+        assert_eq!(p3.handshake("+OK\r\n").await, ["PSYNC", ID2, "11"]);
+        drop(p2);
         assert_eq!(r.shared.full_syncs.load(Relaxed), 1);
     }
 

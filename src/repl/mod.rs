@@ -14,12 +14,23 @@
 //! before): the first `Stream` byte that follows is `offset + 1`, and after `n` stream bytes the replica's
 //! position is `offset + n`. That position is what `REPLCONF ACK` reports and what `PSYNC` asks for plus one.
 //!
+//! # A master that moves
+//! A master of a Redis Cluster source can be replaced: after a failover one of its replicas serves its
+//! slots. With a [`Locate`] in [`LinkConfig::locate`], the link asks where the master is before every
+//! reconnect (not before the first connection: that address was just found) and, while streaming, every
+//! [`Locate::every`]; when the answer is another server it ends the connection and continues there with
+//! `PSYNC <replid> <offset+1>`. psync2 keeps the history across a failover (the promoted replica remembers
+//! its old master's replication ID as its second one), so the new master answers `+CONTINUE` when it holds
+//! everything the link received, and `+FULLRESYNC` otherwise (it had not received the last writes).
+//!
 //! - `proto`: the pure parts (reply lines, PSYNC reply, RDB header, EOF-mark scanner, ACK encoding).
 //! - `link`: the connection, the transfer, the ACK writer, reconnects.
 
 mod link;
 pub mod proto;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +68,24 @@ pub struct LinkConfig {
     /// refused, no permission, neither `PSYNC` nor `SYNC` accepted, not a Redis server) stop the link
     /// either way. Default true.
     pub reconnect: bool,
+    /// For a master that can move (a master of a cluster source): where it is now, asked before every
+    /// reconnect and every [`Locate::every`] while streaming (module docs). Default none: the address
+    /// stays.
+    pub locate: Option<Arc<dyn Locate>>,
+}
+
+/// What [`Locate::locate`] returns.
+pub type Located<'a> = Pin<Box<dyn Future<Output = Result<RedisAddr, String>> + Send + 'a>>;
+
+/// Where a source's master is now (see the module docs, "A master that moves").
+pub trait Locate: Send + Sync + std::fmt::Debug {
+    /// The master to replicate from now (with the credentials to use), or why it is not known yet (the
+    /// link then waits, as after a failed connection, and asks again). `current` is the server the link
+    /// uses (or used last); `shared` is this link's state, so the answer may depend on what it applied.
+    fn locate<'a>(&'a self, current: &'a RedisAddr, shared: &'a Arc<LinkShared>) -> Located<'a>;
+
+    /// How often to ask while streaming; `None`: only before reconnects.
+    fn every(&self) -> Option<Duration>;
 }
 
 impl LinkConfig {
@@ -71,6 +100,7 @@ impl LinkConfig {
             ack_interval: Duration::from_secs(1),
             resume: None,
             reconnect: true,
+            locate: None,
         }
     }
 }

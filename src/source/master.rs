@@ -66,6 +66,12 @@ pub struct SourceJob {
     pub ownership: Ownership,
     /// ferry's own keys on the targets (never swept).
     pub own_keys: OwnKeys,
+    /// For a master that can move (of a cluster source): where its link finds it after a failover.
+    pub locate: Option<Arc<dyn repl::Locate>>,
+    /// The targets may hold this source's keys though it has no checkpoint (a cluster master that took over
+    /// since the last run of a job that continues): its full sync replaces values and removes the keys of
+    /// its own it does not hold, as a full resync does.
+    pub replaces: bool,
 }
 
 /// Where the consumer is in the source's life.
@@ -194,6 +200,14 @@ pub async fn run(
         k.group_skip = groups;
         tracing::info!(source = %addr, target_addr = %k.target(), resume = ?r, "where the target stands");
         match r {
+            Resume::Fresh if src.replaces => {
+                tracing::warn!(source = %addr, target_addr = %k.target(),
+                    "no checkpoint of this master, but the job continues (it took over another's slots since the \
+                     last run): its keys are copied again with a full resync, replacing values and removing the \
+                     keys of its slots it no longer has");
+                k.has_data = true;
+                all_at = false;
+            }
             Resume::Fresh => all_at = false,
             Resume::Full { why } => {
                 tracing::warn!(source = %addr, target_addr = %k.target(), reason = %why,
@@ -243,6 +257,7 @@ pub async fn run(
         name: format!("source {addr}"),
         addr: addr.clone(),
         resume: resume.as_ref().map(|r| (r.replid.clone(), r.offset)),
+        locate: src.locate.clone(),
         ..LinkConfig::new(addr.clone())
     };
     // Not a child of `cancel`: the link keeps reading (and acknowledging) while the consumer drains on a stop,

@@ -139,7 +139,7 @@ impl SourceKind {
     pub fn for_spec(spec: &crate::endpoint::SourceSpec) -> SourceKind {
         use crate::endpoint::SourceSpec;
         match spec {
-            SourceSpec::Redis(_) => SourceKind::Master,
+            SourceSpec::Redis(_) | SourceSpec::Cluster(_) => SourceKind::Master,
             SourceSpec::RdbFile(_) => SourceKind::Rdb,
             SourceSpec::Twemproxy { pool, .. } => SourceKind::TwemproxyMember {
                 pool: pool.clone().unwrap_or_default(),

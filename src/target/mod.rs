@@ -61,9 +61,10 @@ pub enum TargetError {
     Topology { addr: String, msg: String },
 }
 
-/// Whether an error reply is a cluster redirection (the key's slot is served elsewhere, or not now).
+/// Whether an error reply is a cluster redirection (the key's slot is served elsewhere, or not now) — or a
+/// node still loading its data: either way the write was not applied and must wait for the cluster.
 pub fn is_redirection(msg: &str) -> bool {
-    ["MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"]
+    ["MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "LOADING"]
         .iter()
         .any(|p| msg.starts_with(p))
 }

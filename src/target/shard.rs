@@ -110,10 +110,74 @@ impl Shard {
             .collect()
     }
 
+    /// Whether this is a node of a Redis Cluster (not of a twemproxy pool).
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.placement, Placement::Cluster(_))
+    }
+
     /// Whether this node is the one that takes keyless commands sent once (PUBLISH).
     pub fn is_first(&self) -> bool {
         self.node == 0
     }
+}
+
+/// The servers a target is written to: itself, or every master node of a cluster (discovered) or of a
+/// twemproxy pool (its servers, `pool_auth` replacing the pool's credentials), each with its [`Shard`].
+pub async fn expand(
+    target: &crate::endpoint::TargetSpec,
+    pool_auth: Option<&crate::endpoint::Auth>,
+) -> Result<Vec<(RedisAddr, Option<Shard>)>, String> {
+    use crate::endpoint::TargetSpec;
+    let (nodes, placement, db) = match target {
+        TargetSpec::Redis(a) => return Ok(vec![(a.clone(), None)]),
+        TargetSpec::Cluster(seeds) => {
+            let (map, nodes) = discover(seeds)
+                .await
+                .map_err(|e| format!("target {target}: {e}"))?;
+            let gaps = map.uncovered();
+            if !gaps.is_empty() {
+                let shown: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                return Err(format!(
+                    "target {target}: slots {} are served by no master (the cluster is not ready: \
+                     cluster_state is not ok); nothing was written",
+                    shown.join(", ")
+                ));
+            }
+            (nodes, Placement::Cluster(map), 0)
+        }
+        TargetSpec::Twemproxy { path, pool } => {
+            let conf = crate::twemproxy::TwemproxyConfig::load(path)
+                .map_err(|e| format!("target {target}: {e}"))?;
+            let p = conf
+                .select_pool(pool.as_deref())
+                .map_err(|e| format!("target {target}: {e}"))?;
+            let router = Router::new(p).map_err(|e| format!("target {target}: {e}"))?;
+            let mut nodes = p.masters().map_err(|e| format!("target {target}: {e}"))?;
+            if let Some(auth) = pool_auth {
+                for n in nodes.iter_mut() {
+                    n.auth = Some(auth.clone());
+                }
+            }
+            let servers = nodes.len();
+            (nodes, Placement::Twemproxy { router, servers }, p.redis_db)
+        }
+    };
+    let placement = Arc::new(placement);
+    let n = nodes.len();
+    Ok(nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let shard = Shard {
+                placement: placement.clone(),
+                node: i,
+                nodes: n,
+                label: target.to_string(),
+                db,
+            };
+            (a, Some(shard))
+        })
+        .collect())
 }
 
 /// Ask the seeds, in order, for the slot map: the first that answers with at least one owned slot wins.

@@ -59,6 +59,8 @@ pub struct CompareOptions {
 #[derive(Clone, Debug)]
 pub struct SourceGroup {
     pub router: Option<Router>,
+    /// A Redis Cluster source: the master that owns each slot.
+    pub slots: Option<std::sync::Arc<crate::cluster::SlotMap>>,
     /// Indexes into [`Env::src`].
     pub nodes: Vec<usize>,
 }
@@ -93,6 +95,7 @@ impl Env {
                 } else {
                     None
                 },
+                slots: g.slots.clone(),
                 nodes: (start..src.len()).collect(),
             });
         }
@@ -118,6 +121,15 @@ impl Env {
     pub fn candidates(&self, key: &[u8]) -> Vec<usize> {
         let mut v = Vec::new();
         for g in &self.groups {
+            if let Some(map) = &g.slots {
+                if let Some(&n) = map
+                    .owner(crate::cluster::key_slot(key))
+                    .and_then(|o| g.nodes.get(o))
+                {
+                    v.push(n);
+                }
+                continue;
+            }
             match &g.router {
                 Some(r) => {
                     if let Some(&n) = g.nodes.get(r.server_for(key)) {

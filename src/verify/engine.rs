@@ -168,6 +168,12 @@ pub async fn run(cfg: &VerifyConfig, cancel: CancellationToken) -> Result<Report
         let tg = topology::resolve(ep, Role::Target, s.timeout).await?;
         tracing::info!(target_endpoint = %ep, servers = tg.nodes.len(), sources = sources.len(),
             mode = s.mode.name(), "verifying");
+        if s.mode == Mode::Count && tg.slots.is_some() {
+            return Err(VerifyError::Config(format!(
+                "target {ep}: --mode count cannot tell ferry's per-slot checkpoint keys from data on a cluster \
+                 target; use --mode sample or --mode full"
+            )));
+        }
         let tr = if s.mode == Mode::Count {
             count_target(s, &sources, &tg, &cancel).await?
         } else {
@@ -894,6 +900,7 @@ mod tests {
                 node("redis://u:pw@127.0.0.1:7002"),
             ],
             router: None,
+            slots: None,
         };
         let names: Vec<Bytes> = Settings::default().own_key_names(std::slice::from_ref(&group));
         assert_eq!(

@@ -17,13 +17,21 @@ use crate::twemproxy::{Router, TwemproxyConfig};
 #[derive(Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Redis(RedisAddr),
-    Twemproxy { path: PathBuf, pool: Option<String> },
+    Twemproxy {
+        path: PathBuf,
+        pool: Option<String>,
+    },
+    /// A Redis Cluster: its masters, each key on the master that owns its slot.
+    Cluster(Vec<RedisAddr>),
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Redis(a) => fmt::Display::fmt(a, f),
+            Endpoint::Cluster(seeds) => {
+                fmt::Display::fmt(&crate::endpoint::TargetSpec::Cluster(seeds.clone()), f)
+            }
             Endpoint::Twemproxy { path, pool: None } => write!(f, "twemproxy:{}", path.display()),
             Endpoint::Twemproxy {
                 path,
@@ -50,6 +58,13 @@ impl FromStr for Endpoint {
             }
             let (path, pool) = crate::endpoint::parse_twemproxy(rest);
             return Ok(Endpoint::Twemproxy { path, pool });
+        }
+        if s.starts_with("cluster://") {
+            return match s.parse::<crate::endpoint::TargetSpec>() {
+                Ok(crate::endpoint::TargetSpec::Cluster(seeds)) => Ok(Endpoint::Cluster(seeds)),
+                Ok(_) => Err(format!("{s}: not a cluster endpoint")),
+                Err(e) => Err(e.to_string()),
+            };
         }
         if s.starts_with("rdb:") {
             return Err(format!(
@@ -115,12 +130,17 @@ pub struct Group {
     pub nodes: Vec<Node>,
     /// `Some` for a twemproxy pool whose placement is determined (ketama, modula).
     pub router: Option<Router>,
+    /// `Some` for a Redis Cluster: which master owns each slot (`nodes` in the map's order).
+    pub slots: Option<std::sync::Arc<crate::cluster::SlotMap>>,
 }
 
 impl Group {
     /// Where `key` lives in this group: the routed node, or `None` when any node may hold it (a plain
     /// master is a group of one, so that is node 0).
     pub fn owner(&self, key: &[u8]) -> Option<usize> {
+        if let Some(map) = &self.slots {
+            return map.owner(crate::cluster::key_slot(key));
+        }
         match (&self.router, self.nodes.len()) {
             (_, 1) => Some(0),
             (Some(r), _) => Some(r.server_for(key)),
@@ -132,8 +152,22 @@ impl Group {
 /// Read an endpoint into a group (loading a nutcracker config), connect to every server once and learn
 /// its capabilities and keyspace.
 pub async fn resolve(ep: &Endpoint, role: Role, timeout: Duration) -> Result<Group, VerifyError> {
+    let mut slots = None;
     let (addrs, router, names): (Vec<RedisAddr>, Option<Router>, Vec<String>) = match ep {
         Endpoint::Redis(a) => (vec![a.clone()], None, vec![a.to_string()]),
+        Endpoint::Cluster(seeds) => {
+            let (map, nodes) = crate::target::shard::discover(seeds)
+                .await
+                .map_err(|e| VerifyError::Config(format!("{role} {ep}: {e}")))?;
+            if !map.uncovered().is_empty() {
+                return Err(VerifyError::Config(format!(
+                    "{role} {ep}: some slots are served by no master (cluster_state is not ok)"
+                )));
+            }
+            slots = Some(std::sync::Arc::new(map));
+            let names = nodes.iter().map(|a| a.to_string()).collect();
+            (nodes, None, names)
+        }
         Endpoint::Twemproxy { path, pool } => {
             let cfg = TwemproxyConfig::load(path)
                 .map_err(|e| VerifyError::Config(format!("{role} {ep}: {e}")))?;
@@ -166,10 +200,9 @@ pub async fn resolve(ep: &Endpoint, role: Role, timeout: Duration) -> Result<Gro
             .await
             .map_err(error::on(role))?;
         let info = ServerInfo::from_info(&c.info(b"all").await.map_err(error::on(role))?);
-        if info.cluster {
+        if info.cluster && slots.is_none() {
             return Err(VerifyError::Config(format!(
-                "{role} {shown} is a Redis Cluster node; verify compares standalone servers and \
-                 twemproxy pools"
+                "{role} {shown} is a Redis Cluster node: give the cluster as cluster://host:port[,host:port…]"
             )));
         }
         nodes.push(Node {
@@ -183,6 +216,7 @@ pub async fn resolve(ep: &Endpoint, role: Role, timeout: Duration) -> Result<Gro
         shown: ep.to_string(),
         nodes,
         router,
+        slots,
     })
 }
 

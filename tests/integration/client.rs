@@ -77,10 +77,19 @@ fn writes_whose_replies_were_lost_are_not_sent_twice() {
         .unwrap();
     let mut p = Pipeline::writes();
     p.push(&[b"INCR", b"counter"]);
+    // The proxy has registered the client's connection (the fault applies to current connections).
+    crate::support::wait_until(
+        "the proxy to hold the connection",
+        Duration::from_secs(10),
+        || proxy.active_connections() == 1,
+    );
     // The server executes the INCR; its reply is discarded and the connection cut.
     let (discarded, result) = std::thread::scope(|scope| {
-        let dropping = scope.spawn(|| proxy.drop_replies_after_execution());
-        std::thread::sleep(Duration::from_millis(20));
+        let dropping =
+            scope.spawn(|| proxy.drop_replies_after_execution_within(Duration::from_secs(10)));
+        crate::support::wait_until("the fault to be armed", Duration::from_secs(10), || {
+            proxy.discarding()
+        });
         let r = rt.block_on(c.run(&p));
         (dropping.join().unwrap(), r)
     });

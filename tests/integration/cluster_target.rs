@@ -208,6 +208,34 @@ fn a_twemproxy_pool_syncs_into_a_cluster_and_every_change_follows() {
     am.ok(&["RPUSH", &src_list, "1", "2", "3"]);
     am.ok(&["RPOPLPUSH", &src_list, &dst_list]);
     wait_cluster_equal(&[&a, &b], &cluster, &ferry, "after streaming");
+    // ferry verify reads every key from the master that owns its slot; a changed value is found.
+    let pool = format!("twemproxy:{}", proxy.config_path.display());
+    let verify = |mode: &str| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["verify", "--no-progress", "--mode", mode, "--source", &pool])
+            .args(["--target", &cluster.url()])
+            .output()
+            .expect("ferry verify runs")
+    };
+    let out = verify("full");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.ok(&["SET", "pre:s:1", "tampered"]);
+    let out = verify("full");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pre:s:1"));
+    let out = verify("count");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode count cannot"));
+    p.ok(&["SET", "pre:s:1", "changed again"]);
 
     // One shard flushes: its keys leave every node of the cluster, the other shard's stay.
     b.client().ok(&["FLUSHALL"]);
@@ -329,6 +357,81 @@ fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
     );
 }
 
+/// Slots move while the full sync writes, and later a master is killed (its replica takes over) while the
+/// stream runs: the full sync starts again on the new layout (values replaced, nothing left over), the
+/// stream continues from the slots' checkpoints — the promoted replica may have missed the dead master's
+/// last writes, and their checkpoints with them — and the copy ends exact, without ferry exiting.
+#[test]
+fn a_resharding_during_the_full_sync_and_a_killed_master_end_exact() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let mut cluster = Cluster::start(3, 1, &[]);
+    let mut mc = m.client();
+    mc.ok(&["DEBUG", "POPULATE", "60000", "bulk", "64"]);
+    fill(&mut mc, "pre", 200);
+    let state = TempDir::new("cluster-reshard-full");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[]).allowing(&[
+        "slot layout changed",
+        "target connection lost",
+        "needs a full resync of this source",
+        "repl-backlog-size",
+        // The killed master: its connections fail until the job continues on the new layout.
+        "target connection failed",
+        "could not hand everything to the target on shutdown",
+    ]);
+    // Move slots as soon as the snapshot is being written.
+    wait_until(
+        "the snapshot to be written",
+        Duration::from_secs(30),
+        || cluster.data_key_count() > 1000,
+    );
+    let dest = cluster.masters[2].port;
+    cluster.move_slots(0, 99, dest, Duration::ZERO);
+    wait_cluster_equal(
+        &[&m],
+        &cluster,
+        &ferry,
+        "after a resharding during the full sync",
+    );
+    let load = Load::start(m.port);
+    wait_until("commands to flow", Duration::from_secs(20), || {
+        !cluster.cmd(&["GET", "counter:1"]).as_string().is_empty()
+    });
+    let victim = cluster.masters[1].port;
+    let promoted = cluster.kill_master(victim);
+    assert_ne!(promoted, victim);
+    wait_until(
+        "commands to flow on the new layout",
+        Duration::from_secs(60),
+        || {
+            let a = cluster.cmd(&["GET", "counter:1"]).as_string();
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.cmd(&["GET", "counter:1"]).as_string() != a
+        },
+    );
+    let rounds = load.stop();
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after a killed master");
+    let total: i64 = (0..64)
+        .map(|i| {
+            cluster
+                .cmd(&["GET", &format!("counter:{i}")])
+                .as_string()
+                .parse::<i64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(total as u64, rounds, "every INCR exactly once");
+    assert!(
+        ferry.log().contains("slot layout changed"),
+        "{}",
+        ferry.log()
+    );
+}
+
 /// A cluster has only db 0: a source holding keys in another db is refused before any write, naming the
 /// dbs; `--map-db 1:0` writes them there.
 #[test]
@@ -346,6 +449,22 @@ fn a_source_db_other_than_0_needs_a_map_into_a_cluster() {
     for i in 0..7 {
         mc.ok(&["SET", &format!("one:{i}"), "1"]);
     }
+    // ferry check looks at every master of the cluster, and names the db a cluster cannot hold.
+    let check = |extra: &[&str]| {
+        crate::support::ferry_proc::ferry_command()
+            .args(["check", "--source", &m.url(), "--target", &cluster.url()])
+            .args(extra)
+            .output()
+            .expect("ferry check runs")
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches("cluster master node").count(), 3, "{text}");
+    assert!(text.contains("db1: 7 keys"), "{text}");
+    let out = check(&["--map-db", "1:0"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
     let state = TempDir::new("cluster-db");
     let mut ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &["--once"]);
     let status = ferry.wait(Duration::from_secs(30));
@@ -513,4 +632,100 @@ fn a_twemproxy_target_places_every_key_where_nutcracker_reads_it() {
             );
         }
     }
+}
+
+/// A master that replicates scripts verbatim (6.2 with `lua-replicate-commands no`) sends a script's body
+/// once (its first `EVALSHA` goes out as `EVAL`) and then only `EVALSHA`s. Each node of a cluster target
+/// that runs one must have the script, though only one node ran the `EVAL` — a script over one slot runs
+/// on its node, a script over several slots on the first key's node — and so must a replica promoted by a
+/// failover afterwards (a 7.0 replica's script cache is its own), reached after ferry restarted on the new
+/// layout.
+#[test]
+fn an_evalsha_runs_on_nodes_that_never_saw_its_eval() {
+    let Some(m) = crate::support::versions::start_version(
+        "6.2",
+        &[
+            "--lua-replicate-commands",
+            "no",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    ) else {
+        return;
+    };
+    let cluster = Cluster::start(3, 1, &[]);
+    let state = TempDir::new("cluster-evalsha");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[])
+        .allowing(&["slot layout changed", "target connection lost"]);
+    let mut mc = m.client();
+    mc.ok(&["SET", "before", "1"]);
+    wait_until("the full sync", Duration::from_secs(30), || {
+        cluster.cmd(&["GET", "before"]).as_string() == "1"
+    });
+    // A 6.2 source has no PEXPIRETIME for data_items: the keys the scripts write are compared one by one.
+    let keys = |i: usize| [format!("n:{i}"), format!("a:{i}"), format!("l:{i}")];
+    let same = |what: &str| {
+        let mut mc = m.client();
+        let mut last = String::new();
+        let mut equal = |last: &mut String| {
+            for i in 0..40 {
+                for k in keys(i) {
+                    let read: &[&str] = if k.starts_with("l:") {
+                        &["LRANGE", &k, "0", "-1"]
+                    } else {
+                        &["GET", &k]
+                    };
+                    let (want, got) = (mc.cmd(read), cluster.cmd(read));
+                    if want != got {
+                        *last = format!("{k}: source {want:?}, cluster {got:?}");
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !equal(&mut last) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {last}\nferry log:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // One key (runs on its node), and two keys in different slots (runs on the first key's node).
+    let one = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let two =
+        "redis.call('INCRBY', KEYS[1], ARGV[1]); return redis.call('RPUSH', KEYS[2], ARGV[1])";
+    let (sha1, sha2) = (
+        ferry::apply::scripts::sha(one.as_bytes()),
+        ferry::apply::scripts::sha(two.as_bytes()),
+    );
+    // Only EVALSHAs run on the source (never SCRIPT LOAD, which would reach every node): the master
+    // replicates the first one of each script as EVAL, the others as they are.
+    mc.ok(&["EVAL", one, "1", "warm", "0"]);
+    mc.ok(&["EVAL", two, "2", "warm", "warm2", "0"]);
+    let evalsha_everywhere = |mc: &mut Client, round: usize| {
+        for i in 0..40 {
+            let [n, a, l] = keys(i);
+            let r = round.to_string();
+            mc.ok(&["EVALSHA", &sha1, "1", &n, &r]);
+            mc.ok(&["EVALSHA", &sha2, "2", &a, &l, &r]);
+        }
+    };
+    evalsha_everywhere(&mut mc, 2);
+    same("after EVALSHAs on every node");
+
+    let first = cluster.masters[0].port;
+    let promoted = cluster.failover(first);
+    assert_ne!(promoted, first);
+    evalsha_everywhere(&mut mc, 3);
+    same("after EVALSHAs past a failover");
+    let exists = cluster.node_cmd(promoted, &["SCRIPT", "EXISTS", &sha1]);
+    assert_eq!(
+        exists.as_array()[0].as_int(),
+        1,
+        "ferry loaded the script on the promoted replica"
+    );
 }

@@ -5,6 +5,7 @@ mod support;
 mod client;
 mod cluster_fixture;
 mod cluster_keys;
+mod cluster_source;
 mod cluster_target;
 mod exact;
 mod fault_proxy;

@@ -18,12 +18,12 @@ fn opts() -> CheckOptions {
 
 fn check_with(sources: &[String], target: &str, opts: &CheckOptions) -> CheckReport {
     let specs: Vec<SourceSpec> = sources.iter().map(|s| s.parse().unwrap()).collect();
-    let plan = expand_sources(&specs).unwrap();
     let target: RedisAddr = target.parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let plan = rt.block_on(expand_sources(&specs)).unwrap();
     rt.block_on(run_checks(&plan, &target, opts))
 }
 
@@ -371,7 +371,19 @@ fn cluster_and_replica_roles() {
     let r = check(&[cluster.url()], &dst.url());
     let m = find(&r, "source.mode", &format!("127.0.0.1:{}", cluster.port));
     assert_eq!(m.level, Level::Error);
-    assert!(m.message.contains("not supported yet"), "{}", m.message);
+    assert!(
+        m.message.contains("node of a Redis Cluster"),
+        "{}",
+        m.message
+    );
+    assert!(
+        m.advice
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cluster://"),
+        "a cluster node given as redis:// is pointed to cluster://: {}",
+        r.render_text()
+    );
 
     // A cluster target, a replica target, and the target being the source itself.
     let r = check(&[master.url()], &cluster.url());

@@ -462,6 +462,12 @@ impl FaultProxy {
     /// Returns the number of reply bytes discarded (0 if nothing came back within 200 ms, or no
     /// connection was open).
     pub fn drop_replies_after_execution(&self) -> u64 {
+        self.drop_replies_after_execution_within(DROP_REPLIES_WAIT)
+    }
+
+    /// As [`FaultProxy::drop_replies_after_execution`], waiting up to `wait` for a reply to discard (a
+    /// test that sends its command only once [`FaultProxy::discarding`] says the fault is armed).
+    pub fn drop_replies_after_execution_within(&self, wait: Duration) -> u64 {
         let conns: Vec<Arc<Conn>> = lock(&self.shared.conns).clone();
         if conns.is_empty() {
             return 0;
@@ -472,7 +478,7 @@ impl FaultProxy {
                 c.discard_replies.store(true, Ordering::SeqCst);
             }
             self.shared.cv.notify_all();
-            let deadline = Instant::now() + DROP_REPLIES_WAIT;
+            let deadline = Instant::now() + wait;
             while conns
                 .iter()
                 .all(|c| c.discarded.load(Ordering::SeqCst) == 0)
@@ -496,6 +502,14 @@ impl FaultProxy {
             .iter()
             .map(|c| c.discarded.load(Ordering::SeqCst))
             .sum()
+    }
+
+    /// Whether [`FaultProxy::drop_replies_after_execution`] is discarding replies now (on some connection):
+    /// a test polls this before it sends what must lose its reply.
+    pub fn discarding(&self) -> bool {
+        lock(&self.shared.conns)
+            .iter()
+            .any(|c| c.discard_replies.load(Ordering::SeqCst))
     }
 
     /// Arm a cut of every connection that fires once `n` more bytes went client → server (over all
