@@ -10,8 +10,14 @@
 #   4. rdbload    each master's dump.rdb loaded by a fresh redis-server at start-up (until loading:0): sum
 #   5. pipe       every key dumped as `RESTORE key pttl payload` (not timed), then `redis-cli --pipe` of all
 #                 masters' files in sequence into ONE fresh target: the floor for any loader that writes commands
-#   6. ratios     ferry / native replication, ferry / pipe floor, ferry / native RDB load, ferry's peak RSS
-#   7. stream     (BENCH_STREAM=1) end-to-end lag under a redis-benchmark write load, ferry beside a native replica
+#   6. cluster    a fresh 3-master Redis Cluster (redis-cli --cluster create, no replicas) as the target:
+#                 `ferry sync --source <each master> --target cluster://<the 3 nodes> --once` (wall time, peak RSS,
+#                 keys without ferry's 16384 checkpoint keys per source), then on another fresh cluster the floor:
+#                 every key as RESTORE, split by slot owner into one file per node (all masters' keys in each;
+#                 not timed), and the 3 files' `redis-cli --pipe` into their nodes AT ONCE (wall time until the last)
+#   7. ratios     ferry / native replication, ferry / pipe floor, ferry / native RDB load, ferry's peak RSS;
+#                 cluster ferry / standalone ferry, cluster ferry / cluster pipe floor
+#   8. stream     (BENCH_STREAM=1) end-to-end lag under a redis-benchmark write load, ferry beside a native replica
 #
 # Prints a table and writes the raw numbers as JSON lines to $BENCH_OUT/e2e-<UTC date-time>.json.
 # Needs bash, python3 (stdlib only), redis-server/redis-cli/redis-benchmark (installed by
@@ -21,13 +27,14 @@
 #   BENCH_KEYS=200000 bash scripts/bench-e2e.sh                # a quick run
 #   BENCH_MASTERS=1 bash scripts/bench-e2e.sh                  # the single-master (1.5x replication) case
 #   BENCH_STREAM=1 bash scripts/bench-e2e.sh                   # plus the incremental-lag stage
+#   BENCH_STAGES=ferry,cluster bash scripts/bench-e2e.sh       # standalone vs cluster target only
 #
 # Knobs (environment):
 #   BENCH_MASTERS=2          masters (each gets its own key prefix; the target receives their union)
 #   BENCH_KEYS=2000000       keys per master
 #   BENCH_BIG=20             1000-element collections per master (part of BENCH_KEYS)
 #   BENCH_VERIFY=2000        random keys per master whose values are compared after ferry's sync (not timed)
-#   BENCH_STAGES=ferry,replication,rdbload,pipe   which measurements to run (the dataset is always made)
+#   BENCH_STAGES=ferry,replication,rdbload,pipe,cluster   which measurements to run (the dataset is always made)
 #   BENCH_STREAM=0           1 adds the `stream` stage
 #   BENCH_STREAM_N=3000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
 #   BENCH_STREAM_SAMPLE_MS=2   pause between lag probes
@@ -50,7 +57,7 @@ MASTERS=${BENCH_MASTERS:-2}
 KEYS=${BENCH_KEYS:-2000000}
 BIG=${BENCH_BIG:-20}
 VERIFY=${BENCH_VERIFY:-2000}
-STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe}
+STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe,cluster}
 [[ "${BENCH_STREAM:-0}" == 1 ]] && STAGES+=",stream"
 STREAM_N=${BENCH_STREAM_N:-3000000}
 STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-2}
@@ -65,6 +72,9 @@ done
 ((MASTERS >= 1 && KEYS >= 100 && BIG * 2 <= KEYS)) || { echo "error: need BENCH_MASTERS >= 1, BENCH_KEYS >= 100" >&2; exit 2; }
 [[ "$DISKLESS" == yes || "$DISKLESS" == no ]] || { echo "error: BENCH_DISKLESS must be yes or no" >&2; exit 2; }
 has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+for st in ${STAGES//,/ }; do
+  [[ " ferry replication rdbload pipe cluster stream " == *" $st "* ]] || { echo "error: unknown stage '$st' in BENCH_STAGES" >&2; exit 2; }
+done
 
 if [[ -t 1 ]]; then
   say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -125,8 +135,13 @@ command -v python3 >/dev/null || die "python3 is needed (dataset generation, pro
 for tool in redis-server redis-cli; do command -v "$tool" >/dev/null || die "$tool is not on PATH"; done
 if has_stage stream; then command -v redis-benchmark >/dev/null || die "redis-benchmark (redis-tools) is not on PATH"; fi
 
+if has_stage cluster; then # --cluster-port (a free bus port: port + 10000 may pass 65535) came with Redis 7.0
+  [[ "$(redis-server --version | grep -o 'v=[0-9]*' | cut -d= -f2)" -ge 7 ]] ||
+    die "the cluster stage needs redis-server 7.0 or newer (--cluster-port); leave it out of BENCH_STAGES"
+fi
+
 FERRY=""
-if has_stage ferry || has_stage stream; then
+if has_stage ferry || has_stage stream || has_stage cluster; then
   STAGE=build
   if [[ -n "${FERRY_BIN:-}" ]]; then
     FERRY=$FERRY_BIN
@@ -150,7 +165,7 @@ LIB="$WORK/benchlib.py"
 
 # --- the python side: RESP client, generator, dumper, pollers, timer, lag probe (stdlib only) -----------------
 cat >"$LIB" <<'PYEOF'
-import json, os, random, signal, socket, subprocess, sys, time
+import binascii, json, os, random, signal, socket, subprocess, sys, time
 
 # ---- a minimal pipelining RESP2 client -------------------------------------------------------------------------
 def enc(*args):
@@ -203,6 +218,86 @@ def try_connect(port):
     except OSError:
         return None
 
+# ---- Redis Cluster: key slots, the slot map, a client that sends each command to its key's master -----------------
+def key_slot(key):
+    """CRC16 (XMODEM: binascii.crc_hqx with 0) of the key or of its {hash tag}, modulo 16384"""
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1:e]
+    return binascii.crc_hqx(key, 0) & 16383
+
+def slot_owners(port):
+    """slot -> client port of the master serving it (CLUSTER SLOTS as seen by the node on PORT)"""
+    owner = [0] * 16384
+    for rng in Redis(port)("CLUSTER", "SLOTS"):
+        owner[rng[0]:rng[1] + 1] = [int(rng[2][1])] * (rng[1] - rng[0] + 1)
+    if 0 in owner:
+        sys.exit(f"slot {owner.index(0)} is served by no master (node {port})")
+    return owner
+
+class Cluster:
+    """routes a one-key command (TYPE k, GET k, ...) to the master of k's slot (no MOVED handling: the layout is fixed)"""
+    def __init__(self, ports):
+        self.owner = slot_owners(ports[0])
+        self.conns = {p: Redis(p) for p in set(self.owner)}
+    def __call__(self, *args):
+        k = args[1] if isinstance(args[1], bytes) else str(args[1]).encode()
+        return self.conns[self.owner[key_slot(k)]](*args)
+
+def connect_target(spec):  # "PORT" or "cluster:PORT,PORT,..."
+    if spec.startswith("cluster:"):
+        return Cluster([int(p) for p in spec[len("cluster:"):].split(",")])
+    return Redis(spec)
+
+# ---- cluster-wait: until every node says cluster_state:ok, knows all nodes, and all agree on the slot map ----------
+def cluster_wait(timeout, *ports):
+    t0 = time.perf_counter()
+    last = ""
+    while True:
+        maps = []
+        for p in ports:
+            try:
+                c = Redis(p, timeout=5)
+                info = dict(l.split(":", 1) for l in c("CLUSTER", "INFO").decode().split() if ":" in l)
+                if (info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384"
+                        or info.get("cluster_known_nodes") != str(len(ports))):
+                    last = f"node {p}: {info}"
+                    break
+                maps.append(sorted((r[0], r[1], int(r[2][1])) for r in c("CLUSTER", "SLOTS")))
+            except (OSError, RedisError, ConnectionError) as e:
+                last = f"node {p}: {e}"
+                break
+        if len(maps) == len(ports) and all(m == maps[0] for m in maps):
+            print("%.4f" % (time.perf_counter() - t0))
+            return
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"the cluster did not settle within {timeout}s: {last}")
+        time.sleep(0.1)
+
+# ---- target-keys: keys of a target (all dbs; the sum over a cluster's nodes), of them ferry's in-target checkpoint
+# keys (ferry:checkpoint:*, db 0: one per source, or one per slot and source in a cluster) and any other ferry:* key;
+# "data" is the rest. JSON to OUT.
+def target_keys(out, *ports):
+    total, per, ck, other = 0, [], set(), set()
+    for p in ports:
+        c = Redis(p)
+        n = sum(int(v.split(",")[0].split("=")[1]) for k, v in c.info("keyspace").items() if k.startswith("db"))
+        per.append(n)
+        total += n
+        cursor = b"0"
+        while True:  # SCAN may return a key twice (a rehash in between): sets, not counters
+            cursor, keys = c("SCAN", cursor, "MATCH", "ferry:*", "COUNT", 10000)
+            for k in keys:
+                (ck if k.startswith(b"ferry:checkpoint:") else other).add(k)
+            if cursor == b"0":
+                break
+    with open(out, "w") as f:
+        json.dump({"total": total, "per_node": ",".join(map(str, per)), "checkpoint": len(ck),
+                   "other_ferry": len(other), "data": total - len(ck) - len(other),
+                   "other_sample": [k.decode(errors="replace") for k in sorted(other)[:3]]}, f)
+
 # ---- gen: the dataset as RESP on stdout --------------------------------------------------------------------------
 def gen(prefix, nkeys, nbig, seed):
     rng = random.Random(seed)
@@ -253,24 +348,35 @@ def gen(prefix, nkeys, nbig, seed):
     print(json.dumps({"keys": nkeys, "ttls": ttls, "big": nbig}), file=sys.stderr)
 
 # ---- restore-file: every key of a server as RESTORE key pttl payload (RESP) --------------------------------------
-def restore_file(port, path):
+# With CLUSTER_PORT, one file per master of that cluster, PATH.<its port>, holding the keys of its slots; prints the
+# count per file as JSON ({"port": n}) instead of the total.
+def restore_file(port, path, cluster_port=None):
     r = Redis(port)
-    n = 0
+    if cluster_port:
+        owner = slot_owners(cluster_port)
+        files = {p: open(f"{path}.{p}", "wb", buffering=1 << 20) for p in sorted(set(owner))}
+        pick = lambda k: owner[key_slot(k)]
+    else:
+        files = {0: open(path, "wb", buffering=1 << 20)}
+        pick = lambda k: 0
+    counts = dict.fromkeys(files, 0)
     cursor = b"0"
-    with open(path, "wb", buffering=1 << 20) as out:
-        while True:
-            cursor, keys = r("SCAN", cursor, "COUNT", 2000)
-            if keys:
-                r.s.sendall(b"".join(enc("DUMP", k) + enc("PTTL", k) for k in keys))
-                for k in keys:
-                    payload, pttl = r.read(), r.read()
-                    if payload is None or isinstance(payload, RedisError) or pttl == -2:
-                        continue  # gone in between (nothing expires here, but be exact)
-                    out.write(enc("RESTORE", k, max(pttl, 0), payload))
-                    n += 1
-            if cursor == b"0":
-                break
-    print(n)
+    while True:
+        cursor, keys = r("SCAN", cursor, "COUNT", 2000)
+        if keys:
+            r.s.sendall(b"".join(enc("DUMP", k) + enc("PTTL", k) for k in keys))
+            for k in keys:
+                payload, pttl = r.read(), r.read()
+                if payload is None or isinstance(payload, RedisError) or pttl == -2:
+                    continue  # gone in between (nothing expires here, but be exact)
+                p = pick(k)
+                files[p].write(enc("RESTORE", k, max(pttl, 0), payload))
+                counts[p] += 1
+        if cursor == b"0":
+            break
+    for f in files.values():
+        f.close()
+    print(json.dumps({str(p): n for p, n in counts.items()}) if cluster_port else counts[0])
 
 # ---- replicate: REPLICAOF and wait until the replica is in sync and loaded; prints seconds -----------------------
 def replicate(replica_port, master_port, timeout):
@@ -346,6 +452,48 @@ def timed(jsonout, timeout, log, argv):
     with open(jsonout, "w") as f:
         json.dump(res, f)
 
+# ---- timed-par: commands started at once (`-- LOG argv... -- LOG argv...`), each one's wall time from the common
+# start and the wall time until the last ends (one clock: no interpreter start-up between the children)
+def timed_par(jsonout, timeout, rest):
+    groups, cur = [], None
+    for a in rest:
+        if a == "--":
+            cur = []
+            groups.append(cur)
+        else:
+            cur.append(a)
+    t0 = time.perf_counter()
+    procs = []
+    for g in groups:
+        with open(g[0], "ab") as lf:
+            procs.append(subprocess.Popen(g[1:], stdin=subprocess.DEVNULL, stdout=lf, stderr=lf))
+    def forward(sig, _frame):
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        sys.exit(128 + sig)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    res = [None] * len(procs)
+    deadline = t0 + float(timeout)
+    timed_out = False
+    while None in res:
+        for i, p in enumerate(procs):
+            if res[i] is None:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    res[i] = {"wall_s": round(time.perf_counter() - t0, 4), "rc": p.returncode,
+                              "maxrss_kib": ru.ru_maxrss}
+        if time.perf_counter() > deadline and not timed_out:
+            timed_out = True
+            for i, p in enumerate(procs):
+                if res[i] is None:
+                    p.kill()
+        time.sleep(0.002)
+    with open(jsonout, "w") as f:
+        json.dump({"wall_s": round(time.perf_counter() - t0, 4), "timed_out": timed_out, "children": res}, f)
+
 # ---- keycount: keys in all dbs (INFO keyspace) -------------------------------------------------------------------
 def keycount(port):
     total = 0
@@ -407,9 +555,10 @@ def lag(master, names_ports, stopfile, sample_ms, jsonout, timeout=60.0):
         json.dump(res, f)
 
 # ---- compare: a sample of each master's keys (random ones plus every 1000-element one) against the target ----------
+# (TARGET: a port, or cluster:PORT,PORT,... for a Redis Cluster: each key is read from its slot's master)
 # type-aware (order-free for hashes and sets), and TTLs within a minute; prints "checked bad" and the first misses.
 def compare(target, sample, nbig, *masters):
-    t = Redis(target)
+    t = connect_target(target)
     kinds = ("hash", "list", "set", "zset")
     def value(c, k):
         ty = c("TYPE", k)
@@ -436,6 +585,15 @@ def compare(target, sample, nbig, *masters):
                     print(f"MISMATCH {k!r}: master {st} pttl {sp}, target {tt} pttl {tp}", file=sys.stderr)
     print(checked, bad)
 
+# ---- cpu: CPU seconds the servers on PORTS have used so far, their reaped children (an RDB fork) included --------
+def cpu(*ports):
+    t = 0.0
+    for p in ports:
+        i = Redis(p).info("cpu")
+        t += sum(float(i.get(k, 0)) for k in ("used_cpu_user", "used_cpu_sys", "used_cpu_user_children",
+                                               "used_cpu_sys_children"))
+    print("%.3f" % t)
+
 # ---- rec: append one JSON line (numbers stay numbers) -----------------------------------------------------------
 def rec(path, *kvs):
     d = {}
@@ -456,7 +614,10 @@ def rec(path, *kvs):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "gen": gen(args[0].encode(), int(args[1]), int(args[2]), int(args[3]))
-    elif cmd == "restore-file": restore_file(args[0], args[1])
+    elif cmd == "restore-file": restore_file(args[0], args[1], *args[2:3])
+    elif cmd == "cluster-wait": cluster_wait(float(args[0]), *args[1:])
+    elif cmd == "target-keys": target_keys(args[0], *args[1:])
+    elif cmd == "timed-par": timed_par(args[0], args[1], args[2:])
     elif cmd == "replicate": replicate(args[0], args[1], float(args[2]))
     elif cmd == "load-rdb": load_rdb(args[0], args[1], args[2], float(args[3]))
     elif cmd == "timed": timed(args[0], args[1], args[2], args[4:] if args[3] == "--" else args[3:])
@@ -466,6 +627,7 @@ if __name__ == "__main__":
     elif cmd == "compare": compare(args[0], int(args[1]), int(args[2]), *args[3:])
     elif cmd == "rec": rec(*args)
     elif cmd == "info": print(Redis(args[0]).info(args[1]).get(args[2], ""))
+    elif cmd == "cpu": cpu(*args)
     elif cmd == "json": print(json.load(open(args[0]))[args[1]])
     else: sys.exit(f"unknown command {cmd}")
 PYEOF
@@ -508,6 +670,31 @@ start_redis() {
 stop_redis() { # pid dir
   stop_pid "$1"
   rm -rf "$2"
+}
+
+# start_cluster NAME -> CPORTS, CPIDS, CDIRS: 3 fresh cluster-enabled servers (each with a free bus port),
+# joined by `redis-cli --cluster create` as 3 masters without replicas, once every node agrees on
+# cluster_state:ok and the slot map
+start_cluster() {
+  local name=$1 n bus used
+  CPORTS=() CPIDS=() CDIRS=()
+  used=" "
+  for n in 1 2 3; do
+    bus=$(free_port)
+    while [[ "$used" == *" $bus "* ]]; do bus=$(free_port); done
+    start_redis "$name-node$n" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "$bus"
+    CPORTS+=("$PORT") CPIDS+=("$SPID") CDIRS+=("$SDIR")
+    used+="$bus $PORT "
+  done
+  redis-cli --cluster create "${CPORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+    </dev/null >"$WORK/$name-create.log" 2>&1 ||
+    die "redis-cli --cluster create failed: $(tail -3 "$WORK/$name-create.log")"
+  py cluster-wait 60 "${CPORTS[@]}" >/dev/null || die "the $name cluster did not reach cluster_state:ok"
+}
+stop_cluster() {
+  local i
+  for i in "${!CPIDS[@]}"; do stop_redis "${CPIDS[$i]}" "${CDIRS[$i]}"; done
+  CPORTS=() CPIDS=() CDIRS=()
 }
 
 # --- machine facts ----------------------------------------------------------------------------------------------
@@ -563,26 +750,36 @@ SOURCES=()
 for p in "${MPORT[@]}"; do SOURCES+=(--source "redis://127.0.0.1:$p"); done
 
 # --- stage 2: ferry full sync -----------------------------------------------------------------------------------
-FERRY_S="" FERRY_RSS_MIB="" FERRY_FAILED=0 FERRY_WHY=""
+FERRY_S="" FERRY_RSS_MIB="" FERRY_FAILED=0 FERRY_WHY="" TCPU="" MCPU=""
 if has_stage ferry; then
   STAGE=ferry
   say "ferry: full sync of $MASTERS master(s) into a fresh target (--once)"
   start_redis ferry-target
   TPORT=$PORT TPID=$SPID TDIR=$SDIR
   echo "  \$ ferry sync ${SOURCES[*]} --target redis://127.0.0.1:$TPORT --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  TCPU0=$(py cpu "$TPORT") MCPU0=$(py cpu "${MPORT[@]}")
   py timed "$WORK/ferry.json" "$TIMEOUT" "$WORK/ferry.log" -- \
     "$FERRY" sync "${SOURCES[@]}" --target "redis://127.0.0.1:$TPORT" --once --state-dir "$WORK/ferry-state" \
     "${FERRY_EXTRA[@]}"
   FRC=$(jget "$WORK/ferry.json" rc)
   FERRY_S=$(jget "$WORK/ferry.json" wall_s)
   FERRY_RSS_MIB=$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1]) / 1024))' "$(jget "$WORK/ferry.json" maxrss_kib)")
-  TKEYS=$(py keycount "$TPORT")
+  # the target's keys: the data and ferry's in-target checkpoint keys (ferry:checkpoint:<source>, one per source)
+  py target-keys "$WORK/target-keys.json" "$TPORT" || die "counting the target's keys failed"
+  TKEYS=$(jget "$WORK/target-keys.json" data)
+  TCHECK=$(jget "$WORK/target-keys.json" checkpoint)
+  TOTHER=$(jget "$WORK/target-keys.json" other_ferry)
+  # CPU the target and the masters (with their RDB forks, reaped by now) spent on the sync; with ferry's user+sys,
+  # what the sync cost the machine's cores, whatever else ran beside it
+  TCPU=$(sum "$(py cpu "$TPORT")" "-$TCPU0") MCPU=$(sum "$(py cpu "${MPORT[@]}")" "-$MCPU0")
   if [[ "$(jget "$WORK/ferry.json" timed_out)" == True ]]; then
     FERRY_FAILED=1 FERRY_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
   elif ((FRC != 0)); then
     FERRY_FAILED=1 FERRY_WHY="ferry exited with status $FRC"
+  elif ((TOTHER != 0)); then
+    FERRY_FAILED=1 FERRY_WHY="the target holds $TOTHER ferry:* keys that are not checkpoints, e.g. $(jget "$WORK/target-keys.json" other_sample)"
   elif ((TKEYS != TOTAL_KEYS)); then
-    FERRY_FAILED=1 FERRY_WHY="the target holds $TKEYS keys, the masters $TOTAL_KEYS"
+    FERRY_FAILED=1 FERRY_WHY="the target holds $TKEYS keys besides ferry's $TCHECK checkpoint keys, the masters $TOTAL_KEYS"
   else # equal counts: also compare a sample of values (not timed)
     read -r CHECKED BAD < <(py compare "$TPORT" "$VERIFY" "$BIG" "${MPORT[@]}" 2>"$WORK/compare.err") ||
       die "comparing the target with the masters failed: $(tail -3 "$WORK/compare.err")"
@@ -593,7 +790,7 @@ if has_stage ferry; then
     fi
   fi
   rec kind=ferry wall_s="$FERRY_S" peak_rss_mib="$FERRY_RSS_MIB" rc="$FRC" target_keys="$TKEYS" \
-    source_keys="$TOTAL_KEYS" target_used_memory="$(py info "$TPORT" memory used_memory)" \
+    checkpoint_keys="$TCHECK" source_keys="$TOTAL_KEYS" target_cpu_s="$TCPU" masters_cpu_s="$MCPU" target_used_memory="$(py info "$TPORT" memory used_memory)" \
     user_s="$(jget "$WORK/ferry.json" user_s)" sys_s="$(jget "$WORK/ferry.json" sys_s)" \
     ok="$((1 - FERRY_FAILED))" why="$FERRY_WHY"
   if ((FERRY_FAILED)); then
@@ -601,7 +798,7 @@ if has_stage ferry; then
     tail -15 "$WORK/ferry.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' >&2
     echo "  (the other stages still run; the script exits 1 at the end)" >&2
   else
-    echo "  ferry: $(fmt "$FERRY_S")s, peak RSS $FERRY_RSS_MIB MiB, target holds $TKEYS keys (= the masters')"
+    echo "  ferry: $(fmt "$FERRY_S")s, peak RSS $FERRY_RSS_MIB MiB, target holds $TKEYS keys (= the masters') + $TCHECK checkpoint keys"
   fi
   stop_redis "$TPID" "$TDIR"
 fi
@@ -658,7 +855,7 @@ if has_stage rdbload; then
 fi
 
 # --- stage 5: the redis-cli --pipe floor ------------------------------------------------------------------------
-PIPE_S=""
+PIPE_S="" PIPE_TCPU=""
 if has_stage pipe; then
   STAGE=pipe
   say "redis-cli --pipe floor: RESTORE files of all masters, in sequence, into ONE fresh target"
@@ -670,6 +867,7 @@ if has_stage pipe; then
   for pid in "${dump_pids[@]}"; do wait "$pid" || die "dumping RESTORE commands failed"; done
   echo "  RESTORE files: $(du -ch "$WORK"/restore*.resp | tail -1 | cut -f1)"
   start_redis pipe-target
+  PCPU0=$(py cpu "$PORT")
   times=()
   for ((m = 1; m <= MASTERS; m++)); do
     py timed "$WORK/pipe$m.json" "$TIMEOUT" "$WORK/pipe$m.out" -- \
@@ -685,11 +883,110 @@ if has_stage pipe; then
   n=$(py keycount "$PORT")
   ((n == TOTAL_KEYS)) || die "the pipe target holds $n keys, the masters $TOTAL_KEYS"
   PIPE_S=$(sum "${times[@]}")
-  rec kind=pipe_total sum_s="$PIPE_S" keys="$n"
+  PIPE_TCPU=$(sum "$(py cpu "$PORT")" "-$PCPU0")
+  rec kind=pipe_total sum_s="$PIPE_S" keys="$n" target_cpu_s="$PIPE_TCPU"
   stop_redis "$SPID" "$SDIR"
 fi
 
-# --- stage 7 (optional): incremental lag under load, ferry beside a native replica ------------------------------
+# --- stage 6: a Redis Cluster target (3 masters): ferry, then the redis-cli --pipe floor -------------------------
+CL_S="" CL_RSS_MIB="" CL_FAILED=0 CL_WHY="" CLPIPE_S="" CLPIPE_SUM="" CTCPU="" CMCPU="" CPCPU=""
+if has_stage cluster; then
+  STAGE=cluster
+  say "cluster: full sync of $MASTERS master(s) into a fresh 3-master Redis Cluster (--once)"
+  start_cluster cluster-ferry
+  CSPEC="cluster://$(IFS=,; echo "${CPORTS[*]/#/127.0.0.1:}")"
+  echo "  \$ ferry sync ${SOURCES[*]} --target $CSPEC --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  TCPU0=$(py cpu "${CPORTS[@]}") MCPU0=$(py cpu "${MPORT[@]}")
+  py timed "$WORK/cluster-ferry.json" "$TIMEOUT" "$WORK/cluster-ferry.log" -- \
+    "$FERRY" sync "${SOURCES[@]}" --target "$CSPEC" --once --state-dir "$WORK/cluster-ferry-state" "${FERRY_EXTRA[@]}"
+  CRC=$(jget "$WORK/cluster-ferry.json" rc)
+  CL_S=$(jget "$WORK/cluster-ferry.json" wall_s)
+  CL_RSS_MIB=$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1]) / 1024))' "$(jget "$WORK/cluster-ferry.json" maxrss_kib)")
+  # the nodes' keys: the data, ferry's checkpoint keys (one per slot and source), and nothing else of ferry's
+  py target-keys "$WORK/cluster-keys.json" "${CPORTS[@]}" || die "counting the cluster's keys failed"
+  CKEYS=$(jget "$WORK/cluster-keys.json" data)
+  CCHECK=$(jget "$WORK/cluster-keys.json" checkpoint)
+  COTHER=$(jget "$WORK/cluster-keys.json" other_ferry)
+  CTCPU=$(sum "$(py cpu "${CPORTS[@]}")" "-$TCPU0") CMCPU=$(sum "$(py cpu "${MPORT[@]}")" "-$MCPU0")
+  if [[ "$(jget "$WORK/cluster-ferry.json" timed_out)" == True ]]; then
+    CL_FAILED=1 CL_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
+  elif ((CRC != 0)); then
+    CL_FAILED=1 CL_WHY="ferry exited with status $CRC"
+  elif ((COTHER != 0)); then
+    CL_FAILED=1 CL_WHY="the cluster holds $COTHER ferry:* keys that are not checkpoints, e.g. $(jget "$WORK/cluster-keys.json" other_sample)"
+  elif ((CKEYS != TOTAL_KEYS)); then
+    CL_FAILED=1 CL_WHY="the cluster holds $CKEYS keys besides ferry's $CCHECK checkpoint keys, the masters $TOTAL_KEYS"
+  else
+    read -r CHECKED BAD < <(py compare "cluster:$(IFS=,; echo "${CPORTS[*]}")" "$VERIFY" "$BIG" "${MPORT[@]}" \
+      2>"$WORK/cluster-compare.err") || die "comparing the cluster with the masters failed: $(tail -3 "$WORK/cluster-compare.err")"
+    if ((BAD)); then
+      CL_FAILED=1 CL_WHY="$BAD of $CHECKED sampled keys differ between the masters and the cluster: $(head -3 "$WORK/cluster-compare.err")"
+    else
+      echo "  compared $CHECKED sampled keys (every 1000-element one included) with the masters: all equal"
+    fi
+  fi
+  rec kind=cluster wall_s="$CL_S" peak_rss_mib="$CL_RSS_MIB" rc="$CRC" target_keys="$CKEYS" \
+    checkpoint_keys="$CCHECK" other_ferry_keys="$COTHER" node_keys="$(jget "$WORK/cluster-keys.json" per_node)" \
+    source_keys="$TOTAL_KEYS" keys_per_s="$(python3 -c 'import sys; print(round(int(sys.argv[1]) / float(sys.argv[2])))' "$TOTAL_KEYS" "$CL_S")" \
+    user_s="$(jget "$WORK/cluster-ferry.json" user_s)" sys_s="$(jget "$WORK/cluster-ferry.json" sys_s)" \
+    target_cpu_s="$CTCPU" masters_cpu_s="$CMCPU" ok="$((1 - CL_FAILED))" why="$CL_WHY"
+  if ((CL_FAILED)); then
+    echo "error: [stage cluster] $CL_WHY; last lines of ferry's log:" >&2
+    tail -15 "$WORK/cluster-ferry.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' >&2
+    echo "  (the other stages still run; the script exits 1 at the end)" >&2
+  else
+    echo "  ferry: $(fmt "$CL_S")s, peak RSS $CL_RSS_MIB MiB; the nodes hold $(jget "$WORK/cluster-keys.json" per_node) keys:" \
+      "$CKEYS (= the masters') + $CCHECK checkpoint keys"
+  fi
+  stop_cluster
+
+  say "cluster floor: every key as RESTORE into the file of its slot's node, the 3 files piped at once"
+  start_cluster cluster-pipe
+  dump_pids=()
+  for ((m = 1; m <= MASTERS; m++)); do # not timed; one python per master, in parallel
+    py restore-file "${MPORT[$((m - 1))]}" "$WORK/crestore$m" "${CPORTS[0]}" >"$WORK/crestore$m.count" &
+    dump_pids+=($!)
+  done
+  for pid in "${dump_pids[@]}"; do wait "$pid" || die "dumping RESTORE commands by slot owner failed"; done
+  for p in "${CPORTS[@]}"; do # one file per node: every master's keys of its slots, master after master
+    for ((m = 1; m <= MASTERS; m++)); do cat "$WORK/crestore$m.$p"; done >"$WORK/cnode$p.resp"
+    rm -f "$WORK"/crestore*."$p"
+  done
+  echo "  RESTORE files per node: $(for p in "${CPORTS[@]}"; do du -h "$WORK/cnode$p.resp" | cut -f1; done | paste -sd' ')"
+  par=()
+  for p in "${CPORTS[@]}"; do
+    par+=(-- "$WORK/cpipe$p.out" bash -c 'exec redis-cli -p "$1" --pipe <"$2"' _ "$p" "$WORK/cnode$p.resp")
+  done
+  PCPU0=$(py cpu "${CPORTS[@]}")
+  py timed-par "$WORK/cpipe.json" "$TIMEOUT" "${par[@]}"
+  [[ "$(jget "$WORK/cpipe.json" timed_out)" == False ]] || die "the pipes into the cluster took more than ${TIMEOUT}s (BENCH_TIMEOUT)"
+  CLPIPE_S=$(jget "$WORK/cpipe.json" wall_s)
+  times=()
+  child() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["children"][int(sys.argv[2])][sys.argv[3]])' "$WORK/cpipe.json" "$1" "$2"; }
+  for i in "${!CPORTS[@]}"; do
+    p=${CPORTS[$i]}
+    [[ "$(child "$i" rc)" == 0 ]] || die "redis-cli --pipe into node $p failed: $(tail -3 "$WORK/cpipe$p.out")"
+    grep -q '^errors: 0,' "$WORK/cpipe$p.out" || die "node $p rejected RESTOREs: $(tail -3 "$WORK/cpipe$p.out")"
+    s=$(child "$i" wall_s)
+    restores=$(python3 -c 'import json, sys; print(sum(json.load(open(f))[sys.argv[1]] for f in sys.argv[2:]))' \
+      "$p" "$WORK"/crestore*.count)
+    rec kind=cluster_pipe node_port="$p" wall_s="$s" restores="$restores"
+    echo "  node $p: $restores RESTOREs in $(fmt "$s")s"
+    times+=("$s")
+    rm -f "$WORK/cnode$p.resp"
+  done
+  py target-keys "$WORK/cluster-pipe-keys.json" "${CPORTS[@]}" || die "counting the cluster's keys failed"
+  n=$(jget "$WORK/cluster-pipe-keys.json" total)
+  ((n == TOTAL_KEYS)) || die "the floor's cluster holds $n keys, the masters $TOTAL_KEYS"
+  CLPIPE_SUM=$(sum "${times[@]}")
+  CPCPU=$(sum "$(py cpu "${CPORTS[@]}")" "-$PCPU0")
+  rec kind=cluster_pipe_total wall_s="$CLPIPE_S" sum_s="$CLPIPE_SUM" max_s="$(max "${times[@]}")" keys="$n" target_cpu_s="$CPCPU" \
+    keys_per_s="$(python3 -c 'import sys; print(round(int(sys.argv[1]) / float(sys.argv[2])))' "$n" "$CLPIPE_S")"
+  echo "  all $n RESTOREs in $(fmt "$CLPIPE_S")s (3 pipes at once; $(fmt "$CLPIPE_SUM")s summed)"
+  stop_cluster
+fi
+
+# --- stage 8 (optional): incremental lag under load, ferry beside a native replica ------------------------------
 STREAM_FILE=""
 if has_stage stream; then
   STAGE=stream
@@ -725,7 +1022,8 @@ if has_stage stream; then
   FS_RSS_KIB=$(awk '/^VmHWM:/ {print $2}' "/proc/$FSPID/status")
   # both copies must equal the master once the load is over
   sleep 1
-  MK=$(py keycount "$SM") FK=$(py keycount "$ST") NK=$(py keycount "$SR")
+  py target-keys "$WORK/stream-keys.json" "$ST" || die "counting ferry's target's keys failed"
+  MK=$(py keycount "$SM") FK=$(jget "$WORK/stream-keys.json" data) NK=$(py keycount "$SR") # FK: without ferry's checkpoint key
   tr '\r' '\n' <"$WORK/benchmark.out" | grep -E 'requests per second' | sed 's/^/  load: /'
   OPS=$((STREAM_N * 3))
   STREAM_FILE="$WORK/lag.json"
@@ -750,7 +1048,7 @@ EOF
   stop_pid "$FSPID"
 fi
 
-# --- stage 6: the table and the ratios --------------------------------------------------------------------------
+# --- stage 7: the table and the ratios --------------------------------------------------------------------------
 STAGE=report
 say "results ($MASTERS master(s) x $KEYS keys = $TOTAL_KEYS keys, $((TOTAL_MEM / 1048576)) MiB used_memory; redis $REDIS_VER; $NPROC cores)"
 row() { printf '  %-44s %12s %12s\n' "$@"; }
@@ -779,10 +1077,41 @@ fi
 if has_stage ferry; then
   echo "  ferry peak RSS: ${FERRY_RSS_MIB} MiB (masters' used_memory: $((TOTAL_MEM / 1048576)) MiB)"
 fi
-rec kind=summary ok="$((1 - FERRY_FAILED))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
+R_CL_FERRY="" R_CL_PIPE=""
+if has_stage cluster; then
+  echo
+  kps() { python3 -c 'import sys; print("%d" % (int(sys.argv[1]) / float(sys.argv[2])))' "$TOTAL_KEYS" "$1"; }
+  row "cluster target (3 masters)" "seconds" "keys/s"
+  row "--------------------------------------------" "------------" "------------"
+  if ((CL_FAILED)); then row "ferry sync --once into the cluster (FAILED)" "$(fmt "$CL_S")" ""; else row "ferry sync --once into the cluster" "$(fmt "$CL_S")" "$(kps "$CL_S")"; fi
+  if ok_ferry; then row "ferry sync --once into one server (ferry)" "$(fmt "$FERRY_S")" "$(kps "$FERRY_S")"; fi
+  row "redis-cli --pipe into the 3 nodes at once" "$(fmt "$CLPIPE_S")" "$(kps "$CLPIPE_S")"
+  if ((CL_FAILED == 0)); then
+    ok_ferry && R_CL_FERRY=$(ratio "$CL_S" "$FERRY_S")
+    R_CL_PIPE=$(ratio "$CL_S" "$CLPIPE_S")
+    [[ -n "$R_CL_FERRY" ]] && echo "  cluster ferry / standalone ferry: ${R_CL_FERRY}x"
+    echo "  cluster ferry / cluster pipe floor: ${R_CL_PIPE}x"
+    [[ -n "$PIPE_S" ]] && echo "  cluster pipe floor / standalone pipe floor: $(ratio "$CLPIPE_S" "$PIPE_S")x"
+    echo "  ferry peak RSS (cluster target): ${CL_RSS_MIB} MiB"
+  fi
+  # CPU seconds spent on each sync (a 2-core machine cannot finish faster than this sum / 2)
+  cpu_row() { # label ferry.json target_cpu masters_cpu
+    local f
+    f=$(sum "$(jget "$2" user_s)" "$(jget "$2" sys_s)")
+    printf '  %-44s ferry %s + target %s + masters %s = %s\n' "$1" "$(fmt "$f")" "$(fmt "$3")" "$(fmt "$4")" "$(fmt "$(sum "$f" "$3" "$4")")"
+  }
+  echo "  CPU seconds of the sync:"
+  has_stage ferry && cpu_row "  into one server" "$WORK/ferry.json" "$TCPU" "$MCPU"
+  cpu_row "  into the cluster (3 nodes)" "$WORK/cluster-ferry.json" "$CTCPU" "$CMCPU"
+  [[ -n "${PIPE_TCPU:-}" ]] && printf '  %-44s %s\n' "  pipe floor, one server" "target $(fmt "$PIPE_TCPU")"
+  printf '  %-44s %s\n' "  pipe floor, cluster (3 nodes)" "target $(fmt "$CPCPU")"
+fi
+rec kind=summary ok="$((FERRY_FAILED || CL_FAILED ? 0 : 1))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
   replication_sum_s="${REPL_SUM:-}" replication_max_s="${REPL_MAX:-}" pipe_s="${PIPE_S:-}" rdbload_sum_s="${LOAD_SUM:-}" \
   ferry_over_replication_sum="${R_REPL:-}" ferry_over_replication_max="${R_REPLMAX:-}" \
-  ferry_over_pipe="${R_PIPE:-}" ferry_over_rdbload="${R_LOAD:-}" total_keys="$TOTAL_KEYS" total_used_memory="$TOTAL_MEM"
+  ferry_over_pipe="${R_PIPE:-}" ferry_over_rdbload="${R_LOAD:-}" total_keys="$TOTAL_KEYS" total_used_memory="$TOTAL_MEM" \
+  cluster_ferry_s="${CL_S:-}" cluster_ferry_peak_rss_mib="${CL_RSS_MIB:-}" cluster_pipe_s="${CLPIPE_S:-}" \
+  cluster_over_standalone_ferry="${R_CL_FERRY:-}" cluster_ferry_over_cluster_pipe="${R_CL_PIPE:-}"
 if [[ -n "$STREAM_FILE" ]]; then
   echo
   printf '  %-8s %8s %9s %9s %9s %9s %9s %12s\n' "stream" samples "p50 ms" "p99 ms" "p99.9 ms" "max ms" "drain ms" "apply ops/s"
@@ -801,5 +1130,10 @@ echo
 echo "  raw numbers: $OUT"
 if ((FERRY_FAILED)); then
   STAGE=ferry
+  ((CL_FAILED)) && echo "error: [stage cluster] $CL_WHY" >&2
   die "$FERRY_WHY (the other figures above are valid)"
+fi
+if ((CL_FAILED)); then
+  STAGE=cluster
+  die "$CL_WHY (the other figures above are valid)"
 fi
