@@ -1141,8 +1141,15 @@ fn a_failover_behind_one_address_continues_with_a_partial_resync() {
     m.ok(&["SET", "seed", "1"]);
     let ferry =
         Ferry::sync(&[vip.url()], &target.url(), state.path(), &[]).allowing(&["link down"]);
-    let load = Load::start(master.port);
     let mut t = target.client();
+    // The load starts once ferry streams: during the precheck's write-rate sample it would (rightly) make
+    // ferry warn that the backlog holds less than 5 minutes of writes.
+    wait_until(
+        "the snapshot on the target",
+        Duration::from_secs(20),
+        || t.cmd(&["GET", "seed"]).as_string() == "1",
+    );
+    let load = Load::start(master.port);
     wait_until("streamed writes", Duration::from_secs(20), || {
         t.cmd(&["GET", "counter"])
             .as_string()
