@@ -145,25 +145,40 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
 /// cleanly; the job then waits until the cluster has settled and starts again on the new layout, where every
 /// slot's checkpoint says exactly what its data holds: a partial resync, nothing applied twice or lost.
 pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
-    let mut restarts = 0u32;
+    // One status registry and endpoint for the whole job: it stays readable while the job waits for a
+    // cluster target to settle, and it stops when `run` returns.
+    let status = Arc::new(Status::new());
+    status.set_phase(JobPhase::Starting);
+    let status_stop = CancellationToken::new();
+    let _status_guard = status_stop.clone().drop_guard();
+    if let Some(addr) = cfg.status_addr {
+        crate::status::serve(addr, status.clone(), status_stop.clone())
+            .await
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+    }
+    crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
     loop {
-        match run_once(cfg.clone(), cancel.clone()).await {
+        match run_once(cfg.clone(), cancel.clone(), status.clone()).await {
             Err(SyncError::Topology(msg)) if !cancel.is_cancelled() => {
-                restarts += 1;
-                tracing::warn!(reason = %msg, restarts,
+                status.set_phase(JobPhase::Settling);
+                tracing::warn!(reason = %msg, restarts = status.layout_restarts() + 1,
                     "the cluster target's slot layout changed: waiting until it settles, then continuing on the new \
                      layout from every slot's checkpoint");
                 wait_settled(&cfg, &cancel).await?;
+                status.new_layout();
             }
             other => return other,
         }
     }
 }
 
-/// Wait until every cluster target serves all slots, agrees on `cluster_state:ok`, and migrates no slot.
+/// Wait until every cluster target serves all slots, agrees on `cluster_state:ok`, and migrates no slot —
+/// however long a resharding takes (the job is idle meanwhile, its status says `settling`, and a WARN
+/// every minute says what still moves); a stop request ends the wait.
 async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<(), SyncError> {
     use crate::endpoint::TargetSpec;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let started = tokio::time::Instant::now();
+    let mut next_warning = started + Duration::from_secs(60);
     for spec in &cfg.targets {
         let TargetSpec::Cluster(seeds) = spec else {
             continue;
@@ -175,17 +190,17 @@ async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<()
                 Ok(()) if calm >= 1 => break,
                 Ok(()) => {
                     calm += 1;
-                    String::new()
+                    String::from("settled once; checking again")
                 }
                 Err(why) => {
                     calm = 0;
                     why
                 }
             };
-            if tokio::time::Instant::now() > deadline {
-                return Err(SyncError::Runtime(format!(
-                    "target {spec}: the cluster did not settle within 10 minutes ({last})"
-                )));
+            if tokio::time::Instant::now() >= next_warning {
+                next_warning += Duration::from_secs(60);
+                tracing::warn!(target_spec = %spec, waiting_s = started.elapsed().as_secs(), state = %last,
+                    "the cluster target has not settled yet; the job continues once it has");
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
@@ -227,21 +242,18 @@ async fn cluster_settled(seeds: &[crate::endpoint::RedisAddr]) -> Result<(), Str
     Ok(())
 }
 
-async fn run_once(mut cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+async fn run_once(
+    mut cfg: SyncConfig,
+    cancel: CancellationToken,
+    status: Arc<Status>,
+) -> Result<SyncReport, SyncError> {
     // A source that meets a changed cluster layout stops the others too (see `run`).
     let outer = cancel;
     let cancel = outer.child_token();
-    let status = Arc::new(Status::new());
     status.set_phase(JobPhase::Starting);
-    // Status stays readable while the job drains; it stops when `run` returns.
+    // Ends the phase watcher below with this run.
     let status_stop = CancellationToken::new();
     let _status_guard = status_stop.clone().drop_guard();
-    if let Some(addr) = cfg.status_addr {
-        crate::status::serve(addr, status.clone(), status_stop.clone())
-            .await
-            .map_err(|e| SyncError::Config(e.to_string()))?;
-    }
-    crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
     {
         let (status, cancel, stop) = (status.clone(), cancel.clone(), status_stop.clone());
         tokio::spawn(async move {

@@ -71,6 +71,9 @@ pub enum JobPhase {
     Running,
     /// Stop requested: draining, acknowledging, checkpointing.
     Draining,
+    /// A cluster target's slot layout changed: every source stopped cleanly; waiting until the cluster
+    /// settles, then the job continues on the new layout from every slot's checkpoint.
+    Settling,
     /// Finished (`--once`, `rdb:` sources, or stopped by a signal and drained).
     Done,
     /// The job failed.
@@ -78,11 +81,12 @@ pub enum JobPhase {
 }
 
 impl JobPhase {
-    pub const ALL: [JobPhase; 6] = [
+    pub const ALL: [JobPhase; 7] = [
         JobPhase::Starting,
         JobPhase::Precheck,
         JobPhase::Running,
         JobPhase::Draining,
+        JobPhase::Settling,
         JobPhase::Done,
         JobPhase::Failed,
     ];
@@ -94,6 +98,7 @@ impl JobPhase {
             JobPhase::Precheck => "precheck",
             JobPhase::Running => "running",
             JobPhase::Draining => "draining",
+            JobPhase::Settling => "settling",
             JobPhase::Done => "done",
             JobPhase::Failed => "failed",
         }
@@ -215,6 +220,8 @@ pub struct Status {
     sources: RwLock<Vec<Arc<SourceStatus>>>,
     targets: RwLock<Vec<Arc<TargetStatus>>>,
     apply: Mutex<Option<Arc<ApplyStats>>>,
+    /// Times the job continued on a new slot layout of a cluster target.
+    layout_restarts: AtomicU64,
 }
 
 impl Default for Status {
@@ -233,7 +240,29 @@ impl Status {
             sources: RwLock::new(Vec::new()),
             targets: RwLock::new(Vec::new()),
             apply: Mutex::new(None),
+            layout_restarts: AtomicU64::new(0),
         }
+    }
+
+    /// The job continues on a new slot layout: its sources, targets (the nodes may differ) and apply
+    /// counters are registered again by the next run; the phase, the start time and the restart count
+    /// carry on.
+    pub fn new_layout(&self) {
+        self.layout_restarts.fetch_add(1, Ordering::Relaxed);
+        self.sources
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.targets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *lock(&self.apply) = None;
+    }
+
+    /// Times the job continued on a new slot layout (see [`Status::new_layout`]).
+    pub fn layout_restarts(&self) -> u64 {
+        self.layout_restarts.load(Ordering::Relaxed)
     }
 
     pub fn set_phase(&self, phase: JobPhase) {

@@ -127,6 +127,11 @@ pub fn render(s: &StatusSnapshot) -> String {
             u8::from(p.as_str() == s.job.phase),
         );
     }
+    f.counter(
+        "ferry_layout_restarts_total",
+        "Times the job continued on a new slot layout of a cluster target (a resharding, a failover).",
+    )
+    .add(&[], s.job.layout_restarts);
     f.gauge(
         "ferry_job_start_time_seconds",
         "When the job started, in seconds since the Unix epoch.",

@@ -27,8 +27,11 @@ pub struct StatusSnapshot {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSnapshot {
-    /// `starting`, `precheck`, `running`, `draining`, `done` or `failed`.
+    /// `starting`, `precheck`, `running`, `draining`, `settling`, `done` or `failed`.
     pub phase: String,
+    /// Times the job continued on a new slot layout of a cluster target (a resharding, a failover).
+    #[serde(default)]
+    pub layout_restarts: u64,
     pub started_at_unix_ms: u64,
     pub uptime_seconds: f64,
     /// What `/healthz` answers: the job runs and no source failed.
@@ -183,6 +186,7 @@ pub(super) fn take(status: &Status) -> StatusSnapshot {
         ferry_version: env!("CARGO_PKG_VERSION").to_string(),
         job: JobSnapshot {
             phase: status.phase().as_str().to_string(),
+            layout_restarts: status.layout_restarts(),
             started_at_unix_ms: unix_ms(status.started_at),
             uptime_seconds: status.uptime().as_secs_f64(),
             healthy: problems.is_empty(),

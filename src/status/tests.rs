@@ -128,6 +128,7 @@ fn json_field_names_are_stable() {
         keys(&v["job"]),
         set(&[
             "phase",
+            "layout_restarts",
             "started_at_unix_ms",
             "uptime_seconds",
             "healthy",
@@ -890,4 +891,29 @@ async fn progress_without_a_terminal_logs_the_facts() {
         );
     }
     p.finish().await;
+}
+
+/// A job that continues on a new slot layout registers its sources and targets again: the lists show the
+/// new run (a cluster target's nodes as they are now), the restart is counted, the phase carries on.
+#[test]
+fn a_new_layout_clears_the_registrations_and_counts_the_restart() {
+    let (status, _, _) = filled();
+    assert!(!status.sources().is_empty() && !status.targets().is_empty());
+    status.set_phase(JobPhase::Settling);
+    status.new_layout();
+    assert!(status.sources().is_empty());
+    assert!(status.targets().is_empty());
+    assert_eq!(status.layout_restarts(), 1);
+    let snap = status.snapshot();
+    assert_eq!(snap.job.phase, "settling");
+    assert_eq!(snap.job.layout_restarts, 1);
+    let metrics = prometheus::render(&snap);
+    assert!(
+        metrics.contains("ferry_layout_restarts_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_job_phase{phase=\"settling\"} 1"),
+        "{metrics}"
+    );
 }

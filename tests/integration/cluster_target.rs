@@ -312,7 +312,15 @@ fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
     let mut mc = m.client();
     fill(&mut mc, "pre", 500);
     let state = TempDir::new("cluster-reshard");
-    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[]).allowing(&[
+    let status_port = crate::support::free_port();
+    let status_addr = format!("127.0.0.1:{status_port}");
+    let ferry = Ferry::sync(
+        &[m.url()],
+        &cluster.url(),
+        state.path(),
+        &["--status", &status_addr],
+    )
+    .allowing(&[
         "slot layout changed",
         "target connection lost",
         "could not hand everything to the target on shutdown",
@@ -355,6 +363,29 @@ fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
         "{}",
         ferry.log()
     );
+    // The status endpoint lived through the restarts, counts them, and lists the nodes as they are now.
+    let body = crate::stream::http_get(status_port, "/status").expect("status answers");
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("")).expect("status JSON");
+    assert_eq!(json["job"]["phase"], "running", "{body}");
+    assert!(
+        json["job"]["layout_restarts"].as_u64().unwrap_or(0) >= 1,
+        "{body}"
+    );
+    let mut listed: Vec<String> = json["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| t["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    listed.sort();
+    let mut masters: Vec<String> = cluster
+        .current_masters()
+        .iter()
+        .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    masters.sort();
+    assert_eq!(listed, masters, "{body}");
 }
 
 /// Slots move while the full sync writes, and later a master is killed (its replica takes over) while the
