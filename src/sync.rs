@@ -405,14 +405,16 @@ async fn run_once(
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
         let sid = crate::checkpoint::source_id(&plan[idx].label);
+        let own = ownership(&plan, idx, &file_keys);
+        // This source's heartbeat key (a cluster source's master has its own), never copied.
+        let heartbeat = crate::source::master::heartbeat_for(cfg.heartbeat.clone(), &own);
         for (tcfg, info, pool, _) in &pools {
             let mut opts = SnapshotOptions::new(info.clone(), format!("{TMP_PREFIX}{sid}:"));
             opts.overwrite = cfg.overwrite;
             opts.chunk_elements = cfg.chunk_elements;
             opts.dbs = plan[idx].dbs.clone();
             opts.shard = tcfg.shard.clone();
-            opts.skip_key = cfg
-                .heartbeat
+            opts.skip_key = heartbeat
                 .as_ref()
                 .map(|(_, k)| bytes::Bytes::from(k.clone()));
             let applier = SnapshotApplier::new(pool.clone(), opts, apply_stats.clone());
@@ -427,7 +429,7 @@ async fn run_once(
         let run = SourceRun {
             idx,
             spec: spec.clone(),
-            ownership: ownership(&plan, idx, &file_keys),
+            ownership: own,
             dbs: plan[idx].dbs.clone(),
             own_keys: own_keys.clone(),
             file_keys: file_keys_tx[idx].take(),

@@ -112,6 +112,7 @@ impl Link {
         if found.host_port() != self.cfg.addr.host_port() {
             tracing::info!(source = %self.cfg.name, from = %self.cfg.addr, to = %found,
                 "the master's role moved to another server (a failover): continuing the replication there");
+            self.shared.set_master(found.clone());
             self.cfg.addr = found;
             self.who = who_of(&self.cfg);
         }

@@ -143,6 +143,9 @@ pub struct LinkShared {
     /// The master did not accept `PSYNC` and serves `SYNC` only (before 2.8): offsets count from 0 at the end
     /// of the RDB, no ACK is sent, and no resume is possible (every reconnect is a full sync).
     pub sync_only: AtomicBool,
+    /// The server the link replicates from since the master's role moved (a followed failover); `None`
+    /// while it is the configured one. Read it with [`LinkShared::master`].
+    moved_to: std::sync::Mutex<Option<RedisAddr>>,
 }
 
 impl Default for LinkShared {
@@ -161,6 +164,7 @@ impl Default for LinkShared {
             rdb_size: AtomicI64::new(-1),
             stream_bytes: AtomicU64::new(0),
             sync_only: AtomicBool::new(false),
+            moved_to: std::sync::Mutex::new(None),
         }
     }
 }
@@ -168,6 +172,21 @@ impl Default for LinkShared {
 impl LinkShared {
     pub fn new() -> Arc<LinkShared> {
         Arc::new(LinkShared::default())
+    }
+
+    /// The server the link replicates from: `configured` until a followed failover moved it elsewhere.
+    /// What else talks to the master (the heartbeat, `--once`'s offset) asks here.
+    pub fn master(&self, configured: &RedisAddr) -> RedisAddr {
+        self.moved_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| configured.clone())
+    }
+
+    /// The link moved to `addr` (see [`LinkShared::master`]).
+    pub fn set_master(&self, addr: RedisAddr) {
+        *self.moved_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
     }
 
     /// Record what every target has applied (see the field's docs).

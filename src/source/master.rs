@@ -150,6 +150,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let addr = src.addr.clone();
+    let mut own_cfg = cfg.clone();
+    own_cfg.heartbeat = heartbeat_for(cfg.heartbeat.clone(), &src.ownership);
+    let cfg = &own_cfg;
     let link_err = |msg: String| SourceError::Link {
         source_name: addr.to_string(),
         msg,
@@ -264,7 +267,13 @@ pub async fn run(
     // and is stopped after the last ACK.
     let link_cancel = CancellationToken::new();
     if let Some((every, key)) = cfg.heartbeat.clone() {
-        tokio::spawn(heartbeat(addr.clone(), every, key, link_cancel.clone()));
+        tokio::spawn(heartbeat(
+            addr.clone(),
+            shared.clone(),
+            every,
+            key,
+            link_cancel.clone(),
+        ));
     }
     let link = tokio::spawn(repl::run(
         link_cfg,
@@ -675,7 +684,7 @@ impl Consumer {
         tracing::info!(source = %self.addr(), rdb_version = summary.version, bytes = summary.bytes,
             keys = summary.entries, "snapshot applied; streaming");
         if self.cfg.once {
-            let o = master_offset(self.addr())
+            let o = master_offset(&self.shared.master(self.addr()))
                 .await
                 .map_err(|e| self.err(format!("reading the master's offset for --once: {e}")))?;
             self.st.set_master_offset(o);
@@ -758,9 +767,11 @@ impl Consumer {
                     self.sinks[i].stream = Some(s);
                 }
                 if self.cfg.once {
-                    let o = master_offset(self.addr()).await.map_err(|e| {
-                        self.err(format!("reading the master's offset for --once: {e}"))
-                    })?;
+                    let o = master_offset(&self.shared.master(self.addr()))
+                        .await
+                        .map_err(|e| {
+                            self.err(format!("reading the master's offset for --once: {e}"))
+                        })?;
                     self.once_target = Some(o.max(offset));
                 }
                 self.phase = Phase::Streaming;
@@ -1293,16 +1304,60 @@ async fn mark_loading(
     Ok(())
 }
 
-/// Write `SET <key> <unix ms>` into the source master every `every` until cancelled. A source that refuses
-/// (a read-only replica, no write permission) is logged once and left alone.
-async fn heartbeat(addr: RedisAddr, every: Duration, key: String, cancel: CancellationToken) {
+/// The heartbeat this source writes: as configured, but for a master of a cluster source the key gets a hash
+/// tag in a slot that master owns (`ferry:heartbeat:{…}`), so the master accepts it and its own stream brings
+/// it back. A key that has a hash tag of its own is left as it is.
+pub fn heartbeat_for(
+    hb: Option<(Duration, String)>,
+    ownership: &crate::apply::sweep::Ownership,
+) -> Option<(Duration, String)> {
+    let (every, key) = hb?;
+    let crate::apply::sweep::Ownership::Slots { owners, me } = ownership else {
+        return Some((every, key));
+    };
+    if key.contains('{') {
+        return Some((every, key));
+    }
+    let map = owners.read().unwrap_or_else(|p| p.into_inner());
+    let slot = (0..crate::cluster::SLOTS as u16).find(|&s| map.owner(s) == Some(*me));
+    let key = match slot {
+        Some(slot) => String::from_utf8_lossy(&crate::cluster::key_in_slot(
+            format!("{key}:").as_bytes(),
+            slot,
+        ))
+        .into_owned(),
+        None => key,
+    };
+    Some((every, key))
+}
+
+/// Write `SET <key> <unix ms>` into the source master every `every` until cancelled — the server the link
+/// replicates from, which a followed failover moves. A source that refuses (a read-only replica, no write
+/// permission) is logged once and left alone.
+async fn heartbeat(
+    configured: RedisAddr,
+    shared: Arc<LinkShared>,
+    every: Duration,
+    key: String,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     let mut client: Option<Client> = None;
+    let mut addr = configured.clone();
     let mut warned = false;
+    // Heartbeats redirected in a row (MOVED, READONLY, …): a refusal only past this many.
+    const REDIRECTED_TICKS: u32 = 30;
+    let mut redirected = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let now_master = shared.master(&configured);
+        if now_master.host_port() != addr.host_port() {
+            addr = now_master;
+            client = None;
+            warned = false;
         }
         if client.is_none() {
             client = Client::connect(&addr).await.ok();
@@ -1318,13 +1373,26 @@ async fn heartbeat(addr: RedisAddr, every: Duration, key: String, cancel: Cancel
             c.cmd_ok(&[b"SET", key.as_bytes(), now.as_bytes()]).await
         }
         .await;
-        if let Err(e) = r {
-            if !warned {
-                tracing::warn!(source = %addr, error = %e, "heartbeat write refused; lag is estimated from offsets instead");
-                warned = true;
-            }
-            if !matches!(e, crate::target::TargetError::Command { .. }) {
+        match r {
+            Ok(_) => redirected = 0,
+            // The master moved (a failover the link follows at its next look) or the key's slot did: not a
+            // refusal until it lasts.
+            Err(crate::target::TargetError::Command { ref msg, .. })
+                if (crate::target::is_redirection(msg) || msg.starts_with("READONLY"))
+                    && redirected < REDIRECTED_TICKS =>
+            {
+                redirected += 1;
+                tracing::debug!(source = %addr, error = %msg, "heartbeat write redirected; trying again");
                 client = None;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(source = %addr, error = %e, "heartbeat write refused; lag is estimated from offsets instead");
+                    warned = true;
+                }
+                if !matches!(e, crate::target::TargetError::Command { .. }) {
+                    client = None;
+                }
             }
         }
     }

@@ -218,7 +218,16 @@ fn a_source_failover_mid_stream_continues_with_a_partial_resync() {
     let target = target_server();
     fill(&cluster, "pre", 300);
     let state = TempDir::new("cluster-source-failover");
-    let ferry = Ferry::sync(&[cluster.url()], &target.url(), state.path(), &[]).allowing(&[
+    // With a heartbeat: each master gets its own heartbeat key in one of its slots, and after the failover
+    // the heartbeat follows the link to the promoted master (the log guard fails the test on a refused
+    // heartbeat write: MOVED on another master's slot, or from the old master).
+    let ferry = Ferry::sync(
+        &[cluster.url()],
+        &target.url(),
+        state.path(),
+        &["--heartbeat", "1"],
+    )
+    .allowing(&[
         // The old master drops (or is dropped by) ferry's link when its role moves.
         "link down",
         // The link may ask before the cluster's view of the promotion has settled.
@@ -302,6 +311,22 @@ fn a_source_failover_mid_stream_continues_with_a_partial_resync() {
         "one full sync per master, none after the failover:\n{log}"
     );
     wait_target_equal(&cluster, &target, &ferry, "after the failover");
+    // The promoted master's heartbeat key is fresh: ferry writes it there now.
+    let first = heartbeat_of(&mut p);
+    wait_until(
+        "a newer heartbeat on the promoted master",
+        Duration::from_secs(10),
+        || heartbeat_of(&mut p) > first,
+    );
+    assert_eq!(
+        target
+            .client()
+            .cmd(&["KEYS", "ferry:heartbeat*"])
+            .as_array()
+            .len(),
+        0,
+        "heartbeats are consumed, never copied"
+    );
     let rounds = load.rounds.load(Ordering::Relaxed);
     assert_eq!(
         load.counters_total(&mut target.client()),
@@ -644,4 +669,19 @@ fn a_cluster_source_syncs_into_a_cluster_target() {
         target.data_key_count() > 300,
         "the other masters' keys stay"
     );
+}
+
+/// The value (unix ms) of the one heartbeat key ferry writes into this master's slots.
+fn heartbeat_of(p: &mut Client) -> i64 {
+    let reply = p.ok(&["KEYS", "ferry:heartbeat*"]);
+    let keys = reply.as_array();
+    assert_eq!(
+        keys.len(),
+        1,
+        "one heartbeat key in the master's slots: {keys:?}"
+    );
+    p.ok(&["GET", &keys[0].as_string()])
+        .as_string()
+        .parse()
+        .unwrap_or(0)
 }

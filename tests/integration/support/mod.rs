@@ -639,11 +639,13 @@ pub fn check_nutcracker() {
     );
 }
 
-/// Is this one of ferry's own keys on a target (in-target checkpoints, the heartbeat key, temporary keys)?
+/// Is this one of ferry's own keys (in-target checkpoints, temporary keys, the heartbeat key — on a master of
+/// a cluster source `ferry:heartbeat:{tag}`, in one of its slots)?
 pub fn is_ferry_key(key: &[u8]) -> bool {
     key.starts_with(b"ferry:checkpoint:")
         || key.starts_with(b"ferry:tmp:")
         || key == b"ferry:heartbeat"
+        || key.starts_with(b"ferry:heartbeat:{")
 }
 
 /// The dbs holding keys, from `INFO keyspace`.
