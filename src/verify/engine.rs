@@ -116,12 +116,19 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// ferry's own keys, never compared: the heartbeat key, keys with the checkpoint prefix, temporary
-    /// keys (`ferry:tmp:`). A user key such as `ferry:other` is data.
+    /// ferry's own keys, never compared: the heartbeat key (and a cluster source master's own,
+    /// `<heartbeat key>:{tag}`), keys with the checkpoint prefix, temporary keys (`ferry:tmp:`). A user key
+    /// such as `ferry:other` is data.
     pub fn own_keys(&self) -> OwnKeys {
+        let per_master = self.heartbeat_key.iter().map(|k| {
+            let mut p = k.to_vec();
+            p.extend_from_slice(b":{");
+            Bytes::from(p)
+        });
         OwnKeys {
             prefixes: std::iter::once(Bytes::from_static(TMP_PREFIX.as_bytes()))
                 .chain(self.checkpoint_key_prefix.clone())
+                .chain(per_master)
                 .collect(),
             exact: self.heartbeat_key.iter().cloned().collect(),
         }
@@ -865,6 +872,7 @@ mod tests {
         let own = Settings::default().own_keys();
         for k in [
             &b"ferry:heartbeat"[..],
+            b"ferry:heartbeat:{06S}",
             b"ferry:checkpoint:127.0.0.1_6379",
             b"ferry:tmp:127.0.0.1_6379:7",
         ] {
