@@ -55,6 +55,9 @@ pub struct ClusterSource {
     /// nodes past the source's masters are masters outside the source.
     owners: Arc<RwLock<SlotMap>>,
     state: Mutex<State>,
+    /// Fired when slots moved to a master that is not one of this source's (a master added to the cluster
+    /// since the job started): the job stops cleanly and starts again with every current master.
+    pub grown: tokio_util::sync::CancellationToken,
 }
 
 struct State {
@@ -212,6 +215,7 @@ impl ClusterSource {
                 moves: Vec::new(),
                 foreign_reported: BTreeSet::new(),
             }),
+            grown: tokio_util::sync::CancellationToken::new(),
         };
         source.refresh_replicas(&addrs).await;
         tracing::debug!(source = %source.label, map = ?map_of(&source.owners),
@@ -414,10 +418,11 @@ impl ClusterSource {
         }
         for (addr, slots) in foreign {
             if st.foreign_reported.insert(addr.clone()) {
-                tracing::error!(source = %self.label, slots = %ranges(slots.iter().copied()), master = %addr,
-                    "slots moved to a master that was not part of the cluster when ferry started: ferry does not \
-                     replicate it, so changes to these slots are not synced from now on; start the job again to \
-                     sync every current master");
+                tracing::warn!(source = %self.label, slots = %ranges(slots.iter().copied()), master = %addr,
+                    "slots moved to a master that was not part of the cluster when ferry started: the job stops \
+                     cleanly and starts again with every current master (that one is copied with a full sync, \
+                     the others continue where they are)");
+                self.grown.cancel();
             }
         }
     }

@@ -162,8 +162,8 @@ pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncRepor
             Err(SyncError::Topology(msg)) if !cancel.is_cancelled() => {
                 status.set_phase(JobPhase::Settling);
                 tracing::warn!(reason = %msg, restarts = status.layout_restarts() + 1,
-                    "the cluster target's slot layout changed: waiting until it settles, then continuing on the new \
-                     layout from every slot's checkpoint");
+                    "a cluster's slot layout changed: waiting until the cluster targets settle, then continuing on \
+                     the new layout from every checkpoint");
                 wait_settled(&cfg, &cancel).await?;
                 status.new_layout();
             }
@@ -452,7 +452,36 @@ async fn run_once(
 
     let mut failures = Vec::new();
     let mut topology: Option<String> = None;
-    while let Some(joined) = tasks.join_next().await {
+    // A cluster source that gained a master (slots moved to it) stops the job too: the next run has it.
+    let grown = CancellationToken::new();
+    let _grown_guard = grown.clone().drop_guard();
+    for p in &plan {
+        if let Some((c, _)) = &p.cluster {
+            let (source_grown, job_grown, label) =
+                (c.grown.clone(), grown.clone(), c.label.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = source_grown.cancelled() => {
+                        tracing::info!(source = %label, "stopping the job to continue with the cluster source's new master");
+                        job_grown.cancel();
+                    }
+                    _ = job_grown.cancelled() => {}
+                }
+            });
+        }
+    }
+    loop {
+        let joined = tokio::select! {
+            j = tasks.join_next() => match j {
+                Some(j) => j,
+                None => break,
+            },
+            _ = grown.cancelled(), if topology.is_none() && !outer.is_cancelled() => {
+                cancel.cancel();
+                topology = Some("a master joined the cluster source".into());
+                continue;
+            }
+        };
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((name, Err(e)))

@@ -713,3 +713,55 @@ fn heartbeat_of(p: &mut Client) -> i64 {
         .parse()
         .unwrap_or(0)
 }
+
+/// A master added to the source cluster (`redis-cli --cluster add-node`) and given slots while ferry
+/// streams: ferry stops the job cleanly and starts again with every current master — the new one copied
+/// with a full sync, the others continuing with a partial resync — and the keys written into the moved
+/// slots afterwards reach the target.
+#[test]
+fn a_master_added_to_the_source_cluster_is_synced_without_a_restart_by_hand() {
+    let mut cluster = Cluster::start(3, 0, &["--repl-backlog-size", "64mb"]);
+    let target = target_server();
+    fill(&cluster, "pre", 300);
+    let state = TempDir::new("cluster-source-grows");
+    let ferry = Ferry::sync(&[cluster.url()], &target.url(), state.path(), &[]).allowing(&[
+        "not part of the cluster when ferry started",
+        "slot layout changed",
+        "slots moved between masters",
+        "repl-backlog-size",
+        // The new master has no checkpoint: it is copied with a full sync.
+        "no checkpoint of this master, but the job continues",
+    ]);
+    wait_target_equal(&cluster, &target, &ferry, "after the full sync");
+    let new = cluster.add_master();
+    cluster.move_slots(0, 99, new, Duration::from_millis(0));
+    // Keys of the moved slots, written on the new master after the move, and others elsewhere.
+    let moved: Vec<String> = (0..5000)
+        .map(|i| format!("after:{i}"))
+        .filter(|k| key_slot(k.as_bytes()) < 100)
+        .take(30)
+        .collect();
+    assert!(moved.len() == 30);
+    for k in &moved {
+        cluster.ok(&["SET", k, "on the new master"]);
+    }
+    for i in 0..100 {
+        cluster.ok(&["INCR", &format!("n:{}", i % 7)]);
+    }
+    wait_target_equal(&cluster, &target, &ferry, "after a master joined");
+    let log = ferry.log();
+    assert!(
+        log.contains("continue with the cluster source's new master"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("resuming with a partial resync").count(),
+        3,
+        "the masters of the start continue where they were:\n{log}"
+    );
+    assert_eq!(
+        log.matches("full sync: receiving the snapshot").count(),
+        4,
+        "one full sync per master, the new one included:\n{log}"
+    );
+}
