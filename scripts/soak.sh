@@ -34,9 +34,9 @@ for ((s = from; s < to; s += batch)); do
     failed+=("${seeds:-$s..$e}")
   fi
 done
-runs=$(((to - from) * 3))
+runs=$(((to - from) * 4))
 if ((${#failed[@]})); then
-  echo "soak: ${runs} runs (3 topologies x seeds ${from}..$((to - 1))), FAILED: ${failed[*]}"
+  echo "soak: ${runs} runs (4 topologies x seeds ${from}..$((to - 1))), FAILED: ${failed[*]}"
   exit 1
 fi
-echo "soak: ${runs} runs (3 topologies x seeds ${from}..$((to - 1))), all exact, $((SECONDS - t0)) s"
+echo "soak: ${runs} runs (4 topologies x seeds ${from}..$((to - 1))), all exact, $((SECONDS - t0)) s"

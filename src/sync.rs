@@ -26,6 +26,15 @@ pub struct SyncReport {
     pub writes_rejected: u64,
 }
 
+impl SyncReport {
+    /// Add the figures of an earlier run of the same job (before it continued on a new layout).
+    fn add(&mut self, earlier: &SyncReport) {
+        self.keys_applied += earlier.keys_applied;
+        self.keys_expired_skipped += earlier.keys_expired_skipped;
+        self.writes_rejected += earlier.writes_rejected;
+    }
+}
+
 /// Check the target before any write: reachable, authenticated, version, and empty unless overwriting.
 pub async fn precheck_target(cfg: &SyncConfig) -> Result<ServerInfo, SyncError> {
     // A connection lost for a moment (the full precheck just reached the target) is tried again briefly.
@@ -157,14 +166,23 @@ pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncRepor
             .map_err(|e| SyncError::Config(e.to_string()))?;
     }
     crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
+    // The figures of the runs before a layout change (rejected writes decide the exit status).
+    let mut earlier = SyncReport::default();
     loop {
-        match run_once(cfg.clone(), cancel.clone(), status.clone()).await {
+        match run_once(cfg.clone(), cancel.clone(), status.clone(), &mut earlier).await {
             Err(SyncError::Topology(msg)) if !cancel.is_cancelled() => {
                 status.set_phase(JobPhase::Settling);
                 tracing::warn!(reason = %msg, restarts = status.layout_restarts() + 1,
                     "a cluster's slot layout changed: waiting until the cluster targets settle, then continuing on \
                      the new layout from every checkpoint");
-                wait_settled(&cfg, &cancel).await?;
+                if let Err(e) = wait_settled(&cfg, &cancel).await {
+                    if cancel.is_cancelled() {
+                        // A stop while waiting: every source had already stopped cleanly, with its checkpoint.
+                        status.set_phase(JobPhase::Done);
+                        return Ok(earlier);
+                    }
+                    return Err(e);
+                }
                 status.new_layout();
             }
             other => return other,
@@ -246,6 +264,7 @@ async fn run_once(
     mut cfg: SyncConfig,
     cancel: CancellationToken,
     status: Arc<Status>,
+    earlier: &mut SyncReport,
 ) -> Result<SyncReport, SyncError> {
     // A source that meets a changed cluster layout stops the others too (see `run`).
     let outer = cancel;
@@ -484,12 +503,17 @@ async fn run_once(
         };
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((name, Err(e)))
-                if (is_topology(&e) || (cluster && lost_node(&e))) && !outer.is_cancelled() =>
-            {
-                tracing::info!(source = %name, error = %e, "stopping the job to continue on the new layout");
-                cancel.cancel();
-                topology.get_or_insert_with(|| e.to_string());
+            Ok((name, Err(e))) if is_topology(&e) || (cluster && lost_node(&e)) => {
+                if outer.is_cancelled() {
+                    // Stopping anyway: what was not applied is after the slots' checkpoints, so the next run
+                    // continues exactly.
+                    tracing::info!(source = %name, error = %e,
+                        "stopped while the cluster target's layout changed; every slot's checkpoint says what it holds");
+                } else {
+                    tracing::info!(source = %name, error = %e, "stopping the job to continue on the new layout");
+                    cancel.cancel();
+                    topology.get_or_insert_with(|| e.to_string());
+                }
             }
             Ok((name, Err(e))) => {
                 tracing::error!(source = %name, error = %e, "source failed");
@@ -514,14 +538,16 @@ async fn run_once(
             Err(_) => failures.push("writer pool still in use".into()),
         }
     }
-    let report = SyncReport {
+    let mut report = SyncReport {
         keys_applied: apply_stats.keys_applied.load(Ordering::Relaxed),
         keys_expired_skipped: apply_stats.keys_expired_skipped.load(Ordering::Relaxed),
         writes_rejected,
     };
     if let Some(msg) = topology {
+        earlier.add(&report);
         return Err(SyncError::Topology(msg));
     }
+    report.add(earlier);
     if !failures.is_empty() {
         status.set_phase(JobPhase::Failed);
         return Err(SyncError::Runtime(failures.join("; ")));

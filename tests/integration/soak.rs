@@ -5,7 +5,8 @@
 //! end the targets must hold exactly the sources' data: every key, value and expiry.
 //!
 //! Topologies: one master to one target (a fault proxy on each side), a twemproxy pool of three masters to
-//! one target, one master to two targets. CI runs the seeds in `FERRY_SOAK_SEEDS` (default: two per
+//! one target, one master to two targets, and a twemproxy pool into a 3-master Redis Cluster with replicas,
+//! whose faults add slot moves (a resharding) and failovers of the target. CI runs the seeds in `FERRY_SOAK_SEEDS` (default: two per
 //! topology, inside the time budget); `scripts/soak.sh` runs hundreds and prints the seed of any failure,
 //! which `FERRY_SOAK_SEEDS=<seed>` replays.
 
@@ -170,14 +171,22 @@ struct Job {
     args: Vec<String>,
     ferry: Option<Ferry>,
     log: String,
+    /// Warnings this topology provokes beside [`ALLOWED`].
+    allow: Vec<String>,
 }
 
 impl Job {
     fn start(args: Vec<String>) -> Job {
+        Job::start_with(args, &[])
+    }
+
+    /// [`Job::start`], with warnings of this topology allowed beside [`ALLOWED`].
+    fn start_with(args: Vec<String>, allow: &[&str]) -> Job {
         let mut j = Job {
             args,
             ferry: None,
             log: String::new(),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
         };
         j.spawn();
         j
@@ -185,7 +194,9 @@ impl Job {
 
     fn spawn(&mut self) {
         let refs: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
-        self.ferry = Some(Ferry::start_allowing(&refs, ALLOWED));
+        let mut allowed: Vec<&str> = ALLOWED.to_vec();
+        allowed.extend(self.allow.iter().map(|s| s.as_str()));
+        self.ferry = Some(Ferry::start_allowing(&refs, &allowed));
     }
 
     /// If ferry ended, it must be because a fault hit its start-up precheck (it refuses to start then,
@@ -505,5 +516,103 @@ fn soak_one_master_to_two_targets() {
             &[&t1, &t2],
             &job,
         );
+    }
+}
+
+/// Wait until the cluster holds exactly what the sources hold (ferry's own keys aside); panic with the seed.
+fn wait_exact_cluster(
+    seed: u64,
+    sources: &[&RedisServer],
+    cluster: &crate::support::cluster::Cluster,
+    job: &Job,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut src: Vec<Client> = sources.iter().map(|s| s.client()).collect();
+        let want = data_items_of(&mut src);
+        let got = cluster.data_items();
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<String> = want
+                .iter()
+                .filter(|w| !got.contains(w))
+                .take(5)
+                .map(|w| format!("{:?} db{}", String::from_utf8_lossy(&w.1), w.0))
+                .collect();
+            let extra: Vec<String> = got
+                .iter()
+                .filter(|g| !want.contains(g))
+                .take(5)
+                .map(|g| format!("{:?} db{}", String::from_utf8_lossy(&g.1), g.0))
+                .collect();
+            panic!(
+                "SOAK FAILURE seed={seed} (a pool into a cluster): {} keys vs {}; missing/different {missing:?}; \
+                 extra/different {extra:?}\nreplay: FERRY_SOAK_SEEDS={seed} cargo test --test integration \
+                 soak::\nferry logs:\n{}",
+                got.len(),
+                want.len(),
+                job.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn soak_a_twemproxy_pool_into_a_cluster() {
+    use crate::support::cluster::Cluster;
+    const CLUSTER_ALLOWED: &[&str] = &["slot layout changed", "target connection lost"];
+    for seed in seeds(&[7, 8]) {
+        let shards = [debug_server(), debug_server(), debug_server()];
+        let nc = Nutcracker::start(&[
+            (shards[0].port, "s1"),
+            (shards[1].port, "s2"),
+            (shards[2].port, "s3"),
+        ]);
+        let cluster = Cluster::start(3, 1, &[]);
+        let state = TempDir::new("soak-cluster");
+        let w = Workload::start(nc.port, seed, Via::Nutcracker);
+        let src = format!("twemproxy:{}", nc.config_path.display());
+        let mut job = Job::start_with(args(&[src], &[cluster.url()], &state), CLUSTER_ALLOWED);
+        let masters: Vec<&RedisServer> = shards.iter().collect();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xc1u64);
+        let mut schedule = Vec::new();
+        for step in 0..steps() {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(100..300)));
+            if step == steps() / 2 {
+                let m = masters[rng.gen_range(0..masters.len())];
+                let _ = m.client().try_cmd(&["FLUSHDB"]);
+                schedule.push("source: FLUSHDB on one master".to_string());
+            }
+            job.ensure_running(seed);
+            match rng.gen_range(0..6) {
+                0 | 1 => {
+                    // A resharding: a random range of slots to a random master, under the load.
+                    let len = rng.gen_range(10..120);
+                    let from = rng.gen_range(0..16384 - len);
+                    let live = cluster.current_masters();
+                    let dest = live[rng.gen_range(0..live.len())].0;
+                    cluster.move_slots(from, from + len - 1, dest, Duration::from_millis(2));
+                    schedule.push(format!(
+                        "target: slots {from}..{} moved to {dest}",
+                        from + len - 1
+                    ));
+                }
+                2 => {
+                    let live = cluster.current_masters();
+                    let m = live[rng.gen_range(0..live.len())].0;
+                    let promoted = cluster.failover(m);
+                    schedule.push(format!("target: failover of {m} to {promoted}"));
+                }
+                _ => fault(&mut rng, &mut job, &masters, &[], &[], &mut schedule),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        job.ensure_running(seed);
+        w.stop();
+        eprintln!("soak seed {seed} (pool into a cluster): {schedule:?}");
+        wait_exact_cluster(seed, &masters, &cluster, &job);
     }
 }
