@@ -81,15 +81,17 @@ pub async fn apply(cmd: &CrossCommand, t: &CrossTarget<'_>) -> Result<Outcome, T
 
     // A script named by its SHA1 runs with its body: the home node may never have loaded it (another node
     // ran the source's EVAL, or this one was promoted or added since).
-    if let Some(body) = args
-        .get(1)
-        .and_then(|sha| super::scripts::body(&String::from_utf8_lossy(sha).to_ascii_lowercase()))
-    {
-        if args[0].eq_ignore_ascii_case(b"EVALSHA") {
-            args[0] = Bytes::from_static(b"EVAL");
-            args[1] = body;
-        } else if args[0].eq_ignore_ascii_case(b"EVALSHA_RO") {
-            args[0] = Bytes::from_static(b"EVAL_RO");
+    let eval = if args[0].eq_ignore_ascii_case(b"EVALSHA") {
+        Some(&b"EVAL"[..])
+    } else if args[0].eq_ignore_ascii_case(b"EVALSHA_RO") {
+        Some(&b"EVAL_RO"[..])
+    } else {
+        None
+    };
+    if let (Some(eval), Some(sha)) = (eval, args.get(1)) {
+        if let Some(body) = super::scripts::body(&String::from_utf8_lossy(sha).to_ascii_lowercase())
+        {
+            args[0] = Bytes::from_static(eval);
             args[1] = body;
         }
     }
