@@ -455,7 +455,10 @@ async fn run_once(
             locate: plan[idx].cluster.as_ref().map(|(c, i)| c.member(*i)),
             replaces: continuing && plan[idx].cluster.is_some(),
         };
-        let cfg = cfg.clone();
+        let cfg = SyncConfig {
+            heartbeat,
+            ..cfg.clone()
+        };
         let cancel = cancel.clone();
         let label = plan[idx].label.clone();
         tasks.spawn(async move {

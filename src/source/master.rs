@@ -150,9 +150,6 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let addr = src.addr.clone();
-    let mut own_cfg = cfg.clone();
-    own_cfg.heartbeat = heartbeat_for(cfg.heartbeat.clone(), &src.ownership);
-    let cfg = &own_cfg;
     let link_err = |msg: String| SourceError::Link {
         source_name: addr.to_string(),
         msg,
@@ -1304,8 +1301,8 @@ async fn mark_loading(
     Ok(())
 }
 
-/// The heartbeat this source writes: as configured, but for a master of a cluster source the key gets a hash
-/// tag in a slot that master owns (`ferry:heartbeat:{…}`), so the master accepts it and its own stream brings
+/// The heartbeat a source writes (`cfg.heartbeat` of its [`run`]): as configured, but for a master of a
+/// cluster source the key gets a hash tag in a slot that master owns (`ferry:heartbeat:{…}`), so the master accepts it and its own stream brings
 /// it back. A key that has a hash tag of its own is left as it is.
 pub fn heartbeat_for(
     hb: Option<(Duration, String)>,
