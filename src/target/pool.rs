@@ -296,6 +296,9 @@ impl WriterPool {
             };
             let failure = failure.clone();
             tasks.spawn(async move {
+                let mut task = task;
+                // The failure is recorded before the task (and its receiver) goes: a sender that finds the
+                // channel closed then reads why (a `MOVED` is a layout change, not a lost writer).
                 if let Err(e) = task.run(client).await {
                     if matches!(e, TargetError::Topology { .. }) {
                         // Not an outage: the job starts again on the new layout (see `sync::run`).
@@ -308,6 +311,7 @@ impl WriterPool {
                         *f = Some(e);
                     }
                 }
+                drop(task);
             });
             conns.push(Conn { tx, inflight });
         }
@@ -502,7 +506,7 @@ enum Then {
 }
 
 impl ConnTask {
-    async fn run(mut self, first: Client) -> Result<(), TargetError> {
+    async fn run(&mut self, first: Client) -> Result<(), TargetError> {
         let mut client = first;
         loop {
             match self.serve(client).await? {
