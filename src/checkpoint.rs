@@ -50,6 +50,32 @@ pub struct Checkpoint {
     pub clean: bool,
 }
 
+/// Whether a checkpoint may be trusted as exactly what its target applied, decided in one place. Every
+/// checkpoint written while the job runs is [`Stop::RUNNING`]: the target may be ahead of it. Only
+/// [`Stop::at_shutdown`] makes a clean one, and only for a stop that drained everything while streaming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stop {
+    clean: bool,
+}
+
+impl Stop {
+    /// Written while running (or at a stop that could not drain): the target may hold more.
+    pub const RUNNING: Stop = Stop { clean: false };
+
+    /// The checkpoint a shutdown writes: clean when the stop was asked for (`asked`: a signal, `--once`,
+    /// not an error), the stream was being applied (`streaming`: a snapshot half loaded is never a clean
+    /// position) and every batch handed over was answered (`drained`).
+    pub fn at_shutdown(asked: bool, streaming: bool, drained: bool) -> Stop {
+        Stop {
+            clean: asked && streaming && drained,
+        }
+    }
+
+    pub fn is_clean(self) -> bool {
+        self.clean
+    }
+}
+
 /// Whom a checkpoint belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
@@ -86,7 +112,7 @@ impl Job {
         offset: i64,
         db: u32,
         state: State,
-        clean: bool,
+        stop: Stop,
     ) -> Checkpoint {
         Checkpoint {
             format: FORMAT,
@@ -97,7 +123,7 @@ impl Job {
             offset,
             db,
             state,
-            clean,
+            clean: stop.is_clean(),
         }
     }
 
@@ -225,6 +251,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_drained_stop_while_streaming_is_clean() {
+        assert!(!Stop::RUNNING.is_clean());
+        assert!(Stop::at_shutdown(true, true, true).is_clean());
+        for (asked, streaming, drained) in [
+            (false, true, true),
+            (true, false, true),
+            (true, true, false),
+        ] {
+            assert!(
+                !Stop::at_shutdown(asked, streaming, drained).is_clean(),
+                "{asked} {streaming} {drained}"
+            );
+        }
+    }
+
+    #[test]
     fn round_trip_and_errors() {
         let dir = std::env::temp_dir().join(format!("ferry-cp-{}", std::process::id()));
         let job = Job::new(
@@ -235,7 +277,13 @@ mod tests {
         let p = job.path(&dir);
         assert!(p.ends_with("checkpoint-127.0.0.1_6379--127.0.0.1_7000.json"));
         assert_eq!(job.load(&dir).unwrap(), None);
-        let cp = job.checkpoint(&"a".repeat(40), 42, 3, State::Streaming, true);
+        let cp = job.checkpoint(
+            &"a".repeat(40),
+            42,
+            3,
+            State::Streaming,
+            Stop::at_shutdown(true, true, true),
+        );
         store(&p, &cp).unwrap();
         assert_eq!(job.load(&dir).unwrap(), Some(cp.clone()));
         // The same source into another target: another file, nothing to resume.

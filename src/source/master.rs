@@ -42,7 +42,7 @@ use crate::apply::stream::{
 };
 use crate::apply::sweep::{self, OwnKeys, Ownership, SweepKind};
 use crate::apply::{ApplyError, DbMap};
-use crate::checkpoint::{self, Checkpoint, Job, State};
+use crate::checkpoint::{self, Checkpoint, Job, State, Stop};
 use crate::endpoint::RedisAddr;
 use crate::job::SyncConfig;
 use crate::repl::{self, LinkConfig, LinkShared};
@@ -588,7 +588,7 @@ impl Consumer {
             }
             let cp = k
                 .job
-                .checkpoint(&self.replid, offset, 0, State::FullSync, false);
+                .checkpoint(&self.replid, offset, 0, State::FullSync, Stop::RUNNING);
             store_checkpoint(&k.cp_path(), cp)
                 .await
                 .map_err(|e| err(e.to_string()))?;
@@ -990,7 +990,7 @@ impl Consumer {
                 }
                 let cp = k
                     .job
-                    .checkpoint(&self.replid, p.offset, p.db, State::Streaming, false);
+                    .checkpoint(&self.replid, p.offset, p.db, State::Streaming, Stop::RUNNING);
                 match store_checkpoint(&k.cp_path(), cp).await {
                     Ok(()) => lowest = Some(lowest.map_or(p.offset, |l| l.min(p.offset))),
                     Err(e) => {
@@ -1039,7 +1039,7 @@ impl Consumer {
                     p.offset,
                     p.db,
                     State::Streaming,
-                    ok && drained.is_ok(),
+                    Stop::at_shutdown(ok, streaming, drained.is_ok()),
                 ))
             } else {
                 None // the file says what it said: a snapshot being loaded, or the last streaming position
