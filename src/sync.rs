@@ -168,8 +168,39 @@ pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncRepor
     crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
     // The figures of the runs before a layout change (rejected writes decide the exit status).
     let mut earlier = SyncReport::default();
+    // Prechecks failed in a row since the last run that got past its precheck.
+    let mut refused = 0u32;
     loop {
-        match run_once(cfg.clone(), cancel.clone(), status.clone(), &mut earlier).await {
+        let mut started = false;
+        let outcome = run_once(
+            cfg.clone(),
+            cancel.clone(),
+            status.clone(),
+            &mut earlier,
+            &mut started,
+        )
+        .await;
+        if started {
+            refused = 0;
+        }
+        let outcome = match outcome {
+            // After a layout change, a precheck that fails is most likely the layout moving again (a node
+            // failed over between reading the slot map and checking it: a replica now, unreachable, or
+            // answering MOVED to the checkpoint lookup): wait and look again, a few times. At the first
+            // start a failing precheck refuses, whatever the cause.
+            Err(SyncError::Precheck(msg))
+                if status.layout_restarts() > 0
+                    && refused < PRECHECK_RETRIES
+                    && !cancel.is_cancelled() =>
+            {
+                refused += 1;
+                Err(SyncError::Topology(format!(
+                    "the precheck after a layout change failed ({refused} of {PRECHECK_RETRIES} tries): {msg}"
+                )))
+            }
+            other => other,
+        };
+        match outcome {
             Err(SyncError::Topology(msg)) if !cancel.is_cancelled() => {
                 status.set_phase(JobPhase::Settling);
                 tracing::warn!(reason = %msg, restarts = status.layout_restarts() + 1,
@@ -229,6 +260,10 @@ async fn wait_settled(cfg: &SyncConfig, cancel: &CancellationToken) -> Result<()
     Ok(())
 }
 
+/// After a layout change, how many failed prechecks in a row are taken for the layout still moving before
+/// the job stops with the precheck's error.
+const PRECHECK_RETRIES: u32 = 5;
+
 /// `Ok` when the cluster is settled; else what is still moving.
 async fn cluster_settled(seeds: &[crate::endpoint::RedisAddr]) -> Result<(), String> {
     let (map, nodes) = crate::target::shard::discover(seeds).await?;
@@ -265,6 +300,7 @@ async fn run_once(
     cancel: CancellationToken,
     status: Arc<Status>,
     earlier: &mut SyncReport,
+    started: &mut bool,
 ) -> Result<SyncReport, SyncError> {
     // A source that meets a changed cluster layout stops the others too (see `run`).
     let outer = cancel;
@@ -397,6 +433,7 @@ async fn run_once(
         let _ = stats.latency.set(target_status.latency());
         pools.push((tcfg.clone(), info.clone(), Arc::new(pool), stats));
     }
+    *started = true;
     if !cancel.is_cancelled() {
         status.set_phase(JobPhase::Running);
     }

@@ -988,9 +988,13 @@ impl Consumer {
                 if p.epoch != self.epoch || p.offset < 0 {
                     continue;
                 }
-                let cp = k
-                    .job
-                    .checkpoint(&self.replid, p.offset, p.db, State::Streaming, Stop::RUNNING);
+                let cp = k.job.checkpoint(
+                    &self.replid,
+                    p.offset,
+                    p.db,
+                    State::Streaming,
+                    Stop::RUNNING,
+                );
                 match store_checkpoint(&k.cp_path(), cp).await {
                     Ok(()) => lowest = Some(lowest.map_or(p.offset, |l| l.min(p.offset))),
                     Err(e) => {

@@ -214,6 +214,15 @@ impl Ferry {
 
     /// SIGTERM, then wait for the exit (and check the log).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        // A SIGTERM before ferry armed its handlers would end it by the default action, not a drain: wait
+        // for them (ferry logs it at debug) while it runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.running()
+            && !self.log().contains("stop signals armed")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.signal("-TERM");
         self.wait(timeout)
     }
