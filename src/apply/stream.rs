@@ -204,6 +204,9 @@ struct Sharded {
     skip: HashMap<usize, i64>,
     /// The group keyless commands of this node go into (its first).
     home: usize,
+    /// A flush of this source was just applied here (its sweep done), at this position: the home group's
+    /// checkpoint moves past it before anything after it is written (see [`StreamApplier::push`]).
+    flushed: Option<(i64, u32)>,
     /// Inside a source transaction: the groups of every key it wrote so far (all nodes').
     tx_groups: HashSet<usize>,
 }
@@ -342,6 +345,7 @@ impl StreamApplier {
                 refreshed: std::time::Instant::now(),
                 skip,
                 home,
+                flushed: None,
                 tx_groups: HashSet::new(),
             });
         }
@@ -441,6 +445,13 @@ impl StreamApplier {
         if let Some(end) = self.flush_end.take() {
             // The caller removed this source's keys: the flush is applied.
             self.offset = end;
+            // A sharded node replays a flush when its home group's checkpoint is before it, and the sweep
+            // would then remove keys whose groups already hold writes made after the flush: that checkpoint
+            // must pass the flush before any of those writes.
+            let db = self.db;
+            if let Some(sh) = self.shard.as_mut() {
+                sh.flushed = Some((end, db));
+            }
         }
         if std::mem::take(&mut self.regroup) {
             // The source's transaction goes on after its flush.
@@ -748,6 +759,14 @@ impl StreamApplier {
         let is_flush =
             name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL");
         if is_flush && (!self.forward_flush || !self.dbs.is_identity()) {
+            // A sharded node that resumes behind its lowest group replays the stream; a flush its home group's
+            // checkpoint is already past was applied here, and the writes after it too (in groups whose own
+            // checkpoints are past them): removing the keys again would lose those writes.
+            if let Some(sh) = &self.shard {
+                if sh.skip.get(&sh.home).is_some_and(|s| self.offset <= *s) {
+                    return Ok(());
+                }
+            }
             // Shared target, or dbs filtered/mapped: remove this source's keys of the synced dbs only.
             let scope = if name.eq_ignore_ascii_case(b"FLUSHDB") {
                 Some(self.tdb())
@@ -1062,6 +1081,15 @@ impl StreamApplier {
         let value = Bytes::from(cp.value(pos.offset, pos.db));
         let none = Bytes::new();
         let mut out = Vec::new();
+        if let Some((offset, sdb)) = sh.flushed.take() {
+            // First of all: the home group's checkpoint past the flush just applied (at the flush, not at
+            // this batch's end: the home group's own commands of this batch are not applied yet).
+            let key = sh.keys[&sh.home].clone();
+            let at = Bytes::from(cp.value(offset, sdb));
+            let mut b = Batch::new(db);
+            b.push("SET", &key, &[b"SET", &key, &at], ResendRule::Strict);
+            out.push(b);
+        }
         let mut touched = HashSet::new();
         for (g, mut b) in std::mem::take(&mut sh.open) {
             if b.cmds.is_empty() {

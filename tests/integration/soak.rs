@@ -541,8 +541,18 @@ fn wait_exact_cluster(
             let missing: Vec<String> = want
                 .iter()
                 .filter(|w| !got.contains(w))
-                .take(5)
-                .map(|w| format!("{:?} db{}", String::from_utf8_lossy(&w.1), w.0))
+                .take(40)
+                .map(|w| {
+                    let shard = sources
+                        .iter()
+                        .position(|s| !show(&mut s.client(), w.0, &w.1).starts_with("none"))
+                        .map_or(-1, |i| i as i64);
+                    format!(
+                        "{:?} slot {} source #{shard}",
+                        String::from_utf8_lossy(&w.1),
+                        crate::support::cluster::key_slot(&w.1)
+                    )
+                })
                 .collect();
             let extra: Vec<String> = got
                 .iter()
@@ -550,9 +560,23 @@ fn wait_exact_cluster(
                 .take(5)
                 .map(|g| format!("{:?} db{}", String::from_utf8_lossy(&g.1), g.0))
                 .collect();
+            let mut shown = String::new();
+            for w in want.iter().filter(|w| !got.contains(w)).take(3) {
+                let src_v = sources
+                    .iter()
+                    .map(|s| show(&mut s.client(), w.0, &w.1))
+                    .find(|v| !v.starts_with("none"))
+                    .unwrap_or_default();
+                let node = cluster.owner_port(crate::support::cluster::key_slot(&w.1));
+                let tgt_v = show(&mut cluster.client(node), w.0, &w.1);
+                shown.push_str(&format!(
+                    "\n  {:?}: source {src_v} | cluster {tgt_v}",
+                    String::from_utf8_lossy(&w.1)
+                ));
+            }
             panic!(
                 "SOAK FAILURE seed={seed} (a pool into a cluster): {} keys vs {}; missing/different {missing:?}; \
-                 extra/different {extra:?}\nreplay: FERRY_SOAK_SEEDS={seed} cargo test --test integration \
+                 extra/different {extra:?}{shown}\nreplay: FERRY_SOAK_SEEDS={seed} cargo test --test integration \
                  soak::\nferry logs:\n{}",
                 got.len(),
                 want.len(),
