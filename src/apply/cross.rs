@@ -89,7 +89,8 @@ pub async fn apply(cmd: &CrossCommand, t: &CrossTarget<'_>) -> Result<Outcome, T
         None
     };
     if let (Some(eval), Some(sha)) = (eval, args.get(1)) {
-        if let Some(body) = super::scripts::body(&String::from_utf8_lossy(sha).to_ascii_lowercase())
+        if let Some(body) =
+            crate::target::scripts::body(&String::from_utf8_lossy(sha).to_ascii_lowercase())
         {
             args[0] = Bytes::from_static(eval);
             args[1] = body;

@@ -12,7 +12,6 @@
 
 pub mod cross;
 pub mod encode;
-pub mod scripts;
 pub mod snapshot;
 pub mod stream;
 pub mod sweep;
