@@ -420,11 +420,12 @@ async fn run_once(
     let mut pools = Vec::new();
     for (tcfg, info) in &per_target {
         let stats = Arc::new(TargetStats::default());
-        let pool = WriterPool::connect(
+        let pool = WriterPool::connect_node(
             &tcfg.target,
             tcfg.pool.clone(),
             stats.clone(),
             cancel.child_token(),
+            tcfg.shard.as_ref().and_then(|s| s.redirects.clone()),
         )
         .await
         .map_err(|e| SyncError::Precheck(e.to_string()))?;
@@ -509,6 +510,17 @@ async fn run_once(
         });
     }
 
+    // A cluster target whose writes followed `MOVED`s (a resharding between its masters): once it has
+    // settled and every source streams with a short backlog, the job continues on the new layout, so the
+    // moved slots' writes stop taking the detour (see `target::redirect`).
+    let realign = CancellationToken::new();
+    spawn_realign_watch(
+        &cfg,
+        &per_target,
+        status.clone(),
+        realign.clone(),
+        status_stop.clone(),
+    );
     let mut failures = Vec::new();
     let mut topology: Option<String> = None;
     // A cluster source that gained a master (slots moved to it) stops the job too: the next run has it.
@@ -540,6 +552,14 @@ async fn run_once(
                 topology = Some("a master joined the cluster source".into());
                 continue;
             }
+            _ = realign.cancelled(), if topology.is_none() && !outer.is_cancelled() => {
+                cancel.cancel();
+                topology = Some(
+                    "slots moved between the cluster target's masters; their writes followed the redirections"
+                        .into(),
+                );
+                continue;
+            }
         };
         match joined {
             Ok((_, Ok(()))) => {}
@@ -567,8 +587,12 @@ async fn run_once(
         }
     }
     let mut writes_rejected = 0;
+    let (mut asked, mut moved, mut retried) = (0, 0, 0);
     for (_, _, pool, stats) in pools {
         writes_rejected += stats.failed();
+        asked += stats.redirected_ask.load(Ordering::Relaxed);
+        moved += stats.redirected_moved.load(Ordering::Relaxed);
+        retried += stats.redirect_retries.load(Ordering::Relaxed);
         match Arc::try_unwrap(pool) {
             Ok(pool) => {
                 if let Err(e) = pool.close().await {
@@ -577,6 +601,14 @@ async fn run_once(
             }
             Err(_) => failures.push("writer pool still in use".into()),
         }
+    }
+    if asked + moved + retried > 0 {
+        tracing::info!(
+            ask = asked,
+            moved,
+            retries = retried,
+            "writes of this run that followed the cluster target's redirections"
+        );
     }
     let mut report = SyncReport {
         keys_applied: apply_stats.keys_applied.load(Ordering::Relaxed),
@@ -594,6 +626,71 @@ async fn run_once(
     }
     status.set_phase(JobPhase::Done);
     Ok(report)
+}
+
+/// A source's backlog (received, not applied) below which the job may stop to continue on a new layout:
+/// the restart asks each master for what follows its checkpoint, which its backlog must still hold.
+const REALIGN_MAX_LAG: u64 = 1 << 20;
+
+/// Watch the cluster targets whose writes follow `MOVED`s; fire `realign` once such a target has settled
+/// (twice in a row, a second apart) while every source streams with less than [`REALIGN_MAX_LAG`] to apply.
+fn spawn_realign_watch(
+    cfg: &SyncConfig,
+    per_target: &[(SyncConfig, ServerInfo)],
+    status: Arc<Status>,
+    realign: CancellationToken,
+    stop: CancellationToken,
+) {
+    use crate::endpoint::TargetSpec;
+    let mut watched: Vec<(
+        Arc<crate::target::redirect::Redirects>,
+        Vec<crate::endpoint::RedisAddr>,
+    )> = Vec::new();
+    for (tcfg, _) in per_target {
+        let Some(r) = tcfg.shard.as_ref().and_then(|s| s.redirects.clone()) else {
+            continue;
+        };
+        if watched.iter().any(|(w, _)| Arc::ptr_eq(w, &r)) {
+            continue;
+        }
+        let seeds = cfg.targets.iter().find_map(|t| match t {
+            TargetSpec::Cluster(seeds) if t.to_string() == r.label() => Some(seeds.clone()),
+            _ => None,
+        });
+        if let Some(seeds) = seeds {
+            watched.push((r, seeds));
+        }
+    }
+    if watched.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut calm = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let drifted: Vec<_> = watched.iter().filter(|(r, _)| r.drifted()).collect();
+            let streaming = status.sources().iter().all(|s| {
+                matches!(
+                    s.state(),
+                    crate::status::SourceState::Streaming | crate::status::SourceState::Done
+                ) && s.lag_bytes().unwrap_or(0) < REALIGN_MAX_LAG
+            });
+            let mut settled = !drifted.is_empty() && streaming;
+            for (_, seeds) in &drifted {
+                if settled && cluster_settled(seeds).await.is_err() {
+                    settled = false;
+                }
+            }
+            calm = if settled { calm + 1 } else { 0 };
+            if calm >= 2 {
+                realign.cancel();
+                return;
+            }
+        }
+    });
 }
 
 /// Whether a source stopped because a cluster target's node went away (a killed master, a restarted node):

@@ -247,7 +247,7 @@ enum DbAction {
     Report(String),
 }
 
-pub use super::scripts::sha as script_sha;
+pub use crate::target::scripts::sha as script_sha;
 
 fn parse_db(a: &[u8]) -> Option<u32> {
     std::str::from_utf8(a).ok().and_then(|s| s.parse().ok())
@@ -391,7 +391,7 @@ impl StreamApplier {
     /// Remember script bodies (from the RDB's `lua` AUX fields) so an EVALSHA can load them first.
     pub fn add_scripts<'a>(&mut self, bodies: impl IntoIterator<Item = &'a Bytes>) {
         for b in bodies {
-            super::scripts::remember(b);
+            crate::target::scripts::remember(b);
         }
     }
 
@@ -784,6 +784,24 @@ impl StreamApplier {
             }
             signals.flush = Some(scope);
             return Ok(());
+        }
+        if is_flush {
+            // Forwarded to every node of a cluster target: a node-wide write (see
+            // `target::redirect::Redirects::forward`).
+            if let Some(r) = self
+                .shard
+                .as_ref()
+                .and_then(|sh| sh.shard.redirects.as_ref())
+            {
+                if !r.node_wide() {
+                    return Err(ApplyError::Target(crate::target::TargetError::Topology {
+                        addr: r.label().to_string(),
+                        msg: "writes followed redirections to other nodes in this run, and a flush must not \
+                              meet them (see target::redirect)"
+                            .into(),
+                    }));
+                }
+            }
         }
         if name.eq_ignore_ascii_case(b"SWAPDB") && !self.forward_flush {
             // Swapping two dbs of the target would swap every source's keys. Only a full copy of this source
@@ -1238,18 +1256,18 @@ impl StreamApplier {
         let name = cmd.arg(0);
         if name.eq_ignore_ascii_case(b"EVAL") && cmd.argc() > 1 {
             self.loaded
-                .insert(super::scripts::remember(&cmd.arg_bytes(1)));
+                .insert(crate::target::scripts::remember(&cmd.arg_bytes(1)));
         } else if name.eq_ignore_ascii_case(b"SCRIPT") && cmd.argc() > 1 {
             if cmd.arg(1).eq_ignore_ascii_case(b"LOAD") && cmd.argc() > 2 {
                 self.loaded
-                    .insert(super::scripts::remember(&cmd.arg_bytes(2)));
+                    .insert(crate::target::scripts::remember(&cmd.arg_bytes(2)));
             } else if cmd.arg(1).eq_ignore_ascii_case(b"FLUSH") {
                 self.loaded.clear();
             }
         } else if name.eq_ignore_ascii_case(b"EVALSHA") && cmd.argc() > 1 {
             let sha = String::from_utf8_lossy(cmd.arg(1)).to_ascii_lowercase();
             if !self.loaded.contains(&sha) {
-                if let Some(body) = super::scripts::body(&sha) {
+                if let Some(body) = crate::target::scripts::body(&sha) {
                     self.loaded.insert(sha);
                     return Some(body);
                 }
@@ -1263,12 +1281,12 @@ impl StreamApplier {
     fn note_script(cmd: &Command) {
         let name = cmd.arg(0);
         if name.eq_ignore_ascii_case(b"EVAL") && cmd.argc() > 1 {
-            super::scripts::remember(&cmd.arg_bytes(1));
+            crate::target::scripts::remember(&cmd.arg_bytes(1));
         } else if name.eq_ignore_ascii_case(b"SCRIPT")
             && cmd.argc() > 2
             && cmd.arg(1).eq_ignore_ascii_case(b"LOAD")
         {
-            super::scripts::remember(&cmd.arg_bytes(2));
+            crate::target::scripts::remember(&cmd.arg_bytes(2));
         }
     }
 }

@@ -1104,6 +1104,7 @@ async fn remove_keys(
 ) -> Result<(), ApplyError> {
     // Everything before this point must be on the target before it is scanned.
     s.drain().await?;
+    node_wide(cfg)?;
     let dbs = match dbs {
         Some(d) => d,
         None => match &src.dbs.keep {
@@ -1141,6 +1142,21 @@ async fn remove_keys(
     tracing::info!(source = %src.addr, target_addr = %cfg.target, ?kind, dbs = ?dbs, scanned = report.scanned,
         owned = report.owned, deleted = report.deleted, "removed this source's keys from the target");
     Ok(())
+}
+
+/// A node-wide write (a sweep) is about to be applied to a node of a cluster target: refused as a layout
+/// change when a write was forwarded to another node in this run (see
+/// [`crate::target::redirect::Redirects::forward`]).
+pub(crate) fn node_wide(cfg: &SyncConfig) -> Result<(), ApplyError> {
+    match cfg.shard.as_ref().and_then(|s| s.redirects.as_ref()) {
+        Some(r) if !r.node_wide() => Err(ApplyError::Target(crate::target::TargetError::Topology {
+            addr: cfg.target.to_string(),
+            msg: "writes followed redirections to other nodes in this run, and a flush or sweep must not \
+                  meet them (see target::redirect)"
+                .into(),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// What a target's in-target checkpoint key holds.
@@ -1230,6 +1246,46 @@ async fn read_checkpoints(
     })
 }
 
+/// `SET key value` that node `c` of a cluster target refused with `msg`: written where an `ASK` or `MOVED`
+/// says (see [`crate::target::redirect`]); any other error, or a redirection not to follow, fails.
+async fn set_redirected(
+    cfg: &SyncConfig,
+    c: &Client,
+    key: &[u8],
+    value: &[u8],
+    msg: &[u8],
+) -> Result<(), crate::target::TargetError> {
+    use crate::target::redirect::Redirect;
+    let redirects = cfg.shard.as_ref().and_then(|s| s.redirects.as_ref());
+    let mut msg = msg.to_vec();
+    for _ in 0..16 {
+        let text = String::from_utf8_lossy(&msg).to_string();
+        let (node, asking) = match (Redirect::parse(&text), redirects) {
+            (Some(Redirect::Ask { node, .. }), Some(_)) => (node, true),
+            (Some(Redirect::Moved { node, .. }), Some(r)) => {
+                r.drift();
+                (node, false)
+            }
+            _ => return Err(redirected_or(c, b"SET", &msg)),
+        };
+        let Some(r) = redirects else {
+            return Err(redirected_or(c, b"SET", &msg));
+        };
+        let (Some(addr), true) = (r.master(&node).cloned(), r.forward()) else {
+            return Err(redirected_or(c, b"SET", &msg));
+        };
+        let mut to = Client::connect(&addr).await?;
+        if asking {
+            to.cmd_ok(&[b"ASKING"]).await?;
+        }
+        match to.cmd(&[b"SET", key, value]).await? {
+            crate::resp::Reply::Error(e) => msg = e.to_vec(),
+            _ => return Ok(()),
+        }
+    }
+    Err(redirected_or(c, b"SET", &msg))
+}
+
 /// An error reply: a cluster redirection (the layout changed) or a refused command.
 fn redirected_or(c: &Client, what: &[u8], msg: &[u8]) -> crate::target::TargetError {
     let text = String::from_utf8_lossy(msg).to_string();
@@ -1293,9 +1349,10 @@ async fn mark_loading(
                 .iter()
                 .map(|k| vec![&b"SET"[..], k, LOADING.as_bytes()])
                 .collect();
-            for r in c.pipeline(&cmds).await? {
+            for (r, k) in c.pipeline(&cmds).await?.into_iter().zip(chunk) {
                 if r.is_error() {
-                    return Err(redirected_or(&c, b"SET", r.as_bytes().unwrap_or_default()));
+                    let msg = r.as_bytes().unwrap_or_default();
+                    set_redirected(cfg, &c, k, LOADING.as_bytes(), msg).await?;
                 }
             }
         }

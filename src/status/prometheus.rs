@@ -340,6 +340,18 @@ pub fn render(s: &StatusSnapshot) -> String {
             "Transactions discarded by the target (EXECABORT) and written again without the refused commands.",
         )
         .add(l, t.transactions_retried);
+        for (kind, n) in [
+            ("ask", t.redirects.ask),
+            ("moved", t.redirects.moved),
+            ("retry", t.redirects.retries),
+        ] {
+            f.counter(
+                "ferry_target_redirected_writes_total",
+                "Cluster target: writes that followed a redirection (kind=ask|moved), or transactions written \
+                 again after TRYAGAIN/CLUSTERDOWN/LOADING (kind=retry).",
+            )
+            .add(&[("target", &t.address), ("kind", kind)], n);
+        }
         f.counter(
             "ferry_target_split_transactions_total",
             "Source transactions whose keys span slots of a sharded target, applied as one transaction per slot.",

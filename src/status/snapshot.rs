@@ -106,6 +106,17 @@ pub struct CheckpointSnapshot {
     pub written_at_unix_ms: u64,
 }
 
+/// Redirections a cluster node's writer followed (see `target::redirect`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedirectSnapshot {
+    /// Writes sent to the importing node after `ASK` (a slot being migrated).
+    pub ask: u64,
+    /// Writes sent to the slot's new master after `MOVED` (a slot moved by a resharding).
+    pub moved: u64,
+    /// Transactions written again after `TRYAGAIN`, `CLUSTERDOWN` or `LOADING`.
+    pub retries: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetSnapshot {
     /// `redis://[user@]host:port`; never a password.
@@ -129,6 +140,9 @@ pub struct TargetSnapshot {
     /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
     /// refused (those are counted as rejected writes).
     pub transactions_retried: u64,
+    /// A node of a cluster target: writes that followed a redirection to another node, or were written
+    /// again after `TRYAGAIN`/`CLUSTERDOWN`/`LOADING`.
+    pub redirects: RedirectSnapshot,
     /// A node of a cluster or twemproxy target: multi-key commands whose keys span slots (servers), cut
     /// into per-slot commands, by command.
     pub split_commands: BTreeMap<String, u64>,
@@ -271,6 +285,11 @@ fn target(t: &TargetStatus) -> TargetSnapshot {
         resent: st.resent.load(Ordering::Relaxed),
         commits_confirmed: st.commits_confirmed.load(Ordering::Relaxed),
         transactions_retried: st.transactions_retried.load(Ordering::Relaxed),
+        redirects: RedirectSnapshot {
+            ask: st.redirected_ask.load(Ordering::Relaxed),
+            moved: st.redirected_moved.load(Ordering::Relaxed),
+            retries: st.redirect_retries.load(Ordering::Relaxed),
+        },
         split_commands: st.split_commands(),
         split_transactions: st.split_transactions.load(Ordering::Relaxed),
         rejected_by_kind: t.rejected_by_kind(),

@@ -201,6 +201,7 @@ fn json_field_names_are_stable() {
             "resent",
             "commits_confirmed",
             "transactions_retried",
+            "redirects",
             "split_commands",
             "split_transactions",
             "rejected_by_kind",

@@ -347,6 +347,12 @@ impl Client {
         Ok(replies)
     }
 
+    /// Write commands encoded by the caller and read `n` replies, in order, error replies included. The
+    /// bytes must leave the connection in the db it was in (no `SELECT` is tracked here).
+    pub async fn exchange_raw(&mut self, out: &[u8], n: usize) -> Result<Vec<Reply>, TargetError> {
+        self.send(out, n).await
+    }
+
     /// `INFO section` (`all`, `server`, …) parsed.
     pub async fn info(&mut self, section: &[u8]) -> Result<Info, TargetError> {
         let reply = self.cmd_ok(&[b"INFO", section]).await?;

@@ -13,6 +13,8 @@ pub mod applied;
 pub mod client;
 pub mod latency;
 pub mod pool;
+pub mod redirect;
+pub mod scripts;
 pub mod shard;
 pub mod stats;
 
@@ -52,10 +54,11 @@ pub enum TargetError {
              ferry does not write on. Run ferry again: it resumes from the checkpoint the target kept, or runs \
              a full sync of each source whose checkpoint the target lost")]
     Restarted { addr: String, detail: String },
-    /// A node of a cluster target answered a redirection (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`): the
-    /// slot layout changed while ferry wrote (a resharding or a failover). Nothing of the refused command's
-    /// transaction was applied; every slot's checkpoint says exactly what its data holds, so the job starts
-    /// again on the new layout (see `sync`).
+    /// A node of a cluster target answered a redirection (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) that
+    /// its writer does not follow in place ([`redirect`]: a failover, a master that joined, …): the slot
+    /// layout changed while ferry wrote. Nothing of the refused command's transaction was applied; every
+    /// slot's checkpoint says exactly what its data holds, so the job starts again on the new layout (see
+    /// `sync`).
     #[error("target {addr}: the cluster's slot layout changed while ferry wrote ({msg}); nothing of that \
              write was applied")]
     Topology { addr: String, msg: String },

@@ -32,6 +32,11 @@
 //! command sent again may be applied twice; the stream applier only sends those when the operator turned
 //! the in-target checkpoint off, and says so at start-up.
 //!
+//! # Cluster redirections
+//! A node of a cluster target follows `ASK`, `MOVED` and `TRYAGAIN` in place, on side connections, before
+//! it reads any later reply (see [`super::redirect`] for the rules and why they are exact); a redirection it
+//! does not follow fails the pool with [`TargetError::Topology`].
+//!
 //! A reconnect that finds another server instance (`run_id` changed: the target restarted, and may have lost
 //! what it was given) fails the pool with [`TargetError::Restarted`] instead of writing on.
 
@@ -47,10 +52,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::applied::{Applied, Pos};
 use super::client::Client;
+use super::redirect::{Redirect, Redirects};
 use super::stats::TargetStats;
 use super::TargetError;
 use crate::endpoint::RedisAddr;
-use crate::resp::{self, ReplyHead};
+use crate::resp::{self, Reply, ReplyHead};
 
 /// Pool settings.
 #[derive(Clone, Debug)]
@@ -262,6 +268,18 @@ impl WriterPool {
         stats: Arc<TargetStats>,
         cancel: CancellationToken,
     ) -> Result<WriterPool, TargetError> {
+        Self::connect_node(addr, cfg, stats, cancel, None).await
+    }
+
+    /// [`WriterPool::connect`] for a node of a cluster target: its connections follow the redirections
+    /// described in [`super::redirect`] instead of failing with [`TargetError::Topology`].
+    pub async fn connect_node(
+        addr: &RedisAddr,
+        cfg: PoolConfig,
+        stats: Arc<TargetStats>,
+        cancel: CancellationToken,
+        redirects: Option<Arc<Redirects>>,
+    ) -> Result<WriterPool, TargetError> {
         let n = cfg.connections.max(1);
         let max_permits = cfg
             .max_inflight_bytes
@@ -293,6 +311,8 @@ impl WriterPool {
                 unanswered: VecDeque::new(),
                 cancel: cancel.clone(),
                 run_id: run_id.clone(),
+                redirects: redirects.clone(),
+                side: HashMap::new(),
             };
             let failure = failure.clone();
             tasks.spawn(async move {
@@ -488,6 +508,12 @@ struct ConnTask {
     cancel: CancellationToken,
     /// The server instance the pool started with.
     run_id: String,
+    /// A node of a cluster target: the layout's masters (redirections are followed, see
+    /// [`super::redirect`]).
+    redirects: Option<Arc<Redirects>>,
+    /// Connections (outside the pipeline) to the nodes redirected writes go to, this one included, by
+    /// `host:port`.
+    side: HashMap<String, Client>,
 }
 
 enum Ended {
@@ -503,6 +529,32 @@ enum Then {
     /// Write the front batch again (moved to the back of the queue): an EXECABORT'ed transaction without
     /// its refused commands.
     Rewrite,
+    /// Send this part of a batch where the redirection (the error) says, before any later reply is looked
+    /// at (see [`super::redirect`]).
+    Forward(Unit, String),
+}
+
+/// A part of an unanswered batch that a cluster node redirected (nothing of it was applied).
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    /// One command, or an opaque `MULTI … EXEC` group: entry `i` of batch `fi`.
+    Cmd { fi: usize, i: usize },
+    /// A described transaction of batch `fi`: its `MULTI` is entry `start`, its `EXEC` entry `exec`.
+    Tx {
+        fi: usize,
+        start: usize,
+        exec: usize,
+    },
+}
+
+/// What a redirected unit's replies on its new node say.
+enum Outcome {
+    /// Answered (accepted or counted as rejected).
+    Done,
+    /// Redirected again.
+    Follow(String),
+    /// A [`Commit`] transaction discarded for commands refused while queueing: written again without them.
+    Again(Unit),
 }
 
 impl ConnTask {
@@ -662,8 +714,9 @@ impl ConnTask {
                     match read {
                         Ok(0) => return Ok(Ended::Lost(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof, "closed by the target"))),
-                        Ok(_) => {
-                            if self.on_replies(&mut rbuf)? {
+                        Ok(_) => loop {
+                            let then = self.on_replies(&mut rbuf)?;
+                            if matches!(then, Then::Rewrite) {
                                 // An EXECABORT'ed transaction goes again without its refused commands.
                                 let f = self.unanswered.back_mut().expect("the rewritten batch");
                                 out.clear();
@@ -679,7 +732,17 @@ impl ConnTask {
                                     return Ok(Ended::Lost(e));
                                 }
                             }
-                        }
+                            match then {
+                                Then::Nothing => break,
+                                Then::Rewrite => {}
+                                Then::Forward(unit, error) => {
+                                    // Sent where the cluster says before any later reply is looked at;
+                                    // then the replies already read go on.
+                                    self.forward(unit, error).await?;
+                                    self.complete_ready();
+                                }
+                            }
+                        },
                         Err(e) => return Ok(Ended::Lost(e)),
                     }
                 }
@@ -722,14 +785,14 @@ impl ConnTask {
         }
     }
 
-    /// Match every complete reply in `rbuf` to its command. Returns true when the last batch of the queue
-    /// must be written (again).
-    fn on_replies(&mut self, rbuf: &mut BytesMut) -> Result<bool, TargetError> {
-        let mut rewrite = false;
+    /// Match complete replies in `rbuf` to their commands, up to the first that asks the connection to do
+    /// something (returned; the replies after it stay in `rbuf`): write the last batch of the queue again,
+    /// or forward a redirected unit. [`Then::Nothing`] once every complete reply is matched.
+    fn on_replies(&mut self, rbuf: &mut BytesMut) -> Result<Then, TargetError> {
         loop {
             let (head, len) = match resp::skip_reply(rbuf) {
                 Ok(Some(x)) => x,
-                Ok(None) => return Ok(rewrite),
+                Ok(None) => return Ok(Then::Nothing),
                 Err(e) => {
                     return Err(TargetError::Protocol {
                         addr: self.addr.to_string(),
@@ -737,10 +800,11 @@ impl ConnTask {
                     })
                 }
             };
-            if matches!(self.on_reply(&head, &rbuf[..len])?, Then::Rewrite) {
-                rewrite = true;
-            }
+            let then = self.on_reply(&head, &rbuf[..len])?;
             rbuf.advance(len);
+            if !matches!(then, Then::Nothing) {
+                return Ok(then);
+            }
         }
     }
 
@@ -795,7 +859,12 @@ impl ConnTask {
                     Some(e) if resent && landed_before(cmd.resend, &e) => {
                         self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(e) if super::is_redirection(&e) => return Err(self.topology(e)),
+                    Some(e) if super::is_redirection(&e) => {
+                        if self.follows(&e, self.is_group(fi, i)) {
+                            return Ok(Then::Forward(Unit::Cmd { fi, i }, e));
+                        }
+                        return Err(self.topology(e));
+                    }
                     Some(e) => self.reject(fi, i, &e),
                 }
             }
@@ -882,6 +951,14 @@ impl ConnTask {
                             t.refused.iter().find(|(_, e)| super::is_redirection(e))
                         {
                             // Not applied, and not to be applied without the refused command.
+                            if self.follows(e, true) {
+                                let unit = Unit::Tx {
+                                    fi,
+                                    start: t.start,
+                                    exec: i,
+                                };
+                                return Ok(Then::Forward(unit, e.clone()));
+                            }
                             return Err(self.topology(e.clone()));
                         }
                         for (j, e) in &t.refused {
@@ -901,6 +978,14 @@ impl ConnTask {
                             _ => "EXEC answered no result: the transaction was not applied".into(),
                         };
                         if super::is_redirection(&e) {
+                            if self.follows(&e, true) {
+                                let unit = Unit::Tx {
+                                    fi,
+                                    start: t.start,
+                                    exec: i,
+                                };
+                                return Ok(Then::Forward(unit, e));
+                            }
                             return Err(self.topology(e));
                         }
                         for j in queued {
@@ -943,6 +1028,351 @@ impl ConnTask {
         self.unanswered.push_back(f);
         self.complete_ready();
         Then::Rewrite
+    }
+
+    /// Whether this connection follows redirection `e` in place (see [`super::redirect`]): a node of a
+    /// cluster target, and `ASK`/`MOVED` — or, for a transaction (nothing behind it on this connection
+    /// touches its keys), `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` too.
+    fn follows(&self, e: &str, tx: bool) -> bool {
+        self.redirects.is_some()
+            && match Redirect::parse(e) {
+                Some(Redirect::Ask { .. } | Redirect::Moved { .. }) => true,
+                Some(Redirect::Retry) => tx,
+                None => false,
+            }
+    }
+
+    /// Whether entry `i` of batch `fi` is an opaque `MULTI … EXEC` group (a transaction) rather than one
+    /// command.
+    fn is_group(&self, fi: usize, i: usize) -> bool {
+        let b = &self.unanswered[fi].batch;
+        b.cmds[i].replies > 1 && b.bytes[b.range(i)].starts_with(b"*1\r\n$5\r\nMULTI\r\n")
+    }
+
+    /// Send a redirected unit where the cluster says, following further redirections, until it is
+    /// answered. A redirection this connection must not follow is a [`TargetError::Topology`] (the job
+    /// continues on a new layout from every slot's checkpoint).
+    async fn forward(&mut self, mut unit: Unit, first: String) -> Result<(), TargetError> {
+        let Some(redirects) = self.redirects.clone() else {
+            return Err(self.topology(first));
+        };
+        let me = self.addr.host_port();
+        let single = matches!(unit, Unit::Cmd { fi, i } if !self.is_group(fi, i));
+        let deadline = tokio::time::Instant::now() + self.cfg.reconnect_for;
+        let mut backoff = Duration::from_millis(20);
+        let mut error = first;
+        // The node whose answer `error` is, and where the unit goes next (with ASKING?).
+        let mut answered_by = me.clone();
+        let mut hops = 0u32;
+        loop {
+            hops += 1;
+            let (node, asking) = match Redirect::parse(&error) {
+                Some(Redirect::Ask { node, .. }) => (node, true),
+                Some(Redirect::Moved { node, .. }) => {
+                    // A failover is not followed in place: the promoted replica may lack writes the old
+                    // master acknowledged, which every slot's checkpoint on the new layout accounts for.
+                    if !self.is_master(&answered_by, &redirects).await? {
+                        return Err(self.topology(format!(
+                            "{error} (answered by {answered_by}, a replica now: a failover)"
+                        )));
+                    }
+                    redirects.drift();
+                    (node, false)
+                }
+                Some(Redirect::Retry) if !single => {
+                    if tokio::time::Instant::now() + backoff > deadline {
+                        return Err(self.topology(format!(
+                            "{error} (still, after {:?} of retries)",
+                            self.cfg.reconnect_for
+                        )));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return Err(self.topology(error)),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    self.stats.redirect_retries.fetch_add(1, Ordering::Relaxed);
+                    (me.clone(), false)
+                }
+                _ => return Err(self.topology(error)),
+            };
+            if redirects.master(&node).is_none() && node != me {
+                // A master that joined the cluster lacks what the job gave the others (function
+                // libraries): the job continues on the new layout, which brings them.
+                return Err(self.topology(format!(
+                    "{error} (a node that was not a master of the cluster when the job started)"
+                )));
+            }
+            if single && node == me {
+                // Back where the command was refused: a migration was undone under it, and later
+                // commands on its key may have been applied here meanwhile.
+                return Err(self.topology(format!(
+                    "{error} (the redirections led back to {me}: a slot migration was undone)"
+                )));
+            }
+            if hops > 64 {
+                return Err(self.topology(format!("{error} (redirected {hops} times)")));
+            }
+            if node != me && !redirects.forward() {
+                return Err(self.topology(format!(
+                    "{error} (a flush or a sweep was applied to a node in this run; see target::redirect)"
+                )));
+            }
+            match Redirect::parse(&error) {
+                Some(Redirect::Ask { .. }) => {
+                    self.stats.redirected_ask.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Redirect::Moved { .. }) => {
+                    self.stats.redirected_moved.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            let mut outcome = self.write_unit(unit, &node, asking, &redirects).await?;
+            while let Outcome::Again(u) = outcome {
+                unit = u;
+                outcome = self.write_unit(unit, &node, asking, &redirects).await?;
+            }
+            match outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::Follow(e) => {
+                    error = e;
+                    answered_by = node;
+                }
+                Outcome::Again(_) => unreachable!("written again above"),
+            }
+        }
+    }
+
+    /// A connection outside the pipeline to `node` (this node, or a master of the layout).
+    async fn side_client(
+        &mut self,
+        node: &str,
+        redirects: &Redirects,
+    ) -> Result<&mut Client, TargetError> {
+        if !self.side.contains_key(node) {
+            let me = node == self.addr.host_port();
+            let addr = if me {
+                self.addr.clone()
+            } else {
+                redirects.master(node).cloned().ok_or_else(|| {
+                    self.topology(format!("{node} is not a master of the cluster"))
+                })?
+            };
+            let mut c = Client::connect_with_timeout(&addr, SIDE_TIMEOUT).await?;
+            if me {
+                let info = c.cmd_ok(&[b"INFO", b"server"]).await?;
+                let id = crate::info::field(info.as_bytes().unwrap_or_default(), "run_id")
+                    .unwrap_or_default()
+                    .to_string();
+                if id != self.run_id {
+                    return Err(restarted(&self.addr, &self.run_id, &id));
+                }
+            }
+            self.side.insert(node.to_string(), c);
+        }
+        Ok(self.side.get_mut(node).expect("just opened"))
+    }
+
+    /// Whether `node` is (still) a master (`ROLE`).
+    async fn is_master(&mut self, node: &str, redirects: &Redirects) -> Result<bool, TargetError> {
+        let c = self.side_client(node, redirects).await?;
+        let r = match c.cmd_ok(&[b"ROLE"]).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.side.remove(node);
+                return Err(e);
+            }
+        };
+        let role = r
+            .into_array()
+            .and_then(|a| a.into_iter().next())
+            .and_then(|r| r.as_bytes().map(|b| b.to_vec()))
+            .unwrap_or_default();
+        Ok(role == b"master")
+    }
+
+    /// Write `unit` to `node` (after `ASKING` when `asking`; after a `SCRIPT LOAD` of every script it runs
+    /// by SHA1 that ferry has seen, since that node may never have run it) and judge its replies.
+    async fn write_unit(
+        &mut self,
+        unit: Unit,
+        node: &str,
+        asking: bool,
+        redirects: &Redirects,
+    ) -> Result<Outcome, TargetError> {
+        let (fi, first, last) = match unit {
+            Unit::Cmd { fi, i } => (fi, i, i),
+            Unit::Tx { fi, start, exec } => (fi, start, exec),
+        };
+        let (bytes, frames) = {
+            let b = &self.unanswered[fi].batch;
+            let range = b.range(first).start..b.range(last).end;
+            let frames: usize = b.cmds[first..=last]
+                .iter()
+                .map(|c| c.replies as usize)
+                .sum();
+            (b.bytes[range].to_vec(), frames)
+        };
+        let mut out = BytesMut::with_capacity(bytes.len() + 64);
+        let mut extra = 0;
+        for body in scripts_run_by_sha(&bytes) {
+            resp::encode_command(&mut out, &[b"SCRIPT", b"LOAD", &body]);
+            extra += 1;
+        }
+        if asking {
+            resp::encode_command(&mut out, &[b"ASKING"]);
+            extra += 1;
+        }
+        out.extend_from_slice(&bytes);
+        let c = self.side_client(node, redirects).await?;
+        let mut replies = match c.exchange_raw(&out, extra + frames).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Whether it was applied is unknown: the job continues from every slot's checkpoint.
+                self.side.remove(node);
+                return Err(e);
+            }
+        };
+        self.stats
+            .bytes_written
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        let replies = replies.split_off(extra);
+        Ok(match unit {
+            Unit::Cmd { fi, i } => self.judge_cmd(fi, i, replies),
+            Unit::Tx { fi, start, exec } => self.judge_tx(fi, start, exec, replies, node)?,
+        })
+    }
+
+    fn judge_cmd(&mut self, fi: usize, i: usize, replies: Vec<Reply>) -> Outcome {
+        let f = &self.unanswered[fi];
+        let (resend, resent) = (f.batch.cmds[i].resend, f.resent);
+        let error = replies.iter().find_map(|r| match r {
+            Reply::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
+            _ => None,
+        });
+        match error {
+            Some(e) if super::is_redirection(&e) => return Outcome::Follow(e),
+            Some(e) if resent && landed_before(resend, &e) => {
+                self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => self.reject(fi, i, &e),
+            None if resend == ResendRule::RenameNx
+                && matches!(replies.first(), Some(Reply::Integer(0)))
+                && !resent =>
+            {
+                self.reject(fi, i, CONFLICT)
+            }
+            None => {
+                self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Outcome::Done
+    }
+
+    /// The replies of a redirected transaction: `MULTI`, one per queued command, the `EXEC`.
+    fn judge_tx(
+        &mut self,
+        fi: usize,
+        start: usize,
+        exec: usize,
+        replies: Vec<Reply>,
+        node: &str,
+    ) -> Result<Outcome, TargetError> {
+        let err_text = |e: &Bytes| String::from_utf8_lossy(e).into_owned();
+        let mut it = replies.into_iter();
+        if let Some(Reply::Error(e)) = it.next() {
+            return Err(TargetError::Command {
+                addr: node.to_string(),
+                what: "MULTI".into(),
+                msg: err_text(&e),
+            });
+        }
+        let queued: Vec<usize> = (start + 1..exec)
+            .filter(|&j| self.unanswered[fi].batch.cmds[j].tx == Tx::Queued)
+            .collect();
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        for &j in &queued {
+            let n = self.unanswered[fi].batch.cmds[j].replies as usize;
+            for r in it.by_ref().take(n) {
+                if let (Reply::Error(e), false) = (&r, refused.last().is_some_and(|(k, _)| *k == j))
+                {
+                    refused.push((j, err_text(e)));
+                }
+            }
+        }
+        let resent = self.unanswered[fi].resent;
+        match it.next() {
+            Some(Reply::Array(Some(items))) => {
+                let mut items = items.into_iter();
+                for j in queued {
+                    let c = &self.unanswered[fi].batch.cmds[j];
+                    let (resend, n) = (c.resend, c.replies as usize);
+                    let mut error = None;
+                    let mut conflict = false;
+                    for r in items.by_ref().take(n) {
+                        match &r {
+                            Reply::Error(e) if error.is_none() => error = Some(err_text(e)),
+                            Reply::Integer(0) if resend == ResendRule::RenameNx => conflict = true,
+                            _ => {}
+                        }
+                    }
+                    match error {
+                        Some(e) if !(resent && landed_before(resend, &e)) => self.reject(fi, j, &e),
+                        None if conflict && !resent => self.reject(fi, j, CONFLICT),
+                        _ => {
+                            self.stats.commands_ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Some(Reply::Error(e)) if e.starts_with(b"EXECABORT") => {
+                if let Some((_, e)) = refused.iter().find(|(_, e)| super::is_redirection(e)) {
+                    return Ok(Outcome::Follow(e.clone()));
+                }
+                for (j, e) in &refused {
+                    self.reject(fi, *j, e);
+                }
+                let f = &mut self.unanswered[fi];
+                if f.batch.commit.is_some() && start == 0 && exec + 1 == f.batch.cmds.len() {
+                    // The whole batch is this transaction: written again without the refused commands.
+                    let mut drop: Vec<usize> = refused.iter().map(|(j, _)| *j).collect();
+                    drop.sort_unstable();
+                    f.batch.without(&drop);
+                    f.next = f.batch.cmds.len();
+                    self.stats
+                        .transactions_retried
+                        .fetch_add(1, Ordering::Relaxed);
+                    let left = f.batch.cmds.iter().filter(|c| c.tx == Tx::Queued).count();
+                    if left == 0 {
+                        return Ok(Outcome::Done);
+                    }
+                    return Ok(Outcome::Again(Unit::Tx {
+                        fi,
+                        start: 0,
+                        exec: f.batch.cmds.len() - 1,
+                    }));
+                }
+                let refused: Vec<usize> = refused.iter().map(|(j, _)| *j).collect();
+                for j in queued.into_iter().filter(|j| !refused.contains(j)) {
+                    self.reject(fi, j, DISCARDED);
+                }
+                Ok(Outcome::Done)
+            }
+            other => {
+                let e = match other {
+                    Some(Reply::Error(e)) => err_text(&e),
+                    _ => "EXEC answered no result: the transaction was not applied".into(),
+                };
+                if super::is_redirection(&e) {
+                    return Ok(Outcome::Follow(e));
+                }
+                for j in queued {
+                    self.reject(fi, j, &e);
+                }
+                Ok(Outcome::Done)
+            }
+        }
     }
 
     fn topology(&self, msg: String) -> TargetError {
@@ -988,6 +1418,31 @@ impl ConnTask {
             }
         }
     }
+}
+
+/// The reply timeout of the connections redirected writes go through.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bodies of the scripts that `EVALSHA`s in `cmds` (encoded commands) run, where ferry has seen them.
+fn scripts_run_by_sha(cmds: &[u8]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut d = resp::CommandDecoder::default();
+    while at < cmds.len() {
+        d.reset();
+        let Ok(Some(n)) = d.decode(&cmds[at..]) else {
+            break;
+        };
+        let args = d.args();
+        if args.len() > 1 && cmds[at..][args[0].clone()].eq_ignore_ascii_case(b"EVALSHA") {
+            let sha = String::from_utf8_lossy(&cmds[at..][args[1].clone()]).to_ascii_lowercase();
+            if let Some(body) = super::scripts::body(&sha) {
+                out.push(body);
+            }
+        }
+        at += n;
+    }
+    out
 }
 
 /// The message a `RENAMENX` that found the key already there is counted with.

@@ -91,6 +91,8 @@ pub struct Shard {
     pub label: String,
     /// The target's one db (0 for a cluster, the pool's `redis_db` for a twemproxy target).
     pub db: u32,
+    /// A cluster target: its masters, for the redirections the pool follows (shared by its nodes).
+    pub redirects: Option<Arc<super::redirect::Redirects>>,
 }
 
 impl Shard {
@@ -162,6 +164,12 @@ pub async fn expand(
             (nodes, Placement::Twemproxy { router, servers }, p.redis_db)
         }
     };
+    let redirects = matches!(placement, Placement::Cluster(_)).then(|| {
+        Arc::new(super::redirect::Redirects::new(
+            target.to_string(),
+            nodes.clone(),
+        ))
+    });
     let placement = Arc::new(placement);
     let n = nodes.len();
     Ok(nodes
@@ -174,6 +182,7 @@ pub async fn expand(
                 nodes: n,
                 label: target.to_string(),
                 db,
+                redirects: redirects.clone(),
             };
             (a, Some(shard))
         })
@@ -454,6 +463,7 @@ mod tests {
             nodes: 2,
             label: "cluster://h:1".into(),
             db: 0,
+            redirects: None,
         };
         assert_eq!(shard(0).groups().len(), 8000);
         assert_eq!(shard(1).groups().len(), 8384);

@@ -23,6 +23,12 @@ pub struct TargetStats {
     /// Transactions the target discarded (EXECABORT) and that were written again without the commands it
     /// refused.
     pub transactions_retried: AtomicU64,
+    /// Cluster target: writes sent to the importing node (`ASKING`) after an `ASK`.
+    pub redirected_ask: AtomicU64,
+    /// Cluster target: writes sent to the slot's new master after a `MOVED` (a resharding).
+    pub redirected_moved: AtomicU64,
+    /// Cluster target: transactions written again after `TRYAGAIN`, `CLUSTERDOWN` or `LOADING`.
+    pub redirect_retries: AtomicU64,
     /// Sharded target: multi-key commands whose keys span slots (or servers), cut into per-slot commands,
     /// by command name.
     split_commands: Mutex<BTreeMap<String, u64>>,

@@ -716,8 +716,8 @@ fn an_evalsha_runs_on_nodes_that_never_saw_its_eval() {
     let two =
         "redis.call('INCRBY', KEYS[1], ARGV[1]); return redis.call('RPUSH', KEYS[2], ARGV[1])";
     let (sha1, sha2) = (
-        ferry::apply::scripts::sha(one.as_bytes()),
-        ferry::apply::scripts::sha(two.as_bytes()),
+        ferry::target::scripts::sha(one.as_bytes()),
+        ferry::target::scripts::sha(two.as_bytes()),
     );
     // Only EVALSHAs run on the source (never SCRIPT LOAD, which would reach every node): the master
     // replicates the first one of each script as EVAL, the others as they are.
@@ -878,6 +878,242 @@ fn a_kill_after_a_flush_of_one_source_replays_neither_the_flush_nor_loses_what_f
         cluster.cmd(&["HGET", "after:0", "f"]).as_string(),
         "15",
         "{}",
+        ferry.log()
+    );
+}
+
+/// Hash tags whose keys fall in slots `lo..=hi` (the first `n` of `t0`, `t1`, …).
+fn tags_in_slots(lo: u16, hi: u16, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("t{i}"))
+        .filter(|t| {
+            let s = crate::support::cluster::key_slot(t.as_bytes());
+            lo <= s && s <= hi
+        })
+        .take(n)
+        .collect()
+}
+
+/// The figures of ferry's "writes of this run that followed the cluster target's redirections" lines,
+/// summed: (ask, moved, retries).
+fn redirections_logged(log: &str) -> (u64, u64, u64) {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains("followed the cluster target's redirections"))
+        .fold((0, 0, 0), |(a, m, r), l| {
+            (
+                a + field(l, "ask"),
+                m + field(l, "moved"),
+                r + field(l, "retries"),
+            )
+        })
+}
+
+/// Slots move after ferry read the cluster's layout and before the snapshot is written (the source holds
+/// its snapshot back for 3 s: a diskless sync's delay): 300 whole slots go to another master (ferry's
+/// writes of them meet `MOVED`), and one slot is left half way (importing on one master, migrating on its
+/// owner, which holds none of its keys: every write of it meets `ASK`). The full sync follows the
+/// redirections in place and runs once — the keys of the half-moved slot are on the importing node —; the
+/// job continues on the new layout once the cluster has settled (a partial resync), and the copy is exact
+/// with every INCR once.
+#[test]
+fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "3",
+    ]);
+    let cluster = Cluster::start(3, 0, &[]);
+    let mut mc = m.client();
+    mc.ok(&["DEBUG", "POPULATE", "20000", "bulk", "32"]);
+    fill(&mut mc, "pre", 300);
+    // A slot of the second master, to be left half way to the first: plain keys and a big value (built
+    // under a temporary key in the same slot, then renamed).
+    let (importer, owner) = (cluster.masters[0].port, cluster.masters[1].port);
+    let tag = &tags_in_slots(5461, 10922, 1)[0];
+    let slot = crate::support::cluster::key_slot(tag.as_bytes());
+    assert_eq!(cluster.owner_port(slot), owner);
+    for i in 0..50 {
+        mc.ok(&["SET", &format!("{{{tag}}}:k:{i}"), &i.to_string()]);
+    }
+    let mut big = vec!["RPUSH".to_string(), format!("{{{tag}}}:big")];
+    big.extend((0..3000).map(|i| format!("item-{i}")));
+    mc.ok(&big);
+    let state = TempDir::new("cluster-moved-full");
+    let status_port = crate::support::free_port();
+    let ferry = Ferry::sync(
+        &[m.url()],
+        &cluster.url(),
+        state.path(),
+        &["--status", &format!("127.0.0.1:{status_port}")],
+    )
+    .allowing(&["slot layout changed", "repl-backlog-size"]);
+    wait_until(
+        "ferry to wait for the snapshot",
+        Duration::from_secs(30),
+        || {
+            m.client()
+                .cmd(&["INFO", "replication"])
+                .as_string()
+                .contains("state=wait_bgsave")
+        },
+    );
+    // ferry has the layout; now it changes.
+    cluster.move_slots(0, 299, cluster.masters[2].port, Duration::ZERO);
+    let src = cluster.begin_slot_move(slot, importer);
+    assert_eq!(src, owner);
+    wait_until(
+        "the snapshot to be applied",
+        Duration::from_secs(60),
+        || ferry.log().contains("snapshot applied; streaming"),
+    );
+    // The half-moved slot's keys went to the importing node (with ASKING), none to its owner.
+    let mut imp = cluster.client(importer);
+    imp.ok(&["ASKING"]);
+    assert_eq!(
+        imp.cmd(&["EXISTS", &format!("{{{tag}}}:k:7")]).as_int(),
+        1,
+        "{}",
+        ferry.log()
+    );
+    imp.ok(&["ASKING"]);
+    assert_eq!(imp.cmd(&["LLEN", &format!("{{{tag}}}:big")]).as_int(), 3000);
+    let held = cluster
+        .client(owner)
+        .cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+        .as_int();
+    assert_eq!(held, 0, "the migrating owner holds none of the slot's keys");
+    cluster.finish_slot_move(slot, src, importer);
+    let load = Load::start(m.port);
+    wait_until(
+        "the job to continue on the new layout",
+        Duration::from_secs(60),
+        || {
+            ferry
+                .log()
+                .contains("their writes followed the redirections")
+        },
+    );
+    let rounds = load.stop();
+    wait_cluster_equal(
+        &[&m],
+        &cluster,
+        &ferry,
+        "after slots moved under the full sync",
+    );
+    assert_eq!(counters_total(&cluster), rounds, "every INCR exactly once");
+    assert_eq!(
+        info_i64(&mut mc, "stats", "sync_full"),
+        1,
+        "one full sync: {}",
+        ferry.log()
+    );
+    let (ask, moved, retries) = redirections_logged(&ferry.log());
+    eprintln!("followed under the full sync: ask={ask} moved={moved} retries={retries}");
+    assert!(
+        ask > 0 && moved > 0,
+        "ask={ask} moved={moved}\n{}",
+        ferry.log()
+    );
+}
+
+/// A slot migrates under the stream the way `redis-cli --cluster reshard` moves it (half its keys, a pause,
+/// the rest), slot after slot, while the load writes keys of those slots: the stream's transactions
+/// follow `ASK` (to the importing node, with `ASKING`), `TRYAGAIN` (written again) and `MOVED` in place,
+/// without stopping; once the cluster has settled the job continues on the new layout with a partial
+/// resync. Exact, every INCR once, one full sync.
+#[test]
+fn slots_migrated_under_the_stream_are_followed_in_place() {
+    let m = RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-backlog-size",
+        "64mb",
+    ]);
+    let cluster = Cluster::start(3, 0, &[]);
+    let mut mc = m.client();
+    fill(&mut mc, "pre", 300);
+    let tags = tags_in_slots(0, 39, 8);
+    for t in &tags {
+        for i in 0..200 {
+            mc.ok(&["SET", &format!("{{{t}}}:k:{i}"), "x"]);
+        }
+    }
+    let state = TempDir::new("cluster-moved-stream");
+    let ferry = Ferry::sync(&[m.url()], &cluster.url(), state.path(), &[])
+        .allowing(&["slot layout changed", "repl-backlog-size"]);
+    wait_cluster_equal(&[&m], &cluster, &ferry, "after the full sync");
+    let partial = info_i64(&mut mc, "stats", "sync_partial_ok");
+    // Writers of the moving slots' keys: an INCR per tag and round, and new keys (which meet ASK).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, tags, port) = (stop.clone(), tags.clone(), m.port);
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for t in &tags {
+                    c.ok(&["INCR", &format!("{{{t}}}:counter")]);
+                    c.ok(&["SET", &format!("{{{t}}}:new:{rounds}"), "y"]);
+                    c.ok(&["RPUSH", &format!("{{{t}}}:list"), &rounds.to_string()]);
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let dest = cluster.masters[1].port;
+    cluster.move_slots(0, 39, dest, Duration::from_millis(30));
+    wait_until(
+        "the job to continue on the new layout",
+        Duration::from_secs(60),
+        || {
+            ferry
+                .log()
+                .contains("their writes followed the redirections")
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().expect("writer");
+    wait_cluster_equal(
+        &[&m],
+        &cluster,
+        &ferry,
+        "after slots moved under the stream",
+    );
+    for t in &tags {
+        let v = cluster
+            .cmd(&["GET", &format!("{{{t}}}:counter")])
+            .as_string();
+        assert_eq!(v, rounds.to_string(), "every INCR of {t} exactly once");
+    }
+    assert_eq!(
+        info_i64(&mut mc, "stats", "sync_full"),
+        1,
+        "{}",
+        ferry.log()
+    );
+    assert!(
+        info_i64(&mut mc, "stats", "sync_partial_ok") > partial,
+        "the new layout continues with a partial resync"
+    );
+    let (ask, moved, retries) = redirections_logged(&ferry.log());
+    eprintln!(
+        "followed under the stream: ask={ask} moved={moved} retries={retries} ({rounds} rounds)"
+    );
+    assert!(
+        moved > 0 && ask + retries > 0,
+        "ask={ask} moved={moved} retries={retries}\n{}",
         ferry.log()
     );
 }

@@ -584,38 +584,12 @@ impl Shared {
     /// See [`Cluster::move_slots`].
     fn move_slots(&self, from: u16, to: u16, dest: u16, pause_per_slot: Duration) {
         assert!(from <= to && to < SLOTS, "bad slot range {from}..={to}");
-        let masters = self.current_masters();
-        assert!(
-            masters.iter().any(|(p, _)| *p == dest),
-            "{dest} is not a master: {masters:?}"
-        );
-        let ids: HashMap<u16, String> = masters
-            .iter()
-            .map(|(p, _)| (*p, self.myself(*p).id))
-            .collect();
-        let dest_id = ids[&dest].as_str();
-        let mut owner: Vec<u16> = vec![0; SLOTS as usize];
-        for (p, ranges) in &masters {
-            for &(a, b) in ranges {
-                owner[a as usize..=b as usize].fill(*p);
-            }
-        }
         for slot in from..=to {
-            let src = owner[slot as usize];
-            assert!(src != 0, "slot {slot} has no owner\n{}", self.logs());
-            if src == dest {
+            let Some(src) = self.begin_slot_move(slot, dest) else {
                 continue;
-            }
-            let s = slot.to_string();
-            // The order of redis-cli's clusterManagerMoveSlot: importing on the target first, then
-            // migrating on the source (so the source's ASK is never refused by the target).
-            self.node_ok(
-                dest,
-                &["CLUSTER", "SETSLOT", &s, "IMPORTING", ids[&src].as_str()],
-            );
-            self.node_ok(src, &["CLUSTER", "SETSLOT", &s, "MIGRATING", dest_id]);
+            };
             let n = self
-                .node_ok(src, &["CLUSTER", "COUNTKEYSINSLOT", &s])
+                .node_ok(src, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
                 .as_int() as usize;
             // Half the keys, then the pause (the slot is split between the nodes: writers see ASK for moved
             // keys and new keys, the source for the rest), then the rest and whatever came meanwhile.
@@ -623,26 +597,74 @@ impl Shared {
             if !pause_per_slot.is_zero() {
                 std::thread::sleep(pause_per_slot);
             }
-            self.migrate_keys(src, dest, slot, usize::MAX);
-            // The target first (it bumps its epoch and spreads the news); then the source, which may
-            // have turned into a replica of the target if this was its last slot
-            // (cluster-allow-replica-migration); then the other masters to shorten redirections.
-            self.node_ok(dest, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]);
-            match self.node(src, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]) {
-                Reply::Error(e) if e.starts_with("ERR Please use SETSLOT only with masters") => {}
-                Reply::Error(e) => panic!(
-                    "CLUSTER SETSLOT {slot} NODE on the source {src}: {e}\n{}",
-                    self.logs()
-                ),
-                _ => {}
-            }
-            for (p, _) in &masters {
-                if *p != src && *p != dest {
-                    self.node_ok(*p, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]);
-                }
-            }
-            self.set_route(slot, dest);
+            self.end_slot_move(slot, src, dest);
         }
+    }
+
+    /// The ids of the current masters, by port.
+    fn master_ids(&self) -> HashMap<u16, String> {
+        self.current_masters()
+            .iter()
+            .map(|(p, _)| (*p, self.myself(*p).id))
+            .collect()
+    }
+
+    /// Start moving `slot` to the master on `dest`: `SETSLOT IMPORTING` there, then `SETSLOT MIGRATING` on
+    /// its owner (redis-cli's order: the owner's ASK is never refused by the target). Returns the owner's
+    /// port, or `None` when `dest` owns the slot already.
+    fn begin_slot_move(&self, slot: u16, dest: u16) -> Option<u16> {
+        let masters = self.current_masters();
+        assert!(
+            masters.iter().any(|(p, _)| *p == dest),
+            "{dest} is not a master: {masters:?}"
+        );
+        let src = masters
+            .iter()
+            .find(|(_, ranges)| ranges.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .map(|(p, _)| *p);
+        let Some(src) = src else {
+            panic!("slot {slot} has no owner\n{}", self.logs());
+        };
+        if src == dest {
+            return None;
+        }
+        let ids = self.master_ids();
+        let s = slot.to_string();
+        self.node_ok(
+            dest,
+            &["CLUSTER", "SETSLOT", &s, "IMPORTING", ids[&src].as_str()],
+        );
+        self.node_ok(
+            src,
+            &["CLUSTER", "SETSLOT", &s, "MIGRATING", ids[&dest].as_str()],
+        );
+        Some(src)
+    }
+
+    /// Finish moving `slot` from `src` to `dest`: migrate every key left, then `SETSLOT NODE` on the target
+    /// (it bumps its epoch and spreads the news), on the source (which may have turned into a replica of
+    /// the target if this was its last slot: cluster-allow-replica-migration), and on the other masters
+    /// to shorten redirections.
+    fn end_slot_move(&self, slot: u16, src: u16, dest: u16) {
+        self.migrate_keys(src, dest, slot, usize::MAX);
+        let ids = self.master_ids();
+        let dest_id = ids[&dest].as_str();
+        let s = slot.to_string();
+        self.node_ok(dest, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]);
+        match self.node(src, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]) {
+            Reply::Error(e) if e.starts_with("ERR Please use SETSLOT only with masters") => {}
+            Reply::Error(e) => panic!(
+                "CLUSTER SETSLOT {slot} NODE on the source {src}: {e}\n{}",
+                self.logs()
+            ),
+            _ => {}
+        }
+        for p in ids.keys() {
+            if *p != src && *p != dest {
+                self.node_ok(*p, &["CLUSTER", "SETSLOT", &s, "NODE", dest_id]);
+            }
+        }
+        self.set_route(slot, dest);
     }
 }
 
@@ -909,6 +931,21 @@ impl Cluster {
     /// learn it by gossip: [`Cluster::wait_ok`] waits for that).
     pub fn move_slots(&self, from: u16, to: u16, dest_port: u16, pause_per_slot: Duration) {
         self.shared.move_slots(from, to, dest_port, pause_per_slot)
+    }
+
+    /// Leave `slot` half way to the master on `dest_port`: importing there, migrating on its owner, no key
+    /// moved yet (writers of its keys meet `ASK` for keys the owner does not hold). Returns the owner's
+    /// port; [`Cluster::finish_slot_move`] ends the move.
+    pub fn begin_slot_move(&self, slot: u16, dest_port: u16) -> u16 {
+        self.shared
+            .begin_slot_move(slot, dest_port)
+            .unwrap_or_else(|| panic!("{dest_port} owns slot {slot} already"))
+    }
+
+    /// Migrate the keys of `slot` left on `src` and give the slot to `dest_port` (see
+    /// [`Cluster::begin_slot_move`]).
+    pub fn finish_slot_move(&self, slot: u16, src: u16, dest_port: u16) {
+        self.shared.end_slot_move(slot, src, dest_port)
     }
 
     /// [`Cluster::move_slots`] on a thread of its own; join the handle to see its panic.
