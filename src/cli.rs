@@ -55,6 +55,10 @@ pub enum Command {
     Check(crate::precheck::CheckArgs),
     /// Show a running sync's status (from its --status endpoint) for a person.
     Status(StatusArgs),
+    /// Be a Redis endpoint driven like a replica: `REPLICAOF host port` syncs that master into the
+    /// target (full data, then every change), `INFO replication` shows the link and the applied offset,
+    /// `REPLICAOF NO ONE` stops cleanly.
+    Serve(ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,6 +103,43 @@ pub struct SyncArgs {
     /// twemproxy:PATH[#POOL] (every server of a nutcracker pool). Repeatable.
     #[arg(long = "source", required = true, value_name = "SRC")]
     pub sources: Vec<SourceSpec>,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Where clients (redis-cli, tooling) connect: HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// The password clients must give with AUTH, `[USER:]PASSWORD` (an ACL-style user, or the default
+    /// user). Prefer the environment variable: arguments are visible to other users of the machine.
+    #[arg(long, value_name = "[USER:]PASSWORD", env = "FERRY_REQUIREPASS", hide_env_values = true,
+        value_parser = parse_secret)]
+    pub requirepass: Option<crate::endpoint::Secret>,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// `[USER:]PASSWORD` as credentials.
+fn auth_of(secret: &crate::endpoint::Secret) -> crate::endpoint::Auth {
+    let a = secret.expose();
+    match a.split_once(':') {
+        Some((u, p)) => crate::endpoint::Auth {
+            user: (!u.is_empty()).then(|| u.to_string()),
+            password: crate::endpoint::Secret::new(p),
+        },
+        None => crate::endpoint::Auth {
+            user: None,
+            password: crate::endpoint::Secret::new(a),
+        },
+    }
+}
+
+/// The options of a sync job but its sources (`ferry sync` and `ferry serve`, whose `REPLICAOF` names the
+/// source).
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
     /// The target: redis://[[user]:password@]host:port, a Redis Cluster as
     /// cluster://[[user]:password@]host:port[,host:port…], or twemproxy:PATH[#POOL] (the pool's servers
     /// written directly, with nutcracker's placement). Repeatable: every target gets every change.
@@ -181,6 +222,27 @@ pub struct SyncArgs {
 
 impl SyncArgs {
     fn into_config(self) -> Result<SyncConfig, String> {
+        self.job.into_config(self.sources)
+    }
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<crate::serve::ServeConfig, String> {
+        if self.job.once {
+            return Err(
+                "--once does not go with ferry serve: REPLICAOF NO ONE stops the sync".into(),
+            );
+        }
+        Ok(crate::serve::ServeConfig {
+            listen: self.listen,
+            requirepass: self.requirepass.as_ref().map(auth_of),
+            job: self.job.into_config(Vec::new())?,
+        })
+    }
+}
+
+impl JobArgs {
+    fn into_config(self, sources: Vec<SourceSpec>) -> Result<SyncConfig, String> {
         let dbs = crate::apply::DbMap::parse(&self.dbs, &self.map_db)?;
         let decoder = DecoderOptions {
             max_entry_bytes: self.big_value_bytes,
@@ -188,7 +250,7 @@ impl SyncArgs {
             ..DecoderOptions::default()
         };
         Ok(SyncConfig {
-            sources: self.sources,
+            sources,
             target: crate::job::first_server(&self.targets),
             targets: self.targets,
             shard: None,
@@ -209,18 +271,7 @@ impl SyncArgs {
             status_addr: self.status_addr,
             dbs,
             stop_on_error: self.on_error == OnError::Stop,
-            pool_auth: self.pool_auth.as_ref().map(|a| a.expose()).map(|a| {
-                match a.split_once(':') {
-                    Some((u, p)) => crate::endpoint::Auth {
-                        user: (!u.is_empty()).then(|| u.to_string()),
-                        password: crate::endpoint::Secret::new(p),
-                    },
-                    None => crate::endpoint::Auth {
-                        user: None,
-                        password: crate::endpoint::Secret::new(a),
-                    },
-                }
-            }),
+            pool_auth: self.pool_auth.as_ref().map(auth_of),
             heartbeat: self.heartbeat.map(|secs| {
                 (
                     std::time::Duration::from_secs(secs.max(1)),
@@ -390,6 +441,29 @@ pub fn main() -> i32 {
         Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
         Command::Check(args) => rt.block_on(crate::precheck::run_cli(args)),
         Command::Status(args) => rt.block_on(status_main(args)),
+        Command::Serve(args) => match args.into_config() {
+            Ok(cfg) => rt.block_on(serve_main(cfg)),
+            Err(msg) => {
+                eprintln!("ferry: {msg}");
+                2
+            }
+        },
+    }
+}
+
+async fn serve_main(cfg: crate::serve::ServeConfig) -> i32 {
+    let cancel = CancellationToken::new();
+    crate::signal::on_stop_signal(
+        cancel.clone(),
+        "stop requested: stopping the sync (drain, acknowledge, checkpoint); the last REPLICAOF resumes at \
+         the next start",
+    );
+    match crate::serve::run(cfg, cancel).await {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("ferry: {msg}");
+            1
+        }
     }
 }
 

@@ -60,6 +60,7 @@ pub mod precheck;
 pub mod rdb;
 pub mod repl;
 pub mod resp;
+pub mod serve;
 pub mod signal;
 pub mod source;
 pub mod spool;

@@ -154,9 +154,18 @@ fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
 /// cleanly; the job then waits until the cluster has settled and starts again on the new layout, where every
 /// slot's checkpoint says exactly what its data holds: a partial resync, nothing applied twice or lost.
 pub async fn run(cfg: SyncConfig, cancel: CancellationToken) -> Result<SyncReport, SyncError> {
+    run_with_status(cfg, cancel, Arc::new(Status::new())).await
+}
+
+/// [`run`], with the job's figures in `status` (which the caller reads too: `ferry serve` answers `INFO`
+/// from it).
+pub async fn run_with_status(
+    cfg: SyncConfig,
+    cancel: CancellationToken,
+    status: Arc<Status>,
+) -> Result<SyncReport, SyncError> {
     // One status registry and endpoint for the whole job: it stays readable while the job waits for a
     // cluster target to settle, and it stops when `run` returns.
-    let status = Arc::new(Status::new());
     status.set_phase(JobPhase::Starting);
     let status_stop = CancellationToken::new();
     let _status_guard = status_stop.clone().drop_guard();

@@ -15,6 +15,7 @@ mod link;
 mod precheck;
 mod rdb;
 mod rdb_bad_input;
+mod serve;
 mod smoke;
 mod soak;
 mod status;
