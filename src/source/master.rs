@@ -1255,14 +1255,16 @@ async fn set_redirected(
     value: &[u8],
     msg: &[u8],
 ) -> Result<(), crate::target::TargetError> {
-    use crate::target::redirect::Redirect;
+    use crate::cluster::Redirect;
     let redirects = cfg.shard.as_ref().and_then(|s| s.redirects.as_ref());
     let mut msg = msg.to_vec();
+    let mut answered_by = cfg.target.host_port();
     for _ in 0..16 {
-        let text = String::from_utf8_lossy(&msg).to_string();
-        let (node, asking) = match (Redirect::parse(&text), redirects) {
-            (Some(Redirect::Ask { node, .. }), Some(_)) => (node, true),
-            (Some(Redirect::Moved { node, .. }), Some(r)) => {
+        let parsed = Redirect::parse(&msg);
+        let to = parsed.as_ref().and_then(|r| r.resolve(&answered_by));
+        let (node, asking) = match (parsed, to, redirects) {
+            (Some(Redirect::Ask { .. }), Some(node), Some(_)) => (node, true),
+            (Some(Redirect::Moved { .. }), Some(node), Some(r)) => {
                 r.drift();
                 (node, false)
             }
@@ -1279,7 +1281,10 @@ async fn set_redirected(
             to.cmd_ok(&[b"ASKING"]).await?;
         }
         match to.cmd(&[b"SET", key, value]).await? {
-            crate::resp::Reply::Error(e) => msg = e.to_vec(),
+            crate::resp::Reply::Error(e) => {
+                msg = e.to_vec();
+                answered_by = node;
+            }
             _ => return Ok(()),
         }
     }

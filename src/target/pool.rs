@@ -52,9 +52,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::applied::{Applied, Pos};
 use super::client::Client;
-use super::redirect::{Redirect, Redirects};
+use super::redirect::Redirects;
 use super::stats::TargetStats;
 use super::TargetError;
+use crate::cluster::Redirect;
 use crate::endpoint::RedisAddr;
 use crate::resp::{self, Reply, ReplyHead};
 
@@ -1035,9 +1036,9 @@ impl ConnTask {
     /// touches its keys), `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` too.
     fn follows(&self, e: &str, tx: bool) -> bool {
         self.redirects.is_some()
-            && match Redirect::parse(e) {
+            && match Redirect::parse(e.as_bytes()) {
                 Some(Redirect::Ask { .. } | Redirect::Moved { .. }) => true,
-                Some(Redirect::Retry) => tx,
+                Some(Redirect::TryAgain | Redirect::ClusterDown | Redirect::Loading) => tx,
                 None => false,
             }
     }
@@ -1066,9 +1067,13 @@ impl ConnTask {
         let mut hops = 0u32;
         loop {
             hops += 1;
-            let (node, asking) = match Redirect::parse(&error) {
-                Some(Redirect::Ask { node, .. }) => (node, true),
-                Some(Redirect::Moved { node, .. }) => {
+            let parsed = Redirect::parse(error.as_bytes());
+            // Where an ASK or MOVED points (a `:port` without host is the answering node's host; `?` is a
+            // node that knows no address to give: the new layout's map will have it).
+            let to = parsed.as_ref().and_then(|r| r.resolve(&answered_by));
+            let (node, asking) = match (&parsed, to) {
+                (Some(Redirect::Ask { .. }), Some(node)) => (node, true),
+                (Some(Redirect::Moved { .. }), Some(node)) => {
                     // A failover is not followed in place: the promoted replica may lack writes the old
                     // master acknowledged, which every slot's checkpoint on the new layout accounts for.
                     if !self.is_master(&answered_by, &redirects).await? {
@@ -1079,7 +1084,9 @@ impl ConnTask {
                     redirects.drift();
                     (node, false)
                 }
-                Some(Redirect::Retry) if !single => {
+                (Some(Redirect::TryAgain | Redirect::ClusterDown | Redirect::Loading), _)
+                    if !single =>
+                {
                     if tokio::time::Instant::now() + backoff > deadline {
                         return Err(self.topology(format!(
                             "{error} (still, after {:?} of retries)",
@@ -1118,7 +1125,7 @@ impl ConnTask {
                     "{error} (a flush or a sweep was applied to a node in this run; see target::redirect)"
                 )));
             }
-            match Redirect::parse(&error) {
+            match parsed {
                 Some(Redirect::Ask { .. }) => {
                     self.stats.redirected_ask.fetch_add(1, Ordering::Relaxed);
                 }

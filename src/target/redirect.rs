@@ -30,58 +30,6 @@ use std::sync::Mutex;
 
 use crate::endpoint::RedisAddr;
 
-/// A redirection error reply, parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Redirect {
-    /// `ASK <slot> <host:port>`.
-    Ask { slot: u16, node: String },
-    /// `MOVED <slot> <host:port>`.
-    Moved { slot: u16, node: String },
-    /// `TRYAGAIN …`, `CLUSTERDOWN …`, `LOADING …`: not now, here.
-    Retry,
-}
-
-impl Redirect {
-    /// Parse an error reply (without its `-`). `None` for any other error.
-    pub fn parse(msg: &str) -> Option<Redirect> {
-        let mut words = msg.split_ascii_whitespace();
-        let kind = words.next()?;
-        match kind {
-            "ASK" | "MOVED" => {
-                let slot: u16 = words.next()?.parse().ok()?;
-                if usize::from(slot) >= crate::cluster::SLOTS {
-                    return None;
-                }
-                let node = normalize(words.next()?)?;
-                Some(if kind == "ASK" {
-                    Redirect::Ask { slot, node }
-                } else {
-                    Redirect::Moved { slot, node }
-                })
-            }
-            "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" => Some(Redirect::Retry),
-            _ => None,
-        }
-    }
-}
-
-/// `host:port` as [`RedisAddr::host_port`] writes it (an IPv6 host in brackets), from a redirection's
-/// endpoint (`::1:7000` or `[::1]:7000`, `10.0.0.5:7000`). `None` when there is no port, or no host (Redis
-/// 7 writes `:7000` when it does not know the node's address: the caller cannot follow that).
-pub fn normalize(endpoint: &str) -> Option<String> {
-    let (host, port) = endpoint.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some(if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    })
-}
-
 /// The masters of the layout a cluster target's job runs on, shared by its nodes' pools, and whether a
 /// write had to follow a `MOVED` since.
 #[derive(Debug)]
@@ -113,7 +61,8 @@ impl Redirects {
         }
     }
 
-    /// The master of the layout at `host_port` (as [`normalize`] writes it), with its credentials.
+    /// The master of the layout at `host_port` (as `RedisAddr::host_port` and
+    /// [`crate::cluster::Redirect::resolve`] write it), with its credentials.
     pub fn master(&self, host_port: &str) -> Option<&RedisAddr> {
         self.masters.iter().find(|m| m.host_port() == host_port)
     }
@@ -171,41 +120,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_redirections_and_nothing_else() {
-        assert_eq!(
-            Redirect::parse("MOVED 3999 127.0.0.1:6381"),
-            Some(Redirect::Moved {
-                slot: 3999,
-                node: "127.0.0.1:6381".into()
-            })
-        );
-        assert_eq!(
-            Redirect::parse("ASK 0 ::1:7000"),
-            Some(Redirect::Ask {
-                slot: 0,
-                node: "[::1]:7000".into()
-            })
-        );
-        assert_eq!(
-            Redirect::parse("TRYAGAIN Multiple keys request during rehashing of slot"),
-            Some(Redirect::Retry)
-        );
-        assert_eq!(
-            Redirect::parse("CLUSTERDOWN The cluster is down"),
-            Some(Redirect::Retry)
-        );
-        assert_eq!(
-            Redirect::parse("LOADING Redis is loading"),
-            Some(Redirect::Retry)
-        );
-        assert_eq!(Redirect::parse("MOVED 16384 127.0.0.1:1"), None);
-        assert_eq!(Redirect::parse("MOVED 12 :7000"), None);
-        assert_eq!(Redirect::parse("MOVED x 127.0.0.1:1"), None);
-        assert_eq!(Redirect::parse("ERR MOVED 1 a:1"), None);
-        assert_eq!(Redirect::parse("ASKING"), None);
-    }
-
-    #[test]
     fn masters_are_found_by_the_address_redirections_name() {
         let a = RedisAddr {
             host: "127.0.0.1".into(),
@@ -224,6 +138,5 @@ mod tests {
         let r = Redirects::new("c", vec![]);
         assert!(r.node_wide());
         assert!(!r.forward());
-        assert_eq!(normalize("[::1]:7000").as_deref(), Some("[::1]:7000"));
     }
 }
