@@ -16,7 +16,7 @@ use crate::resp;
 
 /// The longest request accepted (an argument or an inline line): ferry stores nothing, so requests are
 /// small; a larger one is a protocol error that closes the connection.
-const MAX_REQUEST: usize = 1 << 20;
+pub const MAX_REQUEST: usize = 1 << 20;
 
 /// A reply, encoded for the connection's protocol version.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,8 +165,8 @@ pub async fn serve(
 }
 
 /// The next complete request in `buf` (consumed), as its arguments: a RESP array of bulk strings, or an
-/// inline line split on spaces. `Ok(None)` until one is complete.
-fn next_request(
+/// inline line split on spaces. `Ok(None)` until one is complete. Public for the fuzz target.
+pub fn next_request(
     buf: &mut BytesMut,
     dec: &mut resp::CommandDecoder,
 ) -> Result<Option<Vec<Vec<u8>>>, String> {

@@ -17,6 +17,8 @@
 mod conn;
 mod info;
 
+pub use conn::{next_request, MAX_REQUEST};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
