@@ -130,6 +130,101 @@ async fn sources_checkpointed_on(cfg: &SyncConfig) -> Vec<String> {
     found
 }
 
+/// For each planned source: the address of the last run's master it took over from, when it is a master
+/// of a cluster source without checkpoints of its own and exactly one checkpoint of a master that is no
+/// longer one — on every target, for the same db selection — has the replication id this master continues
+/// (its `master_replid`, or its `master_replid2`: what a promoted replica keeps of its old master, psync2).
+/// The link then asks it for a partial resync from that checkpoint.
+async fn took_over(
+    plan: &[crate::job::PlannedSource],
+    per_target: &[(SyncConfig, ServerInfo)],
+    state_dir: &std::path::Path,
+) -> Vec<Option<crate::endpoint::RedisAddr>> {
+    let mut out = vec![None; plan.len()];
+    let Some((first, _)) = per_target.first() else {
+        return out;
+    };
+    let current: std::collections::HashSet<String> = plan
+        .iter()
+        .filter_map(|p| match &p.spec {
+            SourceSpec::Redis(a) => Some(a.host_port()),
+            _ => None,
+        })
+        .collect();
+    // The checkpoints of the first target whose source is not a source now.
+    let suffix = format!(
+        "--{}.json",
+        crate::checkpoint::source_id(&first.target.to_string())
+    );
+    let mut orphans = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(state_dir) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("checkpoint-") || !name.ends_with(&suffix) {
+                continue;
+            }
+            let Ok(Some(cp)) = crate::checkpoint::load(&e.path()) else {
+                continue;
+            };
+            let Ok(was) = cp.source.parse::<crate::endpoint::RedisAddr>() else {
+                continue;
+            };
+            if !current.contains(&was.host_port()) {
+                orphans.push((was, cp));
+            }
+        }
+    }
+    for (i, p) in plan.iter().enumerate() {
+        let (SourceSpec::Redis(addr), Some(_)) = (&p.spec, &p.cluster) else {
+            continue;
+        };
+        if per_target.iter().any(|(t, _)| {
+            crate::checkpoint::path_for(state_dir, &addr.to_string(), &t.target.to_string())
+                .exists()
+        }) {
+            continue;
+        }
+        let Ok(mut c) = Client::connect_as(
+            addr,
+            crate::target::client::Role::Source,
+            Duration::from_secs(5),
+        )
+        .await
+        else {
+            continue;
+        };
+        let Ok(info) = c.info(b"replication").await else {
+            continue;
+        };
+        let ids: Vec<String> = ["master_replid", "master_replid2"]
+            .iter()
+            .filter_map(|f| info.field(f).map(str::to_string))
+            .filter(|id| id.chars().any(|c| c != '0'))
+            .collect();
+        let job = p.dbs.describe();
+        let matching: Vec<&crate::endpoint::RedisAddr> = orphans
+            .iter()
+            .filter(|(_, cp)| cp.job == job && ids.contains(&cp.replid))
+            .map(|(was, _)| was)
+            .collect();
+        let [was] = matching[..] else { continue };
+        // Every target must hold that master's checkpoint.
+        if !per_target.iter().all(|(t, _)| {
+            crate::checkpoint::path_for(state_dir, &was.to_string(), &t.target.to_string()).exists()
+        }) {
+            continue;
+        }
+        tracing::info!(source = %addr, was = %was,
+            "this master took over from a master of the last run (a failover; it continues that master's \
+             replication history): it resumes from that master's checkpoints with a partial resync");
+        out[i] = Some(crate::endpoint::RedisAddr {
+            auth: addr.auth.clone(),
+            ..was.clone()
+        });
+    }
+    out
+}
+
 /// Sources of this job that have a checkpoint in the state directory: their data is already on the target.
 fn resuming_sources(cfg: &SyncConfig) -> Vec<String> {
     cfg.sources
@@ -467,6 +562,13 @@ async fn run_once(
     let continuing = per_target
         .iter()
         .any(|(t, _)| !resuming_sources(t).is_empty());
+    // Cluster masters that took over from a master of the last run (a failover): they continue its
+    // checkpoints, with a partial resync.
+    let took_over = if continuing {
+        took_over(&plan, &per_target, &cfg.state_dir).await
+    } else {
+        vec![None; plan.len()]
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
@@ -501,6 +603,7 @@ async fn run_once(
             file_keys: file_keys_tx[idx].take(),
             locate: plan[idx].cluster.as_ref().map(|(c, i)| c.member(*i)),
             replaces: continuing && plan[idx].cluster.is_some(),
+            identity: took_over[idx].clone(),
         };
         let cfg = SyncConfig {
             heartbeat,
@@ -759,6 +862,9 @@ struct SourceRun {
     locate: Option<Arc<dyn crate::repl::Locate>>,
     /// See `SourceJob::replaces`.
     replaces: bool,
+    /// A master of a cluster source that took over from this address since the last run: the source keeps
+    /// that address's checkpoints (see `SourceJob::connect`).
+    identity: Option<crate::endpoint::RedisAddr>,
 }
 
 async fn run_source(
@@ -798,9 +904,14 @@ async fn run_source(
             Ok(())
         }
         SourceSpec::Redis(addr) => {
+            let (addr, connect) = match run.identity {
+                Some(was) => (was, Some(addr.clone())),
+                None => (addr.clone(), None),
+            };
             let job = source::master::SourceJob {
                 idx: run.idx,
-                addr: addr.clone(),
+                addr,
+                connect,
                 dbs: run.dbs,
                 ownership: run.ownership,
                 own_keys: run.own_keys,

@@ -68,6 +68,11 @@ pub struct SourceJob {
     pub own_keys: OwnKeys,
     /// For a master that can move (of a cluster source): where its link finds it after a failover.
     pub locate: Option<Arc<dyn repl::Locate>>,
+    /// The server to replicate from when it is not `addr`: a master of a cluster source that took over from
+    /// `addr` (a failover) since the last run, whose replication history continues `addr`'s (psync2). The
+    /// source keeps `addr`'s identity — its checkpoints, in the state directory and in the targets — and its
+    /// link asks this server for `PSYNC <addr's replid> <offset>`: a partial resync.
+    pub connect: Option<RedisAddr>,
     /// The targets may hold this source's keys though it has no checkpoint (a cluster master that took over
     /// since the last run of a job that continues): its full sync replaces values and removes the keys of
     /// its own it does not hold, as a full resync does.
@@ -253,12 +258,17 @@ pub async fn run(
     st.set_spool(writer.stats(), disk_limit);
     st.set_state(SourceState::Connecting);
     let shared = LinkShared::new();
+    let connect = src.connect.clone().unwrap_or_else(|| addr.clone());
+    if connect.host_port() != addr.host_port() {
+        // The heartbeat and `--once` ask the server the link uses.
+        shared.set_master(connect.clone());
+    }
     let link_cfg = LinkConfig {
         name: format!("source {addr}"),
-        addr: addr.clone(),
+        addr: connect.clone(),
         resume: resume.as_ref().map(|r| (r.replid.clone(), r.offset)),
         locate: src.locate.clone(),
-        ..LinkConfig::new(addr.clone())
+        ..LinkConfig::new(connect)
     };
     // Not a child of `cancel`: the link keeps reading (and acknowledging) while the consumer drains on a stop,
     // and is stopped after the last ACK.

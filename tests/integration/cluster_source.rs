@@ -363,12 +363,11 @@ fn a_source_failover_mid_stream_continues_with_a_partial_resync() {
     );
 
     // A restart after the failover: the promoted master has no checkpoint of its own (ferry knew it by the
-    // old master's address). It is copied again with a full resync — nothing refused as a conflict — and the
-    // other masters resume where they were.
+    // old master's address), but it continues the old master's replication history (its master_replid2):
+    // it resumes from the old master's checkpoints with a partial resync, like the other masters.
     let mut ferry = ferry;
     assert!(ferry.terminate(Duration::from_secs(30)).success());
-    let ferry = Ferry::sync(&[cluster.url()], &target.url(), state.path(), &[])
-        .allowing(&["no checkpoint of this master, but the job continues"]);
+    let ferry = Ferry::sync(&[cluster.url()], &target.url(), state.path(), &[]);
     for i in 0..300 {
         cluster.ok(&["INCR", &format!("counter:{}", i % 64)]);
     }
@@ -377,7 +376,21 @@ fn a_source_failover_mid_stream_continues_with_a_partial_resync() {
     let log = ferry.log();
     assert_eq!(
         log.matches("resuming with a partial resync").count(),
-        2,
+        3,
+        "{log}"
+    );
+    assert!(
+        log.contains("took over from a master of the last run"),
+        "{log}"
+    );
+    assert_eq!(
+        info_i64(&mut cluster.client(promoted), "stats", "sync_full"),
+        0,
+        "the promoted master made no full sync after the restart either\n{log}"
+    );
+    assert_eq!(
+        log.matches("full sync: receiving the snapshot").count(),
+        0,
         "{log}"
     );
     assert_eq!(
