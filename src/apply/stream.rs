@@ -785,7 +785,12 @@ impl StreamApplier {
             signals.flush = Some(scope);
             return Ok(());
         }
-        if is_flush {
+        // A flush replayed behind the home group's checkpoint is dropped (see `route`): not a node-wide write.
+        let replayed = self
+            .shard
+            .as_ref()
+            .is_some_and(|sh| sh.skip.get(&sh.home).is_some_and(|s| self.offset <= *s));
+        if is_flush && !replayed {
             // Forwarded to every node of a cluster target: a node-wide write (see
             // `target::redirect::Redirects::forward`).
             if let Some(r) = self

@@ -1115,6 +1115,17 @@ async fn remove_keys(
     // Everything before this point must be on the target before it is scanned.
     s.drain().await?;
     node_wide(cfg)?;
+    // After a full resync, a node judges the keys it holds by the snapshot's keys of *its* slots: a key that
+    // `MIGRATE` moved onto it since the job read the layout belongs to another node's judgement. Only keys
+    // of slots this node owns in the job's layout are removed, and a layout that changed is a layout
+    // change (the job continues on the new one) rather than a sweep on a guess.
+    let judged = match (kind, cfg.shard.as_ref().filter(|sh| sh.is_cluster())) {
+        (SweepKind::NotIn(_), Some(sh)) => {
+            layout_unchanged(cfg, sh).await?;
+            Some(sh.clone())
+        }
+        _ => None,
+    };
     let dbs = match dbs {
         Some(d) => d,
         None => match &src.dbs.keep {
@@ -1142,7 +1153,10 @@ async fn remove_keys(
             &src.ownership,
             kind,
             &src.own_keys,
-            |db, keys| {
+            |db, mut keys| {
+                if let Some(sh) = &judged {
+                    keys.retain(|k| sh.owns(k));
+                }
                 crate::apply::stream::delete_keys(pool.clone(), conn, db, keys, cfg.shard.is_some())
             },
         )
@@ -1152,6 +1166,41 @@ async fn remove_keys(
     tracing::info!(source = %src.addr, target_addr = %cfg.target, ?kind, dbs = ?dbs, scanned = report.scanned,
         owned = report.owned, deleted = report.deleted, "removed this source's keys from the target");
     Ok(())
+}
+
+/// The cluster target's slot layout, as the node `cfg.target` sees it now, is the one the job runs on.
+async fn layout_unchanged(
+    cfg: &SyncConfig,
+    sh: &crate::target::shard::Shard,
+) -> Result<(), ApplyError> {
+    let topology = |msg: String| {
+        ApplyError::Target(crate::target::TargetError::Topology {
+            addr: cfg.target.to_string(),
+            msg,
+        })
+    };
+    let crate::target::shard::Placement::Cluster(job) = &*sh.placement else {
+        return Ok(());
+    };
+    let (now, _) = with_retry("reading the cluster's slot map", RETRY_FOR, || async {
+        crate::target::shard::discover(std::slice::from_ref(&cfg.target))
+            .await
+            .map_err(|e| crate::target::TargetError::Protocol {
+                addr: cfg.target.to_string(),
+                detail: e,
+            })
+    })
+    .await?;
+    let owner = |m: &crate::cluster::SlotMap, s: u16| m.owner(s).map(|i| m.nodes()[i].addr.clone());
+    match (0..crate::cluster::SLOTS as u16).find(|&s| owner(job, s) != owner(&now, s)) {
+        None => Ok(()),
+        Some(s) => Err(topology(format!(
+            "slot {s} moved since the job read the layout ({:?} → {:?}); the keys the snapshot did not \
+             write are removed on the new layout",
+            owner(job, s),
+            owner(&now, s)
+        ))),
+    }
 }
 
 /// A node-wide write (a sweep) is about to be applied to a node of a cluster target: refused as a layout

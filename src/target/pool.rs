@@ -320,7 +320,11 @@ impl WriterPool {
                 let mut task = task;
                 // The failure is recorded before the task (and its receiver) goes: a sender that finds the
                 // channel closed then reads why (a `MOVED` is a layout change, not a lost writer).
-                if let Err(e) = task.run(client).await {
+                let result = task.run(client).await;
+                // Producers waiting for in-flight room on this connection get the failure instead of
+                // waiting forever (its unanswered batches' permits went with the task).
+                task.inflight.close();
+                if let Err(e) = result {
                     if matches!(e, TargetError::Topology { .. }) {
                         // Not an outage: the job starts again on the new layout (see `sync::run`).
                         tracing::info!(error = %e, "target redirected a write; stopping this writer");
@@ -612,7 +616,15 @@ impl ConnTask {
                     c.cmd_ok(&[b"SELECT", cm.db.to_string().as_bytes()]).await?;
                     db = cm.db;
                 }
-                let v = c.cmd_ok(&[b"GET", &cm.key]).await?.into_bytes();
+                let v = match c.cmd(&[b"GET", &cm.key]).await? {
+                    // The checkpoint key's slot moved while the connection was down: the job continues
+                    // on the new layout from every slot's checkpoint.
+                    Reply::Error(e) if super::is_redirection(&String::from_utf8_lossy(&e)) => {
+                        return Err(self.topology(String::from_utf8_lossy(&e).into_owned()));
+                    }
+                    Reply::Error(e) => return Err(c.command_error(b"GET", &e)),
+                    r => r.into_bytes(),
+                };
                 stored.insert(k, v);
             }
         }
@@ -1059,7 +1071,7 @@ impl ConnTask {
         };
         let me = self.addr.host_port();
         let single = matches!(unit, Unit::Cmd { fi, i } if !self.is_group(fi, i));
-        let deadline = tokio::time::Instant::now() + self.cfg.reconnect_for;
+        let deadline = tokio::time::Instant::now() + REDIRECT_RETRY_FOR;
         let mut backoff = Duration::from_millis(20);
         let mut error = first;
         // The node whose answer `error` is, and where the unit goes next (with ASKING?).
@@ -1089,8 +1101,7 @@ impl ConnTask {
                 {
                     if tokio::time::Instant::now() + backoff > deadline {
                         return Err(self.topology(format!(
-                            "{error} (still, after {:?} of retries)",
-                            self.cfg.reconnect_for
+                            "{error} (still, after {REDIRECT_RETRY_FOR:?} of retries)"
                         )));
                     }
                     tokio::select! {
@@ -1180,22 +1191,21 @@ impl ConnTask {
         Ok(self.side.get_mut(node).expect("just opened"))
     }
 
-    /// Whether `node` is (still) a master (`ROLE`).
+    /// Whether `node` is (still) a master (`role:` of `INFO replication`, which ferry may read where `ROLE`,
+    /// an admin command, may be denied). Not knowing is a layout change, not a failure.
     async fn is_master(&mut self, node: &str, redirects: &Redirects) -> Result<bool, TargetError> {
         let c = self.side_client(node, redirects).await?;
-        let r = match c.cmd_ok(&[b"ROLE"]).await {
+        let r = match c.cmd_ok(&[b"INFO", b"replication"]).await {
             Ok(r) => r,
             Err(e) => {
                 self.side.remove(node);
-                return Err(e);
+                return Err(
+                    self.topology(format!("cannot tell whether {node} is still a master: {e}"))
+                );
             }
         };
-        let role = r
-            .into_array()
-            .and_then(|a| a.into_iter().next())
-            .and_then(|r| r.as_bytes().map(|b| b.to_vec()))
-            .unwrap_or_default();
-        Ok(role == b"master")
+        let text = r.as_bytes().unwrap_or_default();
+        Ok(crate::info::field(text, "role") == Some("master"))
     }
 
     /// Write `unit` to `node` (after `ASKING` when `asking`; after a `SCRIPT LOAD` of every script it runs
@@ -1426,6 +1436,10 @@ impl ConnTask {
         }
     }
 }
+
+/// How long a transaction answered `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` is written again before it counts as a
+/// layout change (a slot's migration may take that long).
+const REDIRECT_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// The reply timeout of the connections redirected writes go through.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(60);
