@@ -59,6 +59,97 @@ pub enum Command {
     /// target (full data, then every change), `INFO replication` shows the link and the applied offset,
     /// `REPLICAOF NO ONE` stops cleanly.
     Serve(ServeArgs),
+    /// Stand where nutcracker stood: serve the pool's clients with nutcracker's placement while syncing
+    /// every server of the pool into the target, until `ferry cutover` moves the clients to the target
+    /// (no reconnect).
+    Proxy(ProxyArgs),
+    /// Cut a running `ferry proxy` over to its target (through its --status endpoint): pause client
+    /// writes, wait until everything is applied, switch, release the writes. Exit 0 once cut over, 1 when
+    /// refused (nothing switched).
+    Cutover(CutoverArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// The pool: twemproxy:PATH[#POOL] (its servers are synced; its clients are served).
+    #[arg(long = "source", value_name = "twemproxy:PATH[#POOL]")]
+    pub source: SourceSpec,
+    /// Where clients connect (default: the pool's `listen` address from the YAML).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// How long a cutover may wait for the sync to apply everything before it is refused (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub cutover_timeout: f64,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CutoverArgs {
+    /// The running proxy's status address (its --status).
+    #[arg(value_name = "ADDR", default_value = "127.0.0.1:9121")]
+    pub addr: std::net::SocketAddr,
+    /// How long to wait for the answer (seconds).
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+}
+
+impl ProxyArgs {
+    fn into_config(self) -> Result<crate::proxy::ProxyConfig, String> {
+        if !matches!(self.source, SourceSpec::Twemproxy { .. }) {
+            return Err(format!(
+                "ferry proxy: --source must be twemproxy:PATH[#POOL], not {}",
+                self.source
+            ));
+        }
+        if self.job.once {
+            return Err("--once does not go with ferry proxy: ferry cutover ends the sync".into());
+        }
+        if !(self.cutover_timeout.is_finite() && self.cutover_timeout > 0.0) {
+            return Err("--cutover-timeout must be a positive number of seconds".into());
+        }
+        Ok(crate::proxy::ProxyConfig {
+            listen: self.listen,
+            cutover_timeout: std::time::Duration::from_secs_f64(self.cutover_timeout),
+            job: self.job.into_config(vec![self.source])?,
+        })
+    }
+}
+
+async fn proxy_main(cfg: crate::proxy::ProxyConfig) -> i32 {
+    let cancel = CancellationToken::new();
+    crate::signal::on_stop_signal(
+        cancel.clone(),
+        "stop requested: closing client connections and stopping the sync (drain, acknowledge, checkpoint)",
+    );
+    match crate::proxy::run(cfg, cancel).await {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("ferry: {msg}");
+            1
+        }
+    }
+}
+
+async fn cutover_main(args: CutoverArgs) -> i32 {
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.max(1.0));
+    match crate::status::post(args.addr, "/cutover", timeout).await {
+        Ok((200, body)) => {
+            println!("{}", body.trim());
+            0
+        }
+        Ok((code, body)) => {
+            eprintln!("ferry: cutover refused (HTTP {code}): {}", body.trim());
+            1
+        }
+        Err(e) => {
+            eprintln!(
+                "ferry: {e}. Is a ferry proxy running with --status {}?",
+                args.addr
+            );
+            1
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -441,6 +532,14 @@ pub fn main() -> i32 {
         Command::Verify(args) => rt.block_on(crate::verify::run_cli(args)),
         Command::Check(args) => rt.block_on(crate::precheck::run_cli(args)),
         Command::Status(args) => rt.block_on(status_main(args)),
+        Command::Proxy(args) => match args.into_config() {
+            Ok(cfg) => rt.block_on(proxy_main(cfg)),
+            Err(msg) => {
+                eprintln!("ferry: {msg}");
+                2
+            }
+        },
+        Command::Cutover(args) => rt.block_on(cutover_main(args)),
         Command::Serve(args) => match args.into_config() {
             Ok(cfg) => rt.block_on(serve_main(cfg)),
             Err(msg) => {

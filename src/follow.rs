@@ -595,7 +595,7 @@ async fn is_master(addr: &RedisAddr) -> Result<(), String> {
 }
 
 /// `master_repl_offset` of the server at `addr`.
-async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
+pub async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
     let mut c = Client::connect_as(addr, Role::Source, ASK_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;

@@ -57,6 +57,7 @@ pub mod info;
 pub mod job;
 pub mod keyset;
 pub mod precheck;
+pub mod proxy;
 pub mod rdb;
 pub mod repl;
 pub mod resp;

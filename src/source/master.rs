@@ -464,11 +464,12 @@ impl Consumer {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let waiting = self.sinks.iter().any(|k| {
-                k.stream
-                    .as_ref()
-                    .is_some_and(|s| s.pending() && s.waiting())
-            });
+            // A stream batch is unanswered: its answer hands over what is pending and moves the applied
+            // offset at once (status and the link read it: `ferry proxy`'s cutover waits on it).
+            let waiting = self
+                .sinks
+                .iter()
+                .any(|k| k.stream.as_ref().is_some_and(|s| s.waiting()));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
@@ -492,6 +493,7 @@ impl Consumer {
                                 source_name: self.src.addr.to_string(), err: e })?;
                         }
                     }
+                    self.report_applied();
                 }
                 rec = reader.next() => {
                     let rec = match rec {

@@ -88,7 +88,12 @@ async fn accept_loop(listener: TcpListener, status: Arc<Status>, cancel: Cancell
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let status = status.clone();
-                async move { Ok::<_, Infallible>(respond(&status, req.method(), req.uri().path())) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/cutover" {
+                        return Ok::<_, Infallible>(cutover(&status).await);
+                    }
+                    Ok::<_, Infallible>(respond(&status, req.method(), req.uri().path()))
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -124,6 +129,40 @@ const INDEX: &str = "ferry status endpoint\n\
 GET /status   the job's status as JSON\n\
 GET /metrics  Prometheus text format\n\
 GET /healthz  200 while the job runs and no source failed, 503 otherwise\n";
+
+/// `POST /cutover`: the process's control answers (`ferry proxy`), or 404 when there is none.
+async fn cutover(status: &Status) -> Response<Full<Bytes>> {
+    match status.control() {
+        Some(c) => {
+            let (code, body) = c.cutover().await;
+            text(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "application/json",
+                body + "\n",
+            )
+        }
+        None => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "no cutover here: this is not a ferry proxy\n".into(),
+        ),
+    }
+}
+
+/// `POST path` with an empty body to a running ferry's endpoint (for `ferry cutover ADDR`): (status
+/// code, body), within `timeout`.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), StatusError> {
+    let err = |msg: String| StatusError::Fetch { addr, msg };
+    let (code, body) = tokio::time::timeout(timeout, request(addr, "POST", path))
+        .await
+        .map_err(|_| err(format!("no answer within {timeout:?}")))?
+        .map_err(|e| err(e.to_string()))?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
 
 /// The response to `method path` (the query string is ignored).
 pub(crate) fn respond(status: &Status, method: &Method, path: &str) -> Response<Full<Bytes>> {
@@ -185,9 +224,16 @@ pub async fn fetch_snapshot(
 
 /// A minimal HTTP/1.1 GET with `Connection: close`: (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body, `Connection: close`: (status code, body).
+async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     s.take(MAX_FETCH_BYTES).read_to_end(&mut buf).await?;

@@ -30,7 +30,7 @@ use crate::apply::ApplyStats;
 use crate::spool::SpoolStats;
 use crate::target::stats::TargetStats;
 
-pub use self::http::{fetch_snapshot, serve, StatusError};
+pub use self::http::{fetch_snapshot, post, serve, StatusError};
 pub use self::progress::{FullSyncProgress, ProgressOutput};
 pub use self::report::spawn_reporter;
 pub use self::snapshot::StatusSnapshot;
@@ -222,6 +222,19 @@ pub struct Status {
     apply: Mutex<Option<Arc<ApplyStats>>>,
     /// Times the job continued on a new slot layout of a cluster target.
     layout_restarts: AtomicU64,
+    /// What a process around the job offers through the endpoint (`ferry proxy`: `POST /cutover`, and
+    /// its own section of `/status`).
+    control: std::sync::OnceLock<Arc<dyn Control>>,
+}
+
+/// Actions and figures of the process that runs the job, served by the status endpoint.
+pub trait Control: Send + Sync + std::fmt::Debug {
+    /// `POST /cutover`: (HTTP status code, JSON body).
+    fn cutover(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send + '_>>;
+    /// Its section of `/status` (`"proxy"`).
+    fn describe(&self) -> serde_json::Value;
 }
 
 impl Default for Status {
@@ -241,7 +254,17 @@ impl Status {
             targets: RwLock::new(Vec::new()),
             apply: Mutex::new(None),
             layout_restarts: AtomicU64::new(0),
+            control: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Offer `control`'s actions and figures through the endpoint (once).
+    pub fn set_control(&self, control: Arc<dyn Control>) {
+        let _ = self.control.set(control);
+    }
+
+    pub fn control(&self) -> Option<&Arc<dyn Control>> {
+        self.control.get()
     }
 
     /// The job continues on a new slot layout: its sources, targets (the nodes may differ) and apply

@@ -23,6 +23,9 @@ pub struct StatusSnapshot {
     pub targets: Vec<TargetSnapshot>,
     /// The apply stage's counters (all sources), when registered.
     pub apply: Option<ApplySnapshot>,
+    /// `ferry proxy`: its phase, clients, operations and backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -209,6 +212,7 @@ pub(super) fn take(status: &Status) -> StatusSnapshot {
         sources: status.sources().iter().map(|s| source(s)).collect(),
         targets: status.targets().iter().map(|t| target(t)).collect(),
         apply,
+        proxy: status.control().map(|c| c.describe()),
     }
 }
 

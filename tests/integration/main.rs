@@ -13,6 +13,7 @@ mod fixtures;
 mod fullsync;
 mod link;
 mod precheck;
+mod proxy;
 mod rdb;
 mod rdb_bad_input;
 mod serve;
