@@ -916,8 +916,9 @@ fn redirections_logged(log: &str) -> (u64, u64, u64) {
 
 /// Slots move after ferry read the cluster's layout and before the snapshot is written (the source holds
 /// its snapshot back for 3 s: a diskless sync's delay): 300 whole slots go to another master (ferry's
-/// writes of them meet `MOVED`), and one slot is left half way (importing on one master, migrating on its
-/// owner, which holds none of its keys: every write of it meets `ASK`). The full sync follows the
+/// writes of them meet `MOVED`, a big value's chunks and final rename too), and one slot is left half way
+/// (importing on one master, migrating on its owner, which holds none of its keys: every write of it meets
+/// `ASK`). The full sync follows the
 /// redirections in place and runs once — the keys of the half-moved slot are on the importing node —; the
 /// job continues on the new layout once the cluster has settled (a partial resync), and the copy is exact
 /// with every INCR once.
@@ -937,8 +938,7 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
     let mut mc = m.client();
     mc.ok(&["DEBUG", "POPULATE", "20000", "bulk", "32"]);
     fill(&mut mc, "pre", 300);
-    // A slot of the second master, to be left half way to the first: plain keys and a big value (built
-    // under a temporary key in the same slot, then renamed).
+    // A slot of the second master, to be left half way to the first: plain keys and a list.
     let (importer, owner) = (cluster.masters[0].port, cluster.masters[1].port);
     let tag = &tags_in_slots(5461, 10922, 1)[0];
     let slot = crate::support::cluster::key_slot(tag.as_bytes());
@@ -946,7 +946,15 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
     for i in 0..50 {
         mc.ok(&["SET", &format!("{{{tag}}}:k:{i}"), &i.to_string()]);
     }
-    let mut big = vec!["RPUSH".to_string(), format!("{{{tag}}}:big")];
+    // (Under --big-value-bytes: one RESTORE. A big value's final RENAME in a half-migrated slot is a
+    // two-key command the importing node answers TRYAGAIN: the full sync starts again, as documented.)
+    let mut list = vec!["RPUSH".to_string(), format!("{{{tag}}}:list")];
+    list.extend((0..200).map(|i| format!("item-{i}")));
+    mc.ok(&list);
+    // A big value (above --big-value-bytes: built in chunks under a temporary key of its slot, then
+    // renamed) in a slot that moves whole: every chunk and the rename follow MOVED.
+    let moved_tag = &tags_in_slots(0, 299, 1)[0];
+    let mut big = vec!["RPUSH".to_string(), format!("{{{moved_tag}}}:big")];
     big.extend((0..3000).map(|i| format!("item-{i}")));
     mc.ok(&big);
     let state = TempDir::new("cluster-moved-full");
@@ -955,7 +963,12 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
         &[m.url()],
         &cluster.url(),
         state.path(),
-        &["--status", &format!("127.0.0.1:{status_port}")],
+        &[
+            "--status",
+            &format!("127.0.0.1:{status_port}"),
+            "--big-value-bytes",
+            "4096",
+        ],
     )
     .allowing(&["slot layout changed", "repl-backlog-size"]);
     wait_until(
@@ -987,12 +1000,21 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
         ferry.log()
     );
     imp.ok(&["ASKING"]);
-    assert_eq!(imp.cmd(&["LLEN", &format!("{{{tag}}}:big")]).as_int(), 3000);
+    assert_eq!(imp.cmd(&["LLEN", &format!("{{{tag}}}:list")]).as_int(), 200);
     let held = cluster
         .client(owner)
         .cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
         .as_int();
     assert_eq!(held, 0, "the migrating owner holds none of the slot's keys");
+    let new_owner = cluster.masters[2].port;
+    assert_eq!(
+        cluster
+            .client(new_owner)
+            .cmd(&["LLEN", &format!("{{{moved_tag}}}:big")])
+            .as_int(),
+        3000,
+        "the big value was built and renamed on the slot's new master"
+    );
     cluster.finish_slot_move(slot, src, importer);
     let load = Load::start(m.port);
     wait_until(

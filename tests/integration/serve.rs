@@ -262,8 +262,10 @@ fn passwords_on_both_sides_and_a_master_that_is_not_there() {
     assert!(redis_cli(port, &wrong).contains("WRONGPASS"));
     wrong[1] = "other";
     assert!(!redis_cli(port, &wrong).contains("PONG"));
-    // Nobody there: +OK at once, the link down with the reason.
-    let dead = free_port().to_string();
+    // Nobody there: +OK at once, the link down with the reason. Port 1: nothing listens there, and no
+    // other test's server can take it while ferry keeps trying (a port from free_port() could be handed
+    // to another test's redis-server meanwhile, which ferry would then replicate).
+    let dead = "1".to_string();
     assert_eq!(with(&["REPLICAOF", "127.0.0.1", &dead]), "OK");
     wait_until("the failure to show", Duration::from_secs(30), || {
         let info = with(&["INFO", "all"]);
