@@ -502,12 +502,29 @@ impl SnapshotApplier {
             return Ok(());
         }
         let overwrite = self.opts.overwrite;
+        let cluster = self.opts.shard.as_ref().is_some_and(|s| s.is_cluster());
         let b = self.batch_for(big.conn, Some(big.header.db)).await?;
         if let Some(ms) = big.header.expire_ms {
             encode::write_pexpireat(b, &big.tmp, ms);
         }
         let key = big.header.key.clone();
-        if overwrite {
+        if cluster {
+            // In a transaction on a cluster node: a slot half migrated answers a two-key command
+            // `TRYAGAIN` while its keys are split between the nodes, and a transaction (unlike a single
+            // pipelined command, which later writes may overtake) is written again until the migration
+            // is done (`target::redirect`).
+            let none = Bytes::new();
+            b.push_tx("MULTI", &none, &[b"MULTI"], Tx::Multi);
+            if overwrite {
+                resp::encode_command(&mut b.bytes, &[b"RENAME", &big.tmp, &key]);
+                b.finish_tx("RENAME", key.clone(), Tx::Queued, ResendRule::NoSuchKey);
+            } else {
+                resp::encode_command(&mut b.bytes, &[b"RENAMENX", &big.tmp, &key]);
+                b.finish_tx("RENAMENX", key.clone(), Tx::Queued, ResendRule::RenameNx);
+                b.push_tx("DEL", &big.tmp, &[b"DEL", &big.tmp], Tx::Queued);
+            }
+            b.push_tx("EXEC", &none, &[b"EXEC"], Tx::Exec);
+        } else if overwrite {
             b.push(
                 "RENAME",
                 &key,

@@ -918,7 +918,7 @@ fn redirections_logged(log: &str) -> (u64, u64, u64) {
 /// its snapshot back for 3 s: a diskless sync's delay): 300 whole slots go to another master (ferry's
 /// writes of them meet `MOVED`, a big value's chunks and final rename too), and one slot is left half way
 /// (importing on one master, migrating on its owner, which holds none of its keys: every write of it meets
-/// `ASK`). The full sync follows the
+/// `ASK`; a big value's final rename meets `TRYAGAIN` and is retried until the test ends the migration). The full sync follows the
 /// redirections in place and runs once — the keys of the half-moved slot are on the importing node —; the
 /// job continues on the new layout once the cluster has settled (a partial resync), and the copy is exact
 /// with every INCR once.
@@ -946,11 +946,15 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
     for i in 0..50 {
         mc.ok(&["SET", &format!("{{{tag}}}:k:{i}"), &i.to_string()]);
     }
-    // (Under --big-value-bytes: one RESTORE. A big value's final RENAME in a half-migrated slot is a
-    // two-key command the importing node answers TRYAGAIN: the full sync starts again, as documented.)
     let mut list = vec!["RPUSH".to_string(), format!("{{{tag}}}:list")];
     list.extend((0..200).map(|i| format!("item-{i}")));
     mc.ok(&list);
+    // And a big value there: its chunks follow ASK to the importing node, and its final RENAME, a two-key
+    // command the nodes answer TRYAGAIN while the slot's keys are split, is written again until the
+    // migration is done.
+    let mut held_big = vec!["RPUSH".to_string(), format!("{{{tag}}}:big")];
+    held_big.extend((0..3000).map(|i| format!("item-{i}")));
+    mc.ok(&held_big);
     // A big value (above --big-value-bytes: built in chunks under a temporary key of its slot, then
     // renamed) in a slot that moves whole: every chunk and the rename follow MOVED.
     let moved_tag = &tags_in_slots(0, 299, 1)[0];
@@ -985,27 +989,47 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
     cluster.move_slots(0, 299, cluster.masters[2].port, Duration::ZERO);
     let src = cluster.begin_slot_move(slot, importer);
     assert_eq!(src, owner);
+    // The big value's rename waits for the migration (status counts the transaction's retries); the
+    // other keys of the slot went to the importing node (with ASKING), none to its owner.
+    let retries = || -> u64 {
+        let body = crate::stream::http_get(status_port, "/status").unwrap_or_default();
+        let json: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default();
+        json["targets"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| t["redirects"]["retries"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
     wait_until(
-        "the snapshot to be applied",
+        "the big value's rename to be retried",
         Duration::from_secs(60),
-        || ferry.log().contains("snapshot applied; streaming"),
+        || retries() > 0,
     );
-    // The half-moved slot's keys went to the importing node (with ASKING), none to its owner.
-    let mut imp = cluster.client(importer);
-    imp.ok(&["ASKING"]);
-    assert_eq!(
-        imp.cmd(&["EXISTS", &format!("{{{tag}}}:k:7")]).as_int(),
-        1,
-        "{}",
-        ferry.log()
-    );
-    imp.ok(&["ASKING"]);
-    assert_eq!(imp.cmd(&["LLEN", &format!("{{{tag}}}:list")]).as_int(), 200);
+    // Nothing of the slot was written to the migrating owner (every write of it followed ASK; the
+    // rename waits, and the writes behind it on its connection with it).
     let held = cluster
         .client(owner)
         .cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
         .as_int();
     assert_eq!(held, 0, "the migrating owner holds none of the slot's keys");
+    cluster.finish_slot_move(slot, src, importer);
+    wait_until(
+        "the snapshot to be applied",
+        Duration::from_secs(60),
+        || ferry.log().contains("snapshot applied; streaming"),
+    );
+    let mut imp = cluster.client(importer);
+    assert_eq!(
+        imp.cmd(&["LLEN", &format!("{{{tag}}}:big")]).as_int(),
+        3000,
+        "the big value renamed on the slot's new owner once the migration was done"
+    );
+    assert_eq!(imp.cmd(&["LLEN", &format!("{{{tag}}}:list")]).as_int(), 200);
+    assert_eq!(imp.cmd(&["EXISTS", &format!("{{{tag}}}:k:7")]).as_int(), 1);
     let new_owner = cluster.masters[2].port;
     assert_eq!(
         cluster
@@ -1015,7 +1039,6 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
         3000,
         "the big value was built and renamed on the slot's new master"
     );
-    cluster.finish_slot_move(slot, src, importer);
     let load = Load::start(m.port);
     wait_until(
         "the job to continue on the new layout",
