@@ -21,6 +21,7 @@
 
 mod backend;
 pub mod table;
+mod target;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,7 +158,7 @@ pub struct Proxy {
     servers: Vec<Backend>,
     /// Where each server is, for its `master_repl_offset`.
     server_addrs: Vec<RedisAddr>,
-    target: Backend,
+    target: Arc<target::Target>,
     /// The pool's `redis_auth`, which clients must give.
     password: Option<crate::endpoint::Secret>,
     switch: Switch,
@@ -193,7 +194,7 @@ impl crate::status::Control for Proxy {
             Phase::Target => "cut_over",
         };
         let mut errors = serde_json::Map::new();
-        for b in self.servers.iter().chain(std::iter::once(&self.target)) {
+        for b in self.servers.iter().chain(self.target.backends().iter()) {
             errors.insert(b.name.clone(), b.errors.load(Ordering::Relaxed).into());
         }
         serde_json::json!({
@@ -305,11 +306,11 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
         return Err("ferry proxy takes one source: twemproxy:PATH[#POOL]".into());
     }
     let target = match cfg.job.targets.as_slice() {
-        [TargetSpec::Redis(a)] => a.clone(),
+        [t @ (TargetSpec::Redis(_) | TargetSpec::Cluster(_))] => target::Target::start(t).await?,
         _ => {
             return Err(
-                "ferry proxy takes one target, a redis://[user:password@]host:port server (a cluster or \
-                 twemproxy target is not supported by the proxy yet)"
+                "ferry proxy takes one target: a redis://[user:password@]host:port server or a \
+                 cluster://… Redis Cluster (a twemproxy target is not supported by the proxy)"
                     .into(),
             )
         }
@@ -346,7 +347,7 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
             .map(|m| Backend::spawn(m.clone(), p.redis_db))
             .collect(),
         server_addrs: masters.clone(),
-        target: Backend::spawn(target, 0),
+        target: Arc::new(target),
         password: p.redis_auth.clone(),
         switch: Switch::new(),
         status: status.clone(),
@@ -506,13 +507,7 @@ async fn dispatch(proxy: &Arc<Proxy>, name: &str, route: Route, args: Vec<Vec<u8
     };
     let proxy = proxy.clone();
     match side {
-        Side::Target => {
-            let mut out = BytesMut::new();
-            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-            resp::encode_command(&mut out, &refs);
-            let answer = proxy.target.submit(out.to_vec(), 1).await;
-            Box::pin(async move { one(answer.await) })
-        }
+        Side::Target => proxy.target.request(route, args).await,
         Side::Pool => {
             let fut = pool_request(proxy.clone(), route, args).await;
             Box::pin(async move {

@@ -133,6 +133,20 @@ struct Acked {
 /// every acknowledged write and the pool's servers receive no command; the write pause is reported.
 #[test]
 fn a_cutover_under_load_loses_nothing_and_moves_every_client() {
+    let t = RedisServer::start(&["--enable-debug-command", "yes"]);
+    cutover_under_load(&t.url(), &|args: &[String]| t.client().cmd(args));
+}
+
+/// The same into a Redis Cluster: after the cutover the proxy routes by slot (commands nutcracker cuts per
+/// server cut per slot) and follows the cluster's redirections.
+#[test]
+fn a_cutover_into_a_cluster_under_load_loses_nothing() {
+    let cluster = crate::support::cluster::Cluster::start(3, 0, &[]);
+    cutover_under_load(&cluster.url(), &|args: &[String]| cluster.cmd(args));
+}
+
+/// A pool of 2 masters (30 k keys each) behind `ferry proxy` into `target`; `read` reads the target.
+fn cutover_under_load(target: &str, read: &dyn Fn(&[String]) -> Reply) {
     let big_backlog = [
         "--enable-debug-command",
         "yes",
@@ -141,7 +155,6 @@ fn a_cutover_under_load_loses_nothing_and_moves_every_client() {
     ];
     let m1 = RedisServer::start(&big_backlog);
     let m2 = RedisServer::start(&big_backlog);
-    let t = RedisServer::start(&["--enable-debug-command", "yes"]);
     m1.client().ok(&["DEBUG", "POPULATE", "30000", "m1", "64"]);
     m2.client().ok(&["DEBUG", "POPULATE", "30000", "m2", "64"]);
     let dir = TempDir::new("proxy-cutover");
@@ -151,7 +164,7 @@ fn a_cutover_under_load_loses_nothing_and_moves_every_client() {
         &dir,
         port,
         &[(m1.port, "s1"), (m2.port, "s2")],
-        &t.url(),
+        target,
         &["--status", &status_addr],
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +256,6 @@ fn a_cutover_under_load_loses_nothing_and_moves_every_client() {
         "the pool's servers receive nothing after the cutover"
     );
     assert_eq!(incr_calls(&m2), before2);
-    let mut tc = t.client();
     let mut incr = 0;
     for (id, r) in results.iter().enumerate() {
         let r = lock(r);
@@ -254,14 +266,14 @@ fn a_cutover_under_load_loses_nothing_and_moves_every_client() {
         );
         incr += r.incr;
         assert_eq!(
-            tc.cmd(&["LLEN", &format!("l:{id}")]).as_int() as u64,
+            read(&["LLEN".into(), format!("l:{id}")]).as_int() as u64,
             r.pushed,
             "every acknowledged RPUSH of client {id} on the target"
         );
     }
     let on_target: u64 = (0..16)
         .map(|i| {
-            tc.cmd(&["GET", &format!("c:{i}")])
+            read(&["GET".into(), format!("c:{i}")])
                 .as_string()
                 .parse::<u64>()
                 .unwrap_or(0)
