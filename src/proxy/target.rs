@@ -32,6 +32,9 @@ pub struct Cluster {
     nodes: RwLock<HashMap<String, Backend>>,
 }
 
+/// One slot's part of a request: the slot, the encoded command, the request's key indexes in it.
+type Part = (u16, Vec<u8>, Vec<usize>);
+
 /// How many redirections one command follows before its client gets an error.
 const MAX_HOPS: usize = 16;
 
@@ -80,7 +83,7 @@ impl Target {
             }
             Target::Cluster(_) => self.clone(),
         };
-        let (split, parts): (Option<Split>, Vec<(u16, Vec<u8>, Vec<usize>)>) = match route {
+        let (split, parts): (Option<Split>, Vec<Part>) = match route {
             Route::Split(kind) => {
                 let step = if kind == Split::Mset { 2 } else { 1 };
                 let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
