@@ -172,6 +172,10 @@ pub struct Proxy {
     pause_ms: Mutex<Option<f64>>,
     /// One cutover at a time.
     cutting: tokio::sync::Mutex<()>,
+    /// This proxy (for the cutover's own task).
+    me: Mutex<std::sync::Weak<Proxy>>,
+    /// Set once the sync task has ended.
+    sync_done: watch::Sender<bool>,
 }
 
 impl crate::status::Control for Proxy {
@@ -179,9 +183,21 @@ impl crate::status::Control for Proxy {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send + '_>> {
         Box::pin(async move {
-            match self.cut_over().await {
-                Ok(v) => (200, v.to_string()),
-                Err(v) => (409, v.to_string()),
+            // In a task of its own: a caller that goes away (the HTTP request dropped) must not leave the
+            // writes paused half way.
+            let Some(me) = lock(&self.me).upgrade() else {
+                return (
+                    503,
+                    serde_json::json!({"cut_over": false, "error": "stopping"}).to_string(),
+                );
+            };
+            match tokio::spawn(async move { me.cut_over().await }).await {
+                Ok(Ok(v)) => (200, v.to_string()),
+                Ok(Err(v)) => (409, v.to_string()),
+                Err(e) => (
+                    500,
+                    serde_json::json!({"cut_over": false, "error": e.to_string()}).to_string(),
+                ),
             }
         })
     }
@@ -249,9 +265,17 @@ impl Proxy {
         // Every write the pool acknowledged is in its servers' offsets now.
         let mut want = Vec::new();
         for a in &self.server_addrs {
-            match crate::follow::master_offset(a).await {
-                Ok(o) => want.push((a.host_port(), o)),
-                Err(e) => return Err(refuse(format!("reading {}'s offset: {e}", a.host_port()))),
+            match tokio::time::timeout_at(deadline.into(), crate::follow::master_offset(a)).await {
+                Ok(Ok(o)) => want.push((a.host_port(), o)),
+                Ok(Err(e)) => {
+                    return Err(refuse(format!("reading {}'s offset: {e}", a.host_port())))
+                }
+                Err(_) => {
+                    return Err(refuse(format!(
+                        "reading {}'s offset: no answer in time",
+                        a.host_port()
+                    )))
+                }
             }
         }
         loop {
@@ -261,7 +285,7 @@ impl Proxy {
                 .filter_map(|(hp, o)| {
                     let applied = sources
                         .iter()
-                        .find(|s| s.name().contains(hp.as_str()))
+                        .find(|s| host_port_of(s.name()) == hp.as_str())
                         .map(|s| s.applied_offset())
                         .unwrap_or(-1);
                     (applied < *o).then(|| format!("{hp} applied {applied} of {o}"))
@@ -279,14 +303,22 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // The sync stops (drained) before the switch: what the pool's servers still send (an expired key's
+        // DEL, …) must not land on the target after the clients' first writes there.
+        self.sync_stop.cancel();
+        let mut done = self.sync_done.subscribe();
+        while !*done.borrow_and_update() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
         self.switch.set(Phase::Target);
         let pause = started.elapsed().as_secs_f64() * 1000.0;
         *lock(&self.pause_ms) = Some(pause);
         tracing::info!(
             write_pause_ms = format!("{pause:.1}"),
-            "cutover done: clients are served by the target; stopping the sync"
+            "cutover done: the sync stopped; clients are served by the target"
         );
-        self.sync_stop.cancel();
         let offsets: serde_json::Map<String, serde_json::Value> =
             want.into_iter().map(|(hp, o)| (hp, o.into())).collect();
         Ok(serde_json::json!({
@@ -357,7 +389,10 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
         ops: AtomicU64::new(0),
         pause_ms: Mutex::new(None),
         cutting: tokio::sync::Mutex::new(()),
+        me: Mutex::new(std::sync::Weak::new()),
+        sync_done: watch::channel(false).0,
     });
+    *lock(&proxy.me) = Arc::downgrade(&proxy);
     status.set_control(proxy.clone());
     let endpoint_stop = CancellationToken::new();
     let _endpoint_guard = endpoint_stop.clone().drop_guard();
@@ -394,6 +429,7 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
             },
             r = async { sync.as_mut().expect("present").await }, if sync.is_some() => {
                 sync = None;
+                let _ = proxy.sync_done.send(true);
                 match r {
                     Ok(Ok(_)) if proxy.switch.phase() == Phase::Target => {
                         tracing::info!("the sync stopped after the cutover; the proxy serves the target");
@@ -415,6 +451,12 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
         let _ = s.await;
     }
     Ok(())
+}
+
+/// The `host:port` of a source's status name (`redis://[user@]host:port`).
+fn host_port_of(name: &str) -> &str {
+    let rest = name.strip_prefix("redis://").unwrap_or(name);
+    rest.rsplit_once('@').map_or(rest, |(_, hp)| hp)
 }
 
 /// A reply the proxy writes itself.
@@ -508,16 +550,22 @@ async fn dispatch(proxy: &Arc<Proxy>, name: &str, route: Route, args: Vec<Vec<u8
     let proxy = proxy.clone();
     match side {
         Side::Target => proxy.target.request(route, args).await,
-        Side::Pool => {
+        Side::Pool if write => {
+            // The cutover waits for this write's answer from the pool, whatever happens to its client (which
+            // may stop reading, or go): a task of its own awaits it.
             let fut = pool_request(proxy.clone(), route, args).await;
-            Box::pin(async move {
+            let answered = tokio::spawn(async move {
                 let reply = fut.await;
-                if write {
-                    proxy.switch.write_answered();
-                }
+                proxy.switch.write_answered();
                 reply
+            });
+            Box::pin(async move {
+                answered
+                    .await
+                    .unwrap_or_else(|e| error_reply(&format!("ferry proxy: {e}")))
             })
         }
+        Side::Pool => Box::pin(pool_request(proxy.clone(), route, args).await),
     }
 }
 

@@ -1,13 +1,13 @@
 //! Where `ferry proxy` sends client commands after the cutover: one server, or the masters of a Redis
 //! Cluster by slot. On a cluster, a command nutcracker cuts per server (`MGET`, `DEL`, `UNLINK`, `TOUCH`,
-//! `MSET`) is cut per slot, and redirections are followed: `MOVED` (the slot's owner is updated),
-//! `ASK` (`ASKING` and the command on the importing node, one write on that node's connection),
-//! `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` (written again after a pause). A client's commands keep their order:
-//! a redirected command is sent again when its reply's turn comes, before any later one of that client.
+//! `MSET`) is cut per slot, and redirections are followed: `MOVED` (the command goes to the new owner),
+//! `ASK` (`ASKING` and the command on the importing node, one write on that node's connection). A client's
+//! commands keep their order: a redirected command is sent again when its reply's turn comes, and the map
+//! is not changed under the client (its later commands of the slot meet the same redirection, in order).
+//! `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` go back to the client, as from a cluster node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -121,12 +121,12 @@ impl Target {
         let mut sent = Vec::with_capacity(parts.len());
         for (slot, bytes, idx) in parts {
             let (node, first) = c.send_to_owner(slot, bytes.clone()).await;
-            sent.push((slot, bytes, idx, node, first));
+            sent.push((bytes, idx, node, first));
         }
         Box::pin(async move {
             let mut answers = Vec::with_capacity(sent.len());
-            for (slot, bytes, idx, node, first) in sent {
-                answers.push((c.follow(slot, bytes, node, first.await).await, idx));
+            for (bytes, idx, node, first) in sent {
+                answers.push((c.follow(bytes, node, first.await).await, idx));
             }
             match split {
                 None => super::one(
@@ -168,13 +168,7 @@ impl Target {
     }
 
     /// Follow the redirections in `answer` (of `bytes`, sent to `node`) until a real reply.
-    async fn follow(
-        &self,
-        slot: u16,
-        bytes: Vec<u8>,
-        mut node: String,
-        mut answer: Answer,
-    ) -> Answer {
+    async fn follow(&self, bytes: Vec<u8>, mut node: String, mut answer: Answer) -> Answer {
         let c = self.cluster();
         for _ in 0..MAX_HOPS {
             let frames = match &answer {
@@ -195,7 +189,9 @@ impl Target {
                     let Some(to) = r.resolve(&node) else {
                         return answer;
                     };
-                    write(&c.map).assign(slot, &to);
+                    // The map is not updated here: a later command of this client routed to the new owner
+                    // could overtake this one (sent again only when its reply's turn comes). Later
+                    // commands of the slot meet MOVED too and follow in order.
                     node = to;
                     answer = c.backend(&node).submit(bytes.clone(), 1).await.await;
                 }
@@ -214,12 +210,9 @@ impl Target {
                         .await
                         .map(|mut f| f.split_off(1.min(f.len())));
                 }
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let (n, a) = self.send_to_owner(slot, bytes.clone()).await;
-                    node = n;
-                    answer = a.await;
-                }
+                // TRYAGAIN, CLUSTERDOWN, LOADING: sent again later, this command could be overtaken by the
+                // client's next ones; the client gets the error, as from a cluster node.
+                _ => return answer,
             }
         }
         answer
@@ -232,7 +225,7 @@ impl Cluster {
         if let Some(b) = read(&self.nodes).get(node) {
             return b.clone();
         }
-        let mut nodes = write(&self.nodes);
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         nodes
             .entry(node.to_string())
             .or_insert_with(|| {
@@ -252,8 +245,4 @@ impl Cluster {
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }

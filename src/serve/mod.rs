@@ -285,6 +285,8 @@ fn keep(path: &std::path::Path, kept: Option<&Kept>) -> Result<(), String> {
     }
     let text = serde_json::to_vec_pretty(k).map_err(|e| e.to_string())?;
     let tmp = path.with_extension("json.tmp");
+    // A leftover temporary file would keep its own mode: start from none.
+    let _ = std::fs::remove_file(&tmp);
     {
         use std::io::Write;
         let mut o = std::fs::OpenOptions::new();
