@@ -128,6 +128,24 @@ fn counters_total(cluster: &Cluster) -> u64 {
         .sum()
 }
 
+/// Stop the load, wait until the cluster holds exactly what master `m` holds, and check every INCR landed
+/// once and the master made one full sync (ferry's first).
+fn stop_and_compare(load: Load, m: &RedisServer, cluster: &Cluster, ferry: &Ferry, what: &str) {
+    let rounds = load.stop();
+    wait_cluster_equal(&[m], cluster, ferry, what);
+    assert_eq!(
+        counters_total(cluster),
+        rounds,
+        "{what}: every INCR exactly once"
+    );
+    assert_eq!(
+        info_i64(&mut m.client(), "stats", "sync_full"),
+        1,
+        "{what}: one full sync: {}",
+        ferry.log()
+    );
+}
+
 fn info_i64(c: &mut Client, section: &str, field: &str) -> i64 {
     c.info_field(section, field)
         .and_then(|v| v.trim().parse().ok())
@@ -339,19 +357,12 @@ fn a_resharding_and_a_failover_during_streaming_lose_and_double_nothing() {
     let promoted = cluster.failover(first);
     assert_ne!(promoted, first);
     std::thread::sleep(Duration::from_millis(500));
-    let rounds = load.stop();
-    wait_cluster_equal(
-        &[&m],
+    stop_and_compare(
+        load,
+        &m,
         &cluster,
         &ferry,
         "after the resharding and the failover",
-    );
-    assert_eq!(counters_total(&cluster), rounds, "every INCR exactly once");
-    assert_eq!(
-        info_i64(&mut mc, "stats", "sync_full"),
-        1,
-        "{}",
-        ferry.log()
     );
     assert!(
         ferry.log().contains("slot layout changed"),
@@ -1049,19 +1060,12 @@ fn slots_moved_under_the_full_sync_are_followed_without_a_second_full_sync() {
                 .contains("their writes followed the redirections")
         },
     );
-    let rounds = load.stop();
-    wait_cluster_equal(
-        &[&m],
+    stop_and_compare(
+        load,
+        &m,
         &cluster,
         &ferry,
         "after slots moved under the full sync",
-    );
-    assert_eq!(counters_total(&cluster), rounds, "every INCR exactly once");
-    assert_eq!(
-        info_i64(&mut mc, "stats", "sync_full"),
-        1,
-        "one full sync: {}",
-        ferry.log()
     );
     let (ask, moved, retries) = redirections_logged(&ferry.log());
     eprintln!("followed under the full sync: ask={ask} moved={moved} retries={retries}");
