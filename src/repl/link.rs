@@ -360,7 +360,7 @@ impl Link {
                 .await?;
                 self.established();
                 tracing::info!(source = %name, replid = %id, offset = have, "partial resync accepted: the stream continues at offset+1");
-                self.stream(c, have, true).await
+                self.stream(c, have, Acks::Steady).await
             }
             Ok(PsyncReply::Error(e)) => match proto::classify_error(&e) {
                 ErrorKind::Transient => Err(End::Broken(format!(
@@ -539,12 +539,12 @@ impl Link {
                 }
             }
         }
-        let (base, ack) = match full {
+        let (base, acks) = match full {
             Some((replid, offset)) => {
                 self.pos = Some((replid, offset));
-                (offset, true)
+                (offset, Acks::EagerUntilStream)
             }
-            None => (0, false),
+            None => (0, Acks::None),
         };
         self.shared.received.store(base, Relaxed);
         self.push(Record::RdbEnd).await?;
@@ -556,7 +556,7 @@ impl Link {
             mb_per_s = format!("{:.1}", total as f64 / 1e6 / secs.max(1e-9)),
             "RDB received"
         );
-        self.stream(c, base, ack).await
+        self.stream(c, base, acks).await
     }
 
     /// Push the first `n` bytes of `buf` as RDB chunks.
@@ -569,7 +569,7 @@ impl Link {
     }
 
     /// The command stream: every read goes to the spool as is. ACKs go from their own task.
-    async fn stream(&mut self, c: Conn, base: i64, ack: bool) -> Result<Infallible, End> {
+    async fn stream(&mut self, c: Conn, base: i64, acks: Acks) -> Result<Infallible, End> {
         let Conn {
             mut rd,
             wr,
@@ -592,16 +592,17 @@ impl Link {
             )));
         }
         // Without ACKs, keep the write half open all the same: dropping it would half-close the connection.
-        let _idle_wr = if ack {
+        let _idle_wr = if acks == Acks::None {
+            Some(wr)
+        } else {
             acker.0 = Some(tokio::spawn(ack_loop(
                 wr,
                 self.shared.clone(),
                 self.shared.full_syncs.load(Relaxed),
                 self.cfg.ack_interval,
+                acks == Acks::EagerUntilStream,
             )));
             None
-        } else {
-            Some(wr)
         };
         let mut at = base;
         loop {
@@ -642,6 +643,26 @@ fn unreachable_keepalive() -> Result<Infallible, End> {
     // line_skipping_keepalives never returns an empty line.
     Err(End::Broken("internal: keep-alive line".into()))
 }
+
+/// How a streaming connection acknowledges.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Acks {
+    /// Never: a master that only speaks `SYNC` does not know `REPLCONF ACK`.
+    None,
+    /// At once, then every ACK interval and on demand.
+    Steady,
+    /// After a full sync: every [`EAGER_ACK_EVERY`] until the first stream byte arrives (for at most
+    /// [`EAGER_ACK_FOR`]), then as `Steady`. A Redis 7+ master that fed us a diskless snapshot puts us
+    /// online from its cron and starts the stream only at the next ACK it reads from us
+    /// (`repl_start_cmd_stream_on_ack`), so with a 1 s ACK interval every change made meanwhile (a cutover
+    /// waiting for its last writes, say) would wait up to a second more.
+    EagerUntilStream,
+}
+
+/// How often to acknowledge while a master may be waiting for an ACK to start the stream.
+const EAGER_ACK_EVERY: Duration = Duration::from_millis(10);
+/// How long to do so at most (a master with nothing to send stays silent however often we ACK).
+const EAGER_ACK_FOR: Duration = Duration::from_secs(2);
 
 /// The ACK writer task; aborted when dropped (the session ended).
 struct AckTask(Option<JoinHandle<std::io::Error>>);
@@ -718,7 +739,21 @@ async fn watch_master(
     }
 }
 
-/// Send `REPLCONF ACK <applied>` at once, then every `every` and whenever the consumer asks. Returns the
+/// One `REPLCONF ACK` with what the consumer has applied (see [`ack_offset`]).
+async fn send_ack(
+    wr: &mut OwnedWriteHalf,
+    shared: &LinkShared,
+    epoch: u64,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
+    let offset = ack_offset(shared.applied(), epoch, shared.received.load(Relaxed));
+    out.clear();
+    proto::encode_ack(out, offset);
+    wr.write_all(out).await
+}
+
+/// Send `REPLCONF ACK <applied>` at once, then every `every` and whenever the consumer asks; when `eager`,
+/// every [`EAGER_ACK_EVERY`] until the first stream byte (see [`Acks::EagerUntilStream`]). Returns the
 /// write error that ended it. `epoch` is the number of full syncs this link had started when this
 /// connection began streaming.
 async fn ack_loop(
@@ -726,19 +761,33 @@ async fn ack_loop(
     shared: Arc<LinkShared>,
     epoch: u64,
     every: Duration,
+    eager: bool,
 ) -> std::io::Error {
+    let mut out = BytesMut::with_capacity(64);
+    if eager {
+        let start = shared.received.load(Relaxed);
+        let until = Instant::now() + EAGER_ACK_FOR;
+        loop {
+            if let Err(e) = send_ack(&mut wr, &shared, epoch, &mut out).await {
+                return e;
+            }
+            if shared.received.load(Relaxed) != start || Instant::now() >= until {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EAGER_ACK_EVERY) => {}
+                _ = shared.ack_now.notified() => {}
+            }
+        }
+    }
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut out = BytesMut::with_capacity(64);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.ack_now.notified() => {}
         }
-        let offset = ack_offset(shared.applied(), epoch, shared.received.load(Relaxed));
-        out.clear();
-        proto::encode_ack(&mut out, offset);
-        if let Err(e) = wr.write_all(&out).await {
+        if let Err(e) = send_ack(&mut wr, &shared, epoch, &mut out).await {
             return e;
         }
     }
@@ -1089,14 +1138,26 @@ mod tests {
         );
         assert_eq!(rdb_until_end(&mut r).await, rdb);
         // The first ACK comes at once (a diskless master waits for it before streaming); nothing is applied
-        // yet, so it claims nothing.
+        // yet, so it claims nothing. Until the stream starts, more follow every EAGER_ACK_EVERY, not every
+        // ACK interval (an hour here).
         p.expect(&["REPLCONF", "ACK", "0"]).await;
+        tokio::time::timeout(Duration::from_secs(1), p.expect(&["REPLCONF", "ACK", "0"]))
+            .await
+            .expect("a second ACK well before the ACK interval, while the stream has not started");
         p.send(b"*1\r\n$4\r\nPING\r\n").await;
         assert_eq!(
             r.next().await,
             Record::Stream(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
         );
         assert_eq!(r.shared.received.load(Relaxed), 114);
+        // Once the stream has started, no more eager ACKs: the ones already sent are drained, then silence
+        // until asked.
+        let mut eager = 0;
+        while let Ok(c) = tokio::time::timeout(Duration::from_millis(200), p.cmd()).await {
+            assert_eq!(c, ["REPLCONF", "ACK", "0"]);
+            eager += 1;
+            assert!(eager < 5, "eager ACKs go on after the stream started");
+        }
         r.shared.set_applied(1, 114);
         r.shared.ack_now.notify_one();
         p.expect(&["REPLCONF", "ACK", "114"]).await;
