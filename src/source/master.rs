@@ -258,6 +258,10 @@ pub async fn run(
     st.set_spool(writer.stats(), disk_limit);
     st.set_state(SourceState::Connecting);
     let shared = LinkShared::new();
+    {
+        let link = shared.clone();
+        st.read_received_from(move || link.received.load(std::sync::atomic::Ordering::Acquire));
+    }
     let connect = src.connect.clone().unwrap_or_else(|| addr.clone());
     if connect.host_port() != addr.host_port() {
         // The heartbeat and `--once` ask the server the link uses.

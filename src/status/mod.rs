@@ -378,6 +378,15 @@ impl Status {
     }
 }
 
+/// An offset read from elsewhere when asked (see [`SourceStatus::read_received_from`]).
+struct LiveOffset(Box<dyn Fn() -> i64 + Send + Sync>);
+
+impl std::fmt::Debug for LiveOffset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LiveOffset({})", (self.0)())
+    }
+}
+
 /// One source's figures. Obtained from [`Status::add_source`]; every setter is cheap (atomics) unless noted.
 #[derive(Debug)]
 pub struct SourceStatus {
@@ -388,6 +397,7 @@ pub struct SourceStatus {
     replid: Mutex<Option<String>>,
     last_error: Mutex<Option<(String, SystemTime)>>,
     received_offset: AtomicI64,
+    received_live: RwLock<Option<LiveOffset>>,
     applied_own: Arc<AtomicI64>,
     applied_linked: OnceLock<Arc<AtomicI64>>,
     master_offset: AtomicI64,
@@ -419,6 +429,7 @@ impl SourceStatus {
             replid: Mutex::new(None),
             last_error: Mutex::new(None),
             received_offset: AtomicI64::new(-1),
+            received_live: RwLock::new(None),
             applied_own: Arc::new(AtomicI64::new(-1)),
             applied_linked: OnceLock::new(),
             master_offset: AtomicI64::new(-1),
@@ -561,7 +572,21 @@ impl SourceStatus {
     }
 
     pub fn received_offset(&self) -> i64 {
-        self.received_offset.load(Ordering::Relaxed)
+        match &*self.received_live.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(live) => (live.0)(),
+            None => self.received_offset.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Read the received offset live from the link (`read`) rather than as last stored by
+    /// [`SourceStatus::set_received_offset`], so that status and a replica's `INFO` show what arrived a moment
+    /// ago, not at the consumer's last tick. The stored value still feeds the lag samples. A new link (the
+    /// source restarted) replaces the old one's reader.
+    pub fn read_received_from(&self, read: impl Fn() -> i64 + Send + Sync + 'static) {
+        *self
+            .received_live
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(LiveOffset(Box::new(read)));
     }
 
     /// Master offset applied on the target (what `REPLCONF ACK` reports).
