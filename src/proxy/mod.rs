@@ -262,6 +262,7 @@ impl Proxy {
                 self.cutover_timeout
             )));
         }
+        let pool_answered = started.elapsed();
         // Every write the pool acknowledged is in its servers' offsets now.
         let mut want = Vec::new();
         for a in &self.server_addrs {
@@ -303,6 +304,7 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let caught_up = started.elapsed();
         // The sync stops (drained) before the switch: what the pool's servers still send (an expired key's
         // DEL, …) must not land on the target after the clients' first writes there.
         self.sync_stop.cancel();
@@ -313,10 +315,20 @@ impl Proxy {
             }
         }
         self.switch.set(Phase::Target);
-        let pause = started.elapsed().as_secs_f64() * 1000.0;
+        let stopped = started.elapsed();
+        let pause = stopped.as_secs_f64() * 1000.0;
         *lock(&self.pause_ms) = Some(pause);
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        // Where the pause went: the pool answering the writes in flight, the sync applying the servers'
+        // last offsets, the sync stopping.
+        let parts = serde_json::json!({
+            "pool_answered": ms(pool_answered),
+            "catch_up": ms(caught_up - pool_answered),
+            "sync_stop": ms(stopped - caught_up),
+        });
         tracing::info!(
             write_pause_ms = format!("{pause:.1}"),
+            pause_parts_ms = %parts,
             "cutover done: the sync stopped; clients are served by the target"
         );
         let offsets: serde_json::Map<String, serde_json::Value> =
@@ -324,6 +336,7 @@ impl Proxy {
         Ok(serde_json::json!({
             "cut_over": true,
             "write_pause_ms": pause,
+            "pause_parts_ms": parts,
             "offsets_applied": offsets,
         }))
     }
@@ -470,6 +483,29 @@ fn error_reply(msg: &str) -> Vec<u8> {
 
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
 
+/// Bytes of ready replies gathered into one write to a client.
+const REPLY_BATCH: usize = 64 * 1024;
+
+/// The reply, if it is there without waiting (polled once; a pending reply is polled again, with a real
+/// waker, when awaited).
+fn ready_now(p: &mut Pending) -> Option<Vec<u8>> {
+    let mut cx = std::task::Context::from_waker(noop_waker());
+    match p.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(reply) => Some(reply),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than our MSRV).
+fn noop_waker() -> &'static std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    static NOOP: std::sync::OnceLock<std::task::Waker> = std::sync::OnceLock::new();
+    NOOP.get_or_init(|| std::task::Waker::from(Arc::new(Noop)))
+}
+
 /// One client: requests read and routed in order, replies written in the same order.
 async fn serve_client(sock: TcpStream, proxy: Arc<Proxy>, cancel: CancellationToken) {
     proxy.clients.fetch_add(1, Ordering::Relaxed);
@@ -477,12 +513,41 @@ async fn serve_client(sock: TcpStream, proxy: Arc<Proxy>, cancel: CancellationTo
     let (tx, mut rx) = mpsc::channel::<Option<Pending>>(1024);
     let writer = tokio::spawn(async move {
         let mut out = Vec::new();
-        while let Some(p) = rx.recv().await {
-            let Some(p) = p else { break };
+        let mut next: Option<Pending> = None;
+        loop {
+            let p = match next.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(Some(p)) => p,
+                    _ => break,
+                },
+            };
             out.clear();
             out.extend_from_slice(&p.await);
+            // The replies that are ready already go in the same write (a pipelining client's batch
+            // comes back in one system call, not one per command); the first that is not waits.
+            let mut end = false;
+            while out.len() < REPLY_BATCH {
+                match rx.try_recv() {
+                    Ok(Some(mut p)) => match ready_now(&mut p) {
+                        Some(reply) => out.extend_from_slice(&reply),
+                        None => {
+                            next = Some(p);
+                            break;
+                        }
+                    },
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             if wr.write_all(&out).await.is_err() {
                 return;
+            }
+            if end {
+                break;
             }
         }
         let _ = wr.shutdown().await;
@@ -552,20 +617,11 @@ async fn dispatch(proxy: &Arc<Proxy>, name: &str, route: Route, args: Vec<Vec<u8
         Side::Target => proxy.target.request(route, args).await,
         Side::Pool if write => {
             // The cutover waits for this write's answer from the pool, whatever happens to its client (which
-            // may stop reading, or go): a task of its own awaits it.
-            let fut = pool_request(proxy.clone(), route, args).await;
-            let answered = tokio::spawn(async move {
-                let reply = fut.await;
-                proxy.switch.write_answered();
-                reply
-            });
-            Box::pin(async move {
-                answered
-                    .await
-                    .unwrap_or_else(|e| error_reply(&format!("ferry proxy: {e}")))
-            })
+            // may stop reading, or go): the backends hold its ticket until the servers answered.
+            let ticket: backend::Hold = Arc::new(WriteTicket(proxy.clone()));
+            Box::pin(pool_request(proxy, route, args, Some(ticket)).await)
         }
-        Side::Pool => Box::pin(pool_request(proxy.clone(), route, args).await),
+        Side::Pool => Box::pin(pool_request(proxy, route, args, None).await),
     }
 }
 
@@ -576,12 +632,24 @@ fn one(a: backend::Answer) -> Vec<u8> {
     }
 }
 
+/// A write counted by [`Switch::write_side`] as in flight to the pool; answered when the last holder drops
+/// it (every server the write went to answered, or its connection failed).
+struct WriteTicket(Arc<Proxy>);
+
+impl Drop for WriteTicket {
+    fn drop(&mut self) {
+        self.0.switch.write_answered();
+    }
+}
+
 /// A request to the pool's servers, as nutcracker sends it. The request is handed to the backends now
-/// (keeping the client's order on each server); the returned future merges the replies.
+/// (keeping the client's order on each server), each part holding `hold` until its server answered; the
+/// returned future merges the replies.
 async fn pool_request(
     proxy: Arc<Proxy>,
     route: Route,
     args: Vec<Vec<u8>>,
+    hold: Option<backend::Hold>,
 ) -> impl std::future::Future<Output = Vec<u8>> + Send {
     let encode = |args: &[&[u8]]| {
         let mut out = BytesMut::new();
@@ -631,7 +699,12 @@ async fn pool_request(
     };
     let mut calls = Vec::with_capacity(parts.len());
     for (s, bytes, idx) in parts {
-        calls.push((proxy.servers[s].submit(bytes, 1).await, idx));
+        calls.push((
+            proxy.servers[s]
+                .submit_holding(bytes, 1, hold.clone())
+                .await,
+            idx,
+        ));
     }
     async move {
         let mut answers = Vec::with_capacity(calls.len());
