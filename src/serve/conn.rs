@@ -274,7 +274,7 @@ async fn dispatch(replica: &Replica, s: &mut Session, args: &[Vec<u8>]) -> R {
                 .into(),
         ),
         _ => {
-            let up = replica.upstream.lock().await;
+            let up = super::lock(&replica.upstream);
             let what = match up.as_ref() {
                 Some(u) => format!(
                     "it replicates {}:{} into {}",

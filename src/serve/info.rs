@@ -19,7 +19,7 @@ struct View {
 }
 
 async fn view(replica: &Replica) -> Option<View> {
-    let up = replica.upstream.lock().await;
+    let up = lock(&replica.upstream);
     let u = up.as_ref()?;
     let snap = lock(&u.status).snapshot();
     let last_io_s = lock(&u.last_io).1.elapsed().as_secs();

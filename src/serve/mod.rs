@@ -79,7 +79,11 @@ struct Upstream {
 /// The replica side's state: what `REPLICAOF`, `CONFIG SET masterauth` and `INFO` act on.
 pub struct Replica {
     cfg: ServeConfig,
-    upstream: tokio::sync::Mutex<Option<Upstream>>,
+    /// The master being synced. A plain lock, held for moments only: `INFO` and `ROLE` read it while a
+    /// `REPLICAOF` switch is under way (a replica answers them while it reconnects).
+    upstream: Mutex<Option<Upstream>>,
+    /// One `REPLICAOF` (or `NO ONE`, or the final stop) at a time.
+    switching: tokio::sync::Mutex<()>,
     masterauth: Mutex<Option<Secret>>,
     masteruser: Mutex<Option<String>>,
     started: Instant,
@@ -92,7 +96,8 @@ impl Replica {
     fn new(cfg: ServeConfig) -> Replica {
         Replica {
             cfg,
-            upstream: tokio::sync::Mutex::new(None),
+            upstream: Mutex::new(None),
+            switching: tokio::sync::Mutex::new(()),
             masterauth: Mutex::new(None),
             masteruser: Mutex::new(None),
             started: Instant::now(),
@@ -116,17 +121,15 @@ impl Replica {
             .join(", ")
     }
 
-    /// `REPLICAOF host port`: stop any current job, start this one. `Ok(false)` when it is the master
-    /// being synced already.
+    /// `REPLICAOF host port`: start this master's job, which first stops the current one cleanly (in the
+    /// background: `INFO` shows the new master, its link down, meanwhile). `Ok(false)` when it is the
+    /// master being synced already. When the new master cannot be kept on disk, nothing changes.
     async fn replicate(&self, host: String, port: u16) -> Result<bool, String> {
-        let mut up = self.upstream.lock().await;
-        if let Some(u) = up.as_ref() {
+        let _one = self.switching.lock().await;
+        if let Some(u) = lock(&self.upstream).as_ref() {
             if u.host == host && u.port == port && !u.task.is_finished() {
                 return Ok(false);
             }
-        }
-        if let Some(old) = up.take() {
-            stop(old).await;
         }
         let auth = self.master_auth();
         let kept = Kept {
@@ -136,15 +139,18 @@ impl Replica {
             password: auth.as_ref().map(|a| a.password.expose().to_string()),
         };
         keep(&self.state_file(), Some(&kept))?;
-        *up = Some(self.start(host, port, auth));
+        let mut up = lock(&self.upstream);
+        let before = up.take();
+        *up = Some(self.start(host, port, auth, before));
         Ok(true)
     }
 
     /// `REPLICAOF NO ONE`: stop the current job cleanly and forget it.
     async fn stop_replicating(&self) -> Result<(), String> {
-        let mut up = self.upstream.lock().await;
-        if let Some(old) = up.take() {
-            stop(old).await;
+        let _one = self.switching.lock().await;
+        let old = lock(&self.upstream).take();
+        if let Some(old) = old {
+            stop_upstream(old).await;
         }
         keep(&self.state_file(), None)
     }
@@ -157,8 +163,15 @@ impl Replica {
         })
     }
 
-    /// Run the job for `host:port` in the background, trying it again after a failure.
-    fn start(&self, host: String, port: u16, auth: Option<Auth>) -> Upstream {
+    /// Run the job for `host:port` in the background, trying it again after a failure; `before` (the
+    /// previous master's job) is stopped cleanly first.
+    fn start(
+        &self,
+        host: String,
+        port: u16,
+        auth: Option<Auth>,
+        before: Option<Upstream>,
+    ) -> Upstream {
         let source = RedisAddr {
             host: host.clone(),
             port,
@@ -176,6 +189,7 @@ impl Replica {
         let last_io = Arc::new(Mutex::new((-1, Instant::now())));
         let down_since = Arc::new(Mutex::new(Some(Instant::now())));
         let task = tokio::spawn(run_upstream(
+            before,
             cfg,
             source.to_string(),
             stop.clone(),
@@ -198,7 +212,11 @@ impl Replica {
 }
 
 /// The job of one `REPLICAOF`, tried again after each failure until `stop`; and a sampler of its link.
+/// `before`, the previous master's job, is stopped first (whatever `stop` says: this task ends only once
+/// both have).
+#[allow(clippy::too_many_arguments)]
 async fn run_upstream(
+    before: Option<Upstream>,
     cfg: SyncConfig,
     shown: String,
     stop: CancellationToken,
@@ -207,6 +225,12 @@ async fn run_upstream(
     last_io: Arc<Mutex<(i64, Instant)>>,
     down_since: Arc<Mutex<Option<Instant>>>,
 ) {
+    if let Some(old) = before {
+        Box::pin(stop_upstream(old)).await;
+    }
+    if stop.is_cancelled() {
+        return;
+    }
     let sampler = {
         let (status, stop) = (status.clone(), stop.clone());
         tokio::spawn(async move {
@@ -264,7 +288,7 @@ async fn run_upstream(
 }
 
 /// Stop a job cleanly: it drains, acknowledges and checkpoints.
-async fn stop(up: Upstream) {
+async fn stop_upstream(up: Upstream) {
     tracing::info!(master = %format!("{}:{}", up.host, up.port), "stopping the sync of the REPLICAOF master");
     up.stop.cancel();
     let _ = up.task.await;
@@ -316,7 +340,7 @@ fn read_kept(path: &std::path::Path) -> Result<Option<Kept>, String> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -356,8 +380,10 @@ pub async fn run(cfg: ServeConfig, cancel: CancellationToken) -> Result<(), Stri
     drop(listener);
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
-    if let Some(up) = replica.upstream.lock().await.take() {
-        stop(up).await;
+    let _one = replica.switching.lock().await;
+    let up = lock(&replica.upstream).take();
+    if let Some(up) = up {
+        stop_upstream(up).await;
     }
     Ok(())
 }
