@@ -304,3 +304,76 @@ fn passwords_on_both_sides_and_a_master_that_is_not_there() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(kept.permissions().mode() & 0o777, 0o600);
 }
+
+/// A `REPLICAOF` to another master answers at once and `INFO` keeps answering while the old job drains
+/// into a target that does not answer (a stalled fault proxy): it shows the new master, its link down, as
+/// a replica does while it reconnects. Once the target answers, the old job ends cleanly: everything it
+/// had received is on the target.
+#[test]
+fn info_answers_while_a_replicaof_switch_waits_for_the_old_job() {
+    use crate::support::fault_proxy::FaultProxy;
+    let m1 = RedisServer::start(&[]);
+    let m2 = RedisServer::start(&[]);
+    let t = RedisServer::start(&[]);
+    let fp = FaultProxy::start(t.port);
+    let state = TempDir::new("serve-switch");
+    let port = free_port();
+    // The new master's job finds the target not empty (the first master's keys) and is refused until
+    // REPLICAOF NO ONE: expected here.
+    let ferry = start_serve(port, &fp.url(), state.path(), &[]).allowing(&["trying again"]);
+    m1.client().ok(&["SET", "before", "1"]);
+    let p1 = m1.port.to_string();
+    assert_eq!(redis_cli(port, &["REPLICAOF", "127.0.0.1", &p1]), "OK");
+    wait_caught_up(port, &[], &m1, None, &ferry);
+    fp.stall(true);
+    let mut mc = m1.client();
+    for _ in 0..100 {
+        mc.ok(&["INCR", "counter"]);
+    }
+    let want = mc
+        .info_field("replication", "master_repl_offset")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .expect("master offset");
+    wait_until(
+        "ferry to receive the INCRs",
+        Duration::from_secs(30),
+        || {
+            int_field(
+                &redis_cli(port, &["INFO", "replication"]),
+                "slave_read_repl_offset",
+            ) >= want
+        },
+    );
+    let p2 = m2.port.to_string();
+    let mut c = Client::connect(port);
+    assert_eq!(
+        c.cmd(&["REPLICAOF", "127.0.0.1", &p2]).as_string(),
+        "OK",
+        "REPLICAOF answers while the old job waits for the target"
+    );
+    let info = c.cmd(&["INFO", "replication"]).as_string();
+    assert_eq!(
+        int_field(&info, "master_port"),
+        i64::from(m2.port),
+        "{info}"
+    );
+    assert_eq!(
+        field(&info, "master_link_status").as_deref(),
+        Some("down"),
+        "{info}"
+    );
+    assert_eq!(
+        t.client().cmd(&["GET", "counter"]),
+        crate::support::Reply::Bulk(None),
+        "the stall held the INCRs while INFO answered"
+    );
+    fp.stall(false);
+    wait_until(
+        "the old job to apply what it received before it stopped",
+        Duration::from_secs(30),
+        || t.client().cmd(&["GET", "counter"]).as_string() == "100",
+    );
+    assert_eq!(redis_cli(port, &["REPLICAOF", "NO", "ONE"]), "OK");
+    let info = redis_cli(port, &["INFO", "replication"]);
+    assert_eq!(field(&info, "role").as_deref(), Some("master"), "{info}");
+}
