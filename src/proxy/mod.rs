@@ -365,6 +365,14 @@ pub async fn run(cfg: ProxyConfig, cancel: CancellationToken) -> Result<(), Stri
         .select_pool(pool.as_deref())
         .map_err(|e| e.to_string())?;
     let router = Router::new(p).map_err(|e| e.to_string())?;
+    if p.auto_eject_hosts {
+        tracing::warn!(
+            pool = %p.name,
+            "auto_eject_hosts is on in the pool, but ferry proxy never ejects a server: a server that is down \
+             makes its keys' commands fail instead of moving them to another server (whose data the sync \
+             would not copy)"
+        );
+    }
     let mut masters = p.masters().map_err(|e| e.to_string())?;
     if let Some(auth) = &cfg.job.pool_auth {
         for m in masters.iter_mut() {
