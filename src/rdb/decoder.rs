@@ -145,7 +145,7 @@ pub struct Decoder {
     state: State,
     /// Input offset of the first byte of the caller's buffer (everything before was consumed).
     offset: u64,
-    crc: crc::Digest<'static, u64>,
+    crc: crc64::Digest,
     version: u16,
     magic: Magic,
     db: u32,
