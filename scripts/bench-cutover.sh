@@ -18,48 +18,15 @@ PIPELINE=${BENCH_PIPELINE:-16}
 N=${BENCH_N:-4000000}
 CUT_AFTER=${BENCH_CUT_AFTER:-5}
 
-if [[ -z "${FERRY_BIN:-}" ]]; then
-  cargo build --release -q
-  FERRY_BIN=$(pwd)/target/release/ferry
-fi
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_redis() {
-  local port=$1
-  redis-server --port "$port" --save '' --appendonly no --dir "$dir" --repl-backlog-size 256mb \
-    --enable-debug-command yes --daemonize no >"$dir/redis-$port.log" 2>&1 &
-  pids+=($!)
-  until redis-cli -p "$port" PING >/dev/null 2>&1; do sleep 0.05; done
-}
-
-yaml="$dir/pool.yml"
-printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  servers:\n' \
-  "$(free_port)" >"$yaml"
-for i in $(seq 1 "$SERVERS"); do
-  p=$(free_port)
-  start_redis "$p"
-  redis-cli -p "$p" DEBUG POPULATE "$KEYS" "s$i" 64 >/dev/null
-  printf '   - 127.0.0.1:%s:1 s%s\n' "$p" "$i" >>"$yaml"
-done
+# shellcheck source=scripts/lib/proxy-bench.sh
+source scripts/lib/proxy-bench.sh
+make_pool "$(free_port)"
 target=$(free_port)
 start_redis "$target"
-proxy=$(free_port)
-status=$(free_port)
-"$FERRY_BIN" proxy --source "twemproxy:$yaml" --target "redis://127.0.0.1:$target" \
-  --listen "127.0.0.1:$proxy" --status "127.0.0.1:$status" --state-dir "$dir/state" \
-  >"$dir/ferry.log" 2>&1 &
-pids+=($!)
-until redis-cli -p "$proxy" PING >/dev/null 2>&1; do sleep 0.05; done
-until curl -sf "http://127.0.0.1:$status/status" | grep -q '"caught_up"'; do sleep 0.2; done
+start_ferry_proxy "$target"
 echo "pool synced: $SERVERS servers x $KEYS keys"
 
-redis-benchmark -p "$proxy" -c "$CLIENTS" -P "$PIPELINE" -n "$N" -r 1000000 -t set,incr -q \
+redis-benchmark -p "$ferry_port" -c "$CLIENTS" -P "$PIPELINE" -n "$N" -r 1000000 -t set,incr -q \
   >"$dir/bench.out" 2>&1 &
 bench=$!
 sleep "$CUT_AFTER"

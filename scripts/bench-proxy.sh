@@ -23,70 +23,16 @@ N=${BENCH_N:-2000000}
 ROUNDS=${BENCH_ROUNDS:-3}
 TESTS=${BENCH_TESTS:-set,get,incr}
 
-if [[ -z "${FERRY_BIN:-}" ]]; then
-  cargo build --release -q
-  FERRY_BIN=$(pwd)/target/release/ferry
-fi
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ping() {
-  local port=$1 deadline=$((SECONDS + 30))
-  until redis-cli -p "$port" PING >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || { echo "port $port never answered PING" >&2; exit 1; }
-    sleep 0.05
-  done
-}
-start_redis() {
-  local port=$1
-  redis-server --port "$port" --save '' --appendonly no --dir "$dir" --repl-backlog-size 256mb \
-    --daemonize no >"$dir/redis-$port.log" 2>&1 &
-  pids+=($!)
-  wait_ping "$port"
-}
-
+# shellcheck source=scripts/lib/proxy-bench.sh
+source scripts/lib/proxy-bench.sh
 nut_port=$(free_port)
-yaml="$dir/pool.yml"
-printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n' "$nut_port" >"$yaml"
-printf '  server_connections: 1\n  servers:\n' >>"$yaml"
-for i in $(seq 1 "$SERVERS"); do
-  p=$(free_port)
-  start_redis "$p"
-  redis-cli -p "$p" DEBUG POPULATE "$KEYS" "s$i" 64 >/dev/null 2>&1 || {
-    # DEBUG is off by default on Redis 7+: fill with a pipe instead.
-    python3 -c "
-import sys
-for k in range($KEYS):
-    sys.stdout.write('SET s$i:%d %s\r\n' % (k, 'v' * 64))
-" | redis-cli -p "$p" --pipe >/dev/null
-  }
-  printf '   - 127.0.0.1:%s:1 s%s\n' "$p" "$i" >>"$yaml"
-done
-
+make_pool "$nut_port"
 nutcracker -c "$yaml" -s "$(free_port)" -a 127.0.0.1 -o "$dir/nutcracker.log" -p "$dir/nutcracker.pid" &
 pids+=($!)
 wait_ping "$nut_port"
-
 target=$(free_port)
 start_redis "$target"
-ferry_port=$(free_port)
-status=$(free_port)
-"$FERRY_BIN" proxy --source "twemproxy:$yaml" --target "redis://127.0.0.1:$target" \
-  --listen "127.0.0.1:$ferry_port" --status "127.0.0.1:$status" --state-dir "$dir/state" \
-  >"$dir/ferry.log" 2>&1 &
-pids+=($!)
-wait_ping "$ferry_port"
-deadline=$((SECONDS + 120))
-until curl -sf "http://127.0.0.1:$status/status" | grep -q '"caught_up"'; do
-  ((SECONDS < deadline)) || { echo "ferry proxy never caught up; log:" >&2; tail -20 "$dir/ferry.log" >&2; exit 1; }
-  sleep 0.2
-done
+start_ferry_proxy "$target"
 echo "pool: $SERVERS servers x $KEYS keys; nutcracker on $nut_port, ferry proxy on $ferry_port (syncing into $target)"
 echo "redis-benchmark -c $CLIENTS -P $PIPELINE -n $N -r 100000 -t $TESTS, $ROUNDS rounds each, alternating"
 
