@@ -570,6 +570,8 @@ async fn run_once(
         vec![None; plan.len()]
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // The sources still running, for the report of a stop that takes long.
+    let mut running = std::collections::BTreeSet::new();
     for (idx, spec) in cfg.sources.iter().enumerate() {
         let mut appliers = Vec::new();
         let sid = crate::checkpoint::source_id(&plan[idx].label);
@@ -611,6 +613,7 @@ async fn run_once(
         };
         let cancel = cancel.clone();
         let label = plan[idx].label.clone();
+        running.insert(label.clone());
         tasks.spawn(async move {
             let name = label;
             let r = run_source(run, appliers, &cfg, src_status.clone(), cancel).await;
@@ -653,12 +656,25 @@ async fn run_once(
             });
         }
     }
+    // When a stop that drains every source first should say which ones it still waits for.
+    let mut report_at: Option<tokio::time::Instant> = None;
     loop {
+        if report_at.is_none() && cancel.is_cancelled() {
+            report_at = Some(tokio::time::Instant::now() + SLOW_STOP_REPORT);
+        }
         let joined = tokio::select! {
             j = tasks.join_next() => match j {
                 Some(j) => j,
                 None => break,
             },
+            _ = sleep_until_some(report_at) => {
+                tracing::warn!(
+                    waiting_for = ?running,
+                    "the job is stopping: still waiting for these sources to drain and stop"
+                );
+                report_at = Some(tokio::time::Instant::now() + SLOW_STOP_REPORT);
+                continue;
+            }
             _ = grown.cancelled(), if topology.is_none() && !outer.is_cancelled() => {
                 cancel.cancel();
                 topology = Some("a master joined the cluster source".into());
@@ -673,6 +689,9 @@ async fn run_once(
                 continue;
             }
         };
+        if let Ok((name, _)) = &joined {
+            running.remove(name);
+        }
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((name, Err(e))) if is_topology(&e) || (cluster && lost_node(&e)) => {
@@ -924,5 +943,16 @@ async fn run_source(
             source_name: name,
             msg: "a twemproxy pool or a cluster must be expanded into its servers first".into(),
         }),
+    }
+}
+
+/// How often a stop that waits for its sources says which ones it waits for.
+const SLOW_STOP_REPORT: Duration = Duration::from_secs(10);
+
+/// Sleep until `at`; never wake when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
