@@ -5,9 +5,8 @@
 //! batches in order and matches every reply, in order, to the command that caused it. Error replies are
 //! counted and logged once per distinct error with the command name and key — never the value.
 //!
-//! Memory is bounded: a batch's bytes and its per-command bookkeeping ([`Batch::footprint`]) hold permits
-//! of a per-connection byte semaphore until its last reply has arrived, so at most `max_inflight_bytes`
-//! per connection are buffered or on the wire.
+//! Memory is bounded: a batch's bytes hold permits of a per-connection byte semaphore until its last reply
+//! has arrived, so at most `max_inflight_bytes` per connection are buffered or on the wire.
 //!
 //! # Transactions
 //! A `MULTI … EXEC` may be one opaque entry (its reply frames counted, any error reported against the
@@ -65,8 +64,7 @@ use crate::resp::{self, Reply, ReplyHead};
 pub struct PoolConfig {
     /// Pipelined connections. Default 4.
     pub connections: usize,
-    /// Bytes a connection may have queued or unanswered, with their bookkeeping ([`Batch::footprint`]).
-    /// Default 32 MiB.
+    /// Bytes a connection may have queued or unanswered. Default 32 MiB.
     pub max_inflight_bytes: usize,
     /// Connect timeout. Default 10 s.
     pub connect_timeout: Duration,
@@ -220,18 +218,6 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.bytes.len()
-    }
-
-    /// The memory this batch holds while in flight: its bytes and, per command, the bookkeeping kept for
-    /// reply matching (for small commands such as a snapshot's RESTOREs that is half as much again as the
-    /// bytes: counting only the bytes let 4 MiB of in-flight bytes hold 14 MiB of bookkeeping).
-    pub fn footprint(&self) -> usize {
-        self.bytes.len()
-            + self
-                .cmds
-                .iter()
-                .map(|c| std::mem::size_of::<CmdInfo>() + c.key.len())
-                .sum::<usize>()
     }
 
     /// Byte range of command `i`.
@@ -411,7 +397,7 @@ impl WriterPool {
     /// Queue a batch on connection `idx`, waiting while that connection has too many bytes in flight.
     pub async fn send(&self, idx: usize, batch: Batch) -> Result<(), TargetError> {
         let conn = &self.conns[idx];
-        let want = (batch.footprint().max(1)).min(self.max_permits) as u32;
+        let want = (batch.len().max(1)).min(self.max_permits) as u32;
         let permit = conn
             .inflight
             .clone()
@@ -1543,18 +1529,6 @@ mod tests {
         assert_eq!(escape_key(b"a b\x00\xff\\"), "a b\\x00\\xff\\\\");
         let long = vec![b'k'; 200];
         assert!(escape_key(&long).ends_with("…(200 bytes)"));
-    }
-
-    #[test]
-    fn a_batch_footprint_counts_each_commands_bookkeeping() {
-        let mut b = Batch::new(Some(0));
-        assert_eq!(b.footprint(), 0);
-        let k = Bytes::from_static(b"key");
-        b.push_tx("SET", &k, &[b"SET", b"key", b"1"], Tx::Plain);
-        let one = b.footprint();
-        assert_eq!(one, b.len() + std::mem::size_of::<CmdInfo>() + 3);
-        b.push_tx("SET", &k, &[b"SET", b"key", b"1"], Tx::Plain);
-        assert_eq!(b.footprint(), 2 * one);
     }
 
     #[test]
