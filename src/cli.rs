@@ -37,6 +37,16 @@ fn parse_secret(s: &str) -> Result<crate::endpoint::Secret, String> {
     Ok(crate::endpoint::Secret::new(s))
 }
 
+/// How changes reach the target (`--apply`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApplyMode {
+    /// Write commands through a pipelined pool (RESTORE for the snapshot): any target kind, several targets.
+    Commands,
+    /// Be the target's master: it loads one merged RDB natively, then one merged command stream. One
+    /// standalone target (see docs/master-mode.md).
+    Replication,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnError {
     /// Count, log once per distinct error, show in status, continue.
@@ -104,6 +114,11 @@ impl ProxyArgs {
         }
         if self.job.once {
             return Err("--once does not go with ferry proxy: ferry cutover ends the sync".into());
+        }
+        if self.job.apply == ApplyMode::Replication {
+            return Err(
+                "--apply replication is for ferry sync; ferry proxy writes commands".into(),
+            );
         }
         if !(self.cutover_timeout.is_finite() && self.cutover_timeout > 0.0) {
             return Err("--cutover-timeout must be a positive number of seconds".into());
@@ -309,6 +324,18 @@ pub struct JobArgs {
     /// db 0). Repeatable.
     #[arg(long = "map-db", value_name = "SRC:DST")]
     pub map_db: Vec<String>,
+    /// How changes reach the target: `commands` (a pipelined writer pool) or `replication` (ferry is the
+    /// target's master: one merged RDB the target loads natively, then one merged stream).
+    #[arg(long, value_enum, default_value_t = ApplyMode::Commands)]
+    pub apply: ApplyMode,
+    /// `--apply replication`: where ferry listens for the target's replication connection (default: an
+    /// ephemeral port on the local address ferry reaches the target from).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub replication_listen: Option<std::net::SocketAddr>,
+    /// `--apply replication`: stream bytes kept so a target that reconnects continues (`+CONTINUE`)
+    /// instead of needing a new merged full sync.
+    #[arg(long, default_value_t = crate::master::DEFAULT_BACKLOG_BYTES)]
+    pub replication_backlog_bytes: usize,
 }
 
 impl SyncArgs {
@@ -324,6 +351,11 @@ impl ServeArgs {
                 "--once does not go with ferry serve: REPLICAOF NO ONE stops the sync".into(),
             );
         }
+        if self.job.apply == ApplyMode::Replication {
+            return Err(
+                "--apply replication is for ferry sync; ferry serve writes commands".into(),
+            );
+        }
         Ok(crate::serve::ServeConfig {
             listen: self.listen,
             requirepass: self.requirepass.as_ref().map(auth_of),
@@ -334,6 +366,9 @@ impl ServeArgs {
 
 impl JobArgs {
     fn into_config(self, sources: Vec<SourceSpec>) -> Result<SyncConfig, String> {
+        if self.apply != ApplyMode::Replication && self.replication_listen.is_some() {
+            return Err("--replication-listen goes with --apply replication".into());
+        }
         let dbs = crate::apply::DbMap::parse(&self.dbs, &self.map_db)?;
         let decoder = DecoderOptions {
             max_entry_bytes: self.big_value_bytes,
@@ -363,6 +398,12 @@ impl JobArgs {
             dbs,
             stop_on_error: self.on_error == OnError::Stop,
             pool_auth: self.pool_auth.as_ref().map(auth_of),
+            replication: (self.apply == ApplyMode::Replication).then_some(
+                crate::job::ReplicationOptions {
+                    listen: self.replication_listen,
+                    backlog_bytes: self.replication_backlog_bytes,
+                },
+            ),
             heartbeat: self.heartbeat.map(|secs| {
                 (
                     std::time::Duration::from_secs(secs.max(1)),

@@ -57,6 +57,18 @@ pub struct SyncConfig {
     /// Write `SET <key> <unix ms>` into each source master this often, to measure end-to-end lag; the key
     /// is never copied.
     pub heartbeat: Option<(Duration, String)>,
+    /// `--apply replication`: ferry is the target's master (see [`crate::master`]); `None`: commands.
+    pub replication: Option<ReplicationOptions>,
+}
+
+/// `--apply replication` settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationOptions {
+    /// Where ferry listens for the target (`--replication-listen`); default: an ephemeral port on the
+    /// local address ferry reaches the target from.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Stream bytes kept for a target that reconnects (`--replication-backlog-bytes`; 0: the default).
+    pub backlog_bytes: usize,
 }
 
 /// What `ferry sync` does when the target already holds data (`--on-conflict`; `ferry check` judges the

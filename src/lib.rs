@@ -30,6 +30,8 @@
 //!   each source tells its keys on a shared target; the names of ferry's own keys. Below `sync`,
 //!   `precheck`, `source` and `verify`.
 //! - [`keyset`]: an exact, disk-backed set of (db, key) for key ownership after full resyncs and RDB loads.
+//! - [`master`]: master mode (`--apply replication`): ferry as the target's master — one merged RDB from
+//!   every source's snapshot, one merged command stream, the target's ACKs mapped back to each source.
 //! - [`sync`]: the `ferry sync` job wiring sources → apply → targets with shutdown and exit status.
 //! - [`precheck`]: `ferry check` and the checks `ferry sync` runs before any write.
 //! - [`verify`]: `ferry verify`, the key-by-key proof of a copy.
@@ -56,6 +58,7 @@ pub mod follow;
 pub mod info;
 pub mod job;
 pub mod keyset;
+pub mod master;
 pub mod precheck;
 pub mod proxy;
 pub mod rdb;

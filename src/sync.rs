@@ -270,6 +270,14 @@ pub async fn run_with_status(
             .map_err(|e| SyncError::Config(e.to_string()))?;
     }
     crate::status::spawn_reporter(status.clone(), Duration::from_secs(30), status_stop.clone());
+    if let Some(opts) = cfg.replication.clone() {
+        let r = crate::master::run(cfg, opts, cancel, status).await?;
+        return Ok(SyncReport {
+            keys_applied: r.keys,
+            keys_expired_skipped: r.keys_expired_skipped,
+            writes_rejected: 0,
+        });
+    }
     // The figures of the runs before a layout change (rejected writes decide the exit status).
     let mut earlier = SyncReport::default();
     // Prechecks failed in a row since the last run that got past its precheck.
@@ -717,6 +725,10 @@ async fn run_once(
             Err(e) => failures.push(format!("a source task panicked: {e}")),
         }
     }
+    tracing::debug!(
+        failures = failures.len(),
+        "every source of this run stopped; closing the writer pools"
+    );
     let mut writes_rejected = 0;
     let (mut asked, mut moved, mut retried) = (0, 0, 0);
     for (_, _, pool, stats) in pools {

@@ -59,6 +59,7 @@ pub fn tiny() -> DecoderOptions {
         chunk_elements: 2,
         verify_checksum: true,
         max_unchunked_bytes: 1 << 16,
+        raw_big: false,
     }
 }
 

@@ -193,6 +193,11 @@ impl SnapshotApplier {
             Event::BigStart(h) => self.big_start(h).await?,
             Event::BigChunk(c) => self.big_chunk(c).await?,
             Event::BigEnd => self.big_end().await?,
+            Event::BigRaw(_) => return Err(ApplyError::Unsupported(
+                "internal: a big value's raw bytes reached the command path, which decodes them \
+                     (DecoderOptions::raw_big is master mode's)"
+                    .into(),
+            )),
             Event::SelectDb(_)
             | Event::ResizeDb { .. }
             | Event::SlotInfo { .. }

@@ -29,6 +29,11 @@ pub struct DecoderOptions {
     /// Streams, module values and module AUX data have no chunk form: they are yielded whole however big,
     /// up to this many bytes; a bigger one is refused with [`RdbError::TooLarge`].
     pub max_unchunked_bytes: usize,
+    /// A big value is yielded as the bytes the file holds ([`Event::BigRaw`] pieces between `BigStart`
+    /// and `BigEnd`) instead of decoded element batches: for a writer that forwards values as they are
+    /// (master mode's merged RDB). Pieces are at most `max_entry_bytes` (1 MiB at most), except that one
+    /// element of a collection is never split.
+    pub raw_big: bool,
 }
 
 impl Default for DecoderOptions {
@@ -38,6 +43,7 @@ impl Default for DecoderOptions {
             chunk_elements: 1024,
             verify_checksum: true,
             max_unchunked_bytes: 512 << 20,
+            raw_big: false,
         }
     }
 }
@@ -79,6 +85,19 @@ enum BigPhase {
     Flush,
 }
 
+/// Where a big value forwarded as raw bytes stands.
+#[derive(Debug)]
+enum RawBig {
+    /// A string's length header (or LZF header) comes next.
+    StrHead,
+    /// This many bytes of the string's body are left.
+    StrBody(u64),
+    /// A collection walked item by item; the walk's position is an index into the buffer.
+    Walk(Scan),
+    /// Every byte went out: `BigEnd` is next.
+    End,
+}
+
 /// A big value being read and consumed item by item.
 #[derive(Debug)]
 struct Big {
@@ -102,6 +121,8 @@ enum State {
         pos: usize,
     },
     Big(Box<Big>),
+    /// A big value forwarded as its bytes (`DecoderOptions::raw_big`).
+    RawBig(RawBig),
     Checksum,
     Done,
 }
@@ -224,7 +245,7 @@ impl Decoder {
             State::Value(_) => "a key's value",
             State::ModuleAux(_) => "a module AUX field",
             State::SlotImport { .. } => "a SLOT_IMPORT record",
-            State::Big(_) => "a big key's value",
+            State::Big(_) | State::RawBig(_) => "a big key's value",
             State::Checksum => "the checksum",
         };
         Err(RdbError::Truncated {
@@ -264,6 +285,7 @@ impl Decoder {
                 State::ModuleAux(_) => self.aux_step(buf),
                 State::SlotImport { .. } => self.slot_import_step(buf),
                 State::Big(_) => self.big_step(buf),
+                State::RawBig(_) => self.raw_big_step(buf),
                 State::Checksum => self.checksum_step(buf),
                 State::Done => {
                     if buf.is_empty() {
@@ -579,6 +601,28 @@ impl Decoder {
         };
         let prefix = self.consume(buf, p.value_start);
         let key = str_bytes(&prefix, p.key, base)?;
+        if self.opts.raw_big {
+            self.state = State::RawBig(if kind == Kind::String {
+                RawBig::StrHead
+            } else {
+                match Scan::new(p.rdb_type, valkey, 0) {
+                    Some(scan) => RawBig::Walk(scan),
+                    None => {
+                        return Err(Stop::Err(RdbError::UnknownType {
+                            byte: p.rdb_type,
+                            offset: base,
+                        }))
+                    }
+                }
+            });
+            return Ok(Event::BigStart(BigHeader {
+                db: self.db,
+                key,
+                expire_ms: p.meta.expire_ms,
+                rdb_type: p.rdb_type,
+                kind,
+            }));
+        }
         self.state = State::Big(Box::new(Big {
             rdb_type: p.rdb_type,
             layout: l,
@@ -749,6 +793,86 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// The next piece of a big value forwarded as raw bytes: whatever complete part of it the buffer holds
+    /// (a string's body in pieces of any size up to [`Decoder::piece_size`], a collection up to its last
+    /// whole item).
+    fn raw_big_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {
+        let piece = self.piece_size();
+        let base = self.offset;
+        let State::RawBig(rb) = &mut self.state else {
+            return Ok(None);
+        };
+        let mut c = Cur::new(&buf[..], 0, base);
+        let n = match rb {
+            RawBig::End => {
+                self.state = State::Top;
+                return Ok(Some(Event::BigEnd));
+            }
+            RawBig::StrHead => {
+                *rb = match c.len_enc()? {
+                    LenEnc::Len(n) => RawBig::StrBody(n),
+                    LenEnc::Enc(3) => {
+                        let clen = c.len("LZF string")?;
+                        c.len("LZF string")?;
+                        RawBig::StrBody(clen)
+                    }
+                    LenEnc::Enc(_) => {
+                        // An integer-encoded string: whole in its header.
+                        c.pos = 0;
+                        c.string()?;
+                        RawBig::End
+                    }
+                };
+                c.pos
+            }
+            RawBig::StrBody(0) => {
+                *rb = RawBig::End;
+                return Ok(None);
+            }
+            RawBig::StrBody(left) => {
+                if buf.is_empty() {
+                    return Err(Stop::Need(1));
+                }
+                let n = (*left).min(piece as u64).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                n
+            }
+            RawBig::Walk(scan) => {
+                // Up to `piece` bytes walked at a time, so a value arriving at once is still cut in pieces.
+                let r = scan.run(&buf[..buf.len().min(scan.pos + piece)], base);
+                let n = scan.pos;
+                scan.pos = 0;
+                match r {
+                    Ok(()) => *rb = RawBig::End,
+                    // A whole item is missing: forward what was walked, or wait when nothing was.
+                    Err(Stop::Need(need)) if n == 0 => {
+                        if buf.len() > piece && need <= buf.len() {
+                            // The cut at `piece` fell inside one item bigger than a piece: walk it whole.
+                            let RawBig::Walk(scan) = rb else {
+                                return Ok(None);
+                            };
+                            scan.run(&buf[..], base)?;
+                            let n = scan.pos;
+                            if n == 0 {
+                                return Err(Stop::Need(buf.len() + 1));
+                            }
+                            scan.pos = 0;
+                            return Ok(Some(Event::BigRaw(self.consume(buf, n))));
+                        }
+                        return Err(Stop::Need(need));
+                    }
+                    Err(Stop::Need(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                n
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Event::BigRaw(self.consume(buf, n))))
     }
 
     fn aux_step(&mut self, buf: &mut BytesMut) -> R<Option<Event>> {

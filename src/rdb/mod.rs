@@ -16,6 +16,7 @@
 
 pub mod crc64;
 mod decoder;
+pub mod encoder;
 pub mod encodings;
 pub mod lzf;
 mod reader;
@@ -23,6 +24,7 @@ mod scan;
 mod value;
 
 pub use decoder::{Decoder, DecoderOptions};
+pub use encoder::Encoder;
 pub use value::{
     decode_value, decode_value_for, PendingEntry, Stream, StreamConsumer, StreamEntry, StreamGroup,
     StreamId, Value, VALKEY_HASH_2,
@@ -185,6 +187,10 @@ pub enum Event {
     BigStart(BigHeader),
     /// The next elements of the big key.
     BigChunk(Chunk),
+    /// The next bytes of the big key's value exactly as the file holds them (only with
+    /// [`DecoderOptions::raw_big`], instead of `BigChunk`s): `BigStart`'s type byte and key, then these
+    /// pieces in order, are the entry as the file wrote it.
+    BigRaw(Bytes),
     /// The big key is complete.
     BigEnd,
     /// `RDB_OPCODE_EOF` reached and the checksum, when non-zero, verified. `checksum` is the file's value

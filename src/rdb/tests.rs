@@ -369,6 +369,7 @@ fn tiny_limits() -> DecoderOptions {
         chunk_elements: 2,
         verify_checksum: true,
         max_unchunked_bytes: 48,
+        raw_big: false,
     }
 }
 
@@ -786,4 +787,92 @@ fn long_slot_import_fed_byte_by_byte_is_walked_once() {
             inside: "a SLOT_IMPORT record"
         })
     );
+}
+
+/// Each key's (db, key, type, value bytes) as a decode yields it: whole entries' payloads, and big values'
+/// raw pieces joined (`raw_big`).
+fn raw_values(events: &[Event]) -> Vec<(u32, Bytes, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut big: Option<(u32, Bytes, u8, Vec<u8>)> = None;
+    for ev in events {
+        match ev {
+            Event::Entry(e) => out.push((e.db, e.key.clone(), e.rdb_type, e.payload.to_vec())),
+            Event::BigStart(h) => big = Some((h.db, h.key.clone(), h.rdb_type, Vec::new())),
+            Event::BigRaw(b) => big
+                .as_mut()
+                .expect("BigRaw after BigStart")
+                .3
+                .extend_from_slice(b),
+            Event::BigEnd => out.push(big.take().expect("BigEnd after BigStart")),
+            Event::BigChunk(_) => panic!("BigChunk with raw_big"),
+            _ => {}
+        }
+    }
+    assert!(big.is_none(), "a big value without BigEnd");
+    out
+}
+
+/// With `raw_big`, a value past the limit is yielded as pieces of exactly the bytes the file holds: joined,
+/// they equal the payload a decode with no limit yields, for every fixture and any split of the input.
+#[test]
+fn raw_big_pieces_join_to_the_file_bytes_for_every_fixture_and_split() {
+    let Some(dir) = crate::testutil::fixtures_dir() else {
+        return;
+    };
+    let mut files = Vec::new();
+    for origin in std::fs::read_dir(dir.join("rdb")).unwrap() {
+        for f in std::fs::read_dir(origin.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "rdb") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let whole_opts = DecoderOptions {
+        max_entry_bytes: usize::MAX / 4,
+        max_unchunked_bytes: usize::MAX / 4,
+        ..DecoderOptions::default()
+    };
+    let raw_opts = DecoderOptions {
+        max_entry_bytes: 40,
+        raw_big: true,
+        ..DecoderOptions::default()
+    };
+    let (mut compared, mut big_seen) = (0, 0);
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        let (want_ev, err) = events_then_error(&data, &whole_opts, usize::MAX);
+        if err.is_some() {
+            continue;
+        }
+        let want = raw_values(&want_ev);
+        for step in [usize::MAX, 1, 7, 100, 4096] {
+            let (ev, err) = events_then_error(&data, &raw_opts, step);
+            assert!(
+                err.is_none(),
+                "{}: {err:?} fed {step} at a time",
+                f.display()
+            );
+            big_seen += ev
+                .iter()
+                .filter(|e| matches!(e, Event::BigStart(_)))
+                .count();
+            assert!(
+                ev.iter()
+                    .all(|e| !matches!(e, Event::BigRaw(b) if b.is_empty())),
+                "{}: an empty piece",
+                f.display()
+            );
+            assert_eq!(
+                raw_values(&ev),
+                want,
+                "{} fed {step} at a time",
+                f.display()
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared > 100, "only {compared} fixtures compared");
+    assert!(big_seen > 100, "only {big_seen} big values seen");
 }

@@ -134,7 +134,7 @@ impl Sink {
 }
 
 /// Read the master's current replication offset (for `--once`).
-async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
+pub(crate) async fn master_offset(addr: &RedisAddr) -> Result<i64, String> {
     let mut c = Client::connect(addr).await.map_err(|e| e.to_string())?;
     let r = c
         .cmd_ok(&[b"INFO", b"replication"])
@@ -1462,7 +1462,7 @@ pub fn heartbeat_for(
 /// Write `SET <key> <unix ms>` into the source master every `every` until cancelled — the server the link
 /// replicates from, which a followed failover moves. A source that refuses (a read-only replica, no write
 /// permission) is logged once and left alone.
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     configured: RedisAddr,
     shared: Arc<LinkShared>,
     every: Duration,

@@ -321,6 +321,7 @@ impl WriterPool {
                 // The failure is recorded before the task (and its receiver) goes: a sender that finds the
                 // channel closed then reads why (a `MOVED` is a layout change, not a lost writer).
                 let result = task.run(client).await;
+                tracing::debug!(conn = task.id, ok = result.is_ok(), "writer connection task ended");
                 // Producers waiting for in-flight room on this connection get the failure instead of
                 // waiting forever (its unanswered batches' permits went with the task).
                 task.inflight.close();
@@ -426,10 +427,15 @@ impl WriterPool {
 
     /// Flush, then close every connection and wait for their tasks.
     pub async fn close(self) -> Result<(), TargetError> {
+        tracing::debug!(target_addr = %self.addr, "writer pool: flushing before close");
         let flushed = self.flush().await;
-        let WriterPool { conns, tasks, .. } = self;
+        let WriterPool {
+            conns, tasks, addr, ..
+        } = self;
         drop(conns);
+        tracing::debug!(target_addr = %addr, flushed = flushed.is_ok(), "writer pool: waiting for its connections");
         tasks.wait().await;
+        tracing::debug!(target_addr = %addr, "writer pool closed");
         flushed
     }
 }

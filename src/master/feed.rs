@@ -1,0 +1,452 @@
+//! One source's records (from its spool) turned into what the merger writes: RDB pieces of the merged
+//! snapshot, then batches of stream commands with the source offset each batch ends at.
+//!
+//! The feed decides per command what the target gets, so the merger only frames and orders:
+//! - `SELECT` is dropped: each command carries its target db, and the merger selects when it changes.
+//! - `PING` and `REPLCONF` (the master's own keep-alives and `GETACK`s) are dropped; a `GETACK` makes the
+//!   link acknowledge at once.
+//! - Commands of a db that is not synced are dropped, the others keep their exact bytes.
+//! - `MULTI` … `EXEC` stays one batch: the merger never puts another source's commands inside it.
+//! - What cannot be applied exactly to a target that holds other sources' keys too (`FLUSHALL`, `FLUSHDB`,
+//!   `SWAPDB` with more than one source) or with a db mapping (`MOVE`, `COPY … DB`, `SWAPDB`) asks for a new
+//!   merged full sync ([`Piece::Restart`]) or stops the job ([`Piece::Fatal`]).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::apply::DbMap;
+use crate::rdb::{Event, Magic};
+use crate::resp::Command;
+
+/// What a source hands the merger.
+#[derive(Debug)]
+pub enum Piece {
+    /// The source's RDB header: the merged snapshot starts once every source's is known.
+    Header {
+        magic: Magic,
+        version: u16,
+    },
+    /// A `lua` AUX field (scripts of servers before 7.0).
+    Script(Bytes),
+    /// A library of functions.
+    Function(Bytes),
+    ModuleAux {
+        module_id: u64,
+        raw: Bytes,
+    },
+    /// A whole key, already in its target db.
+    Entry {
+        db: u32,
+        entry: crate::rdb::Entry,
+    },
+    /// A big key begins; `Raw` pieces follow up to `BigEnd` (the merger writes nothing else meanwhile).
+    BigStart {
+        db: u32,
+        head: crate::rdb::BigHeader,
+    },
+    Raw(Bytes),
+    BigEnd,
+    /// The source's snapshot is complete; it covers the source's stream up to `offset`.
+    RdbEnd {
+        offset: i64,
+    },
+    /// Stream commands, each with its target db, after which the source stands at `end_offset`. May be empty
+    /// (only dropped commands): the offset still moves.
+    Commands {
+        cmds: Vec<(u32, Command)>,
+        end_offset: i64,
+    },
+    /// The source reached its `--once` goal; nothing follows.
+    Done,
+    /// The merged copy cannot stay exact without a new merged full sync (reason for the log).
+    Restart(String),
+    /// The job cannot go on (message for the operator).
+    Fatal(String),
+}
+
+impl Piece {
+    /// Bytes this piece holds (for the byte bound between a source and the merger).
+    pub fn size(&self) -> usize {
+        match self {
+            Piece::Entry { entry, .. } => entry.payload.len() + entry.key.len(),
+            Piece::Raw(b) | Piece::Script(b) | Piece::Function(b) => b.len(),
+            Piece::ModuleAux { raw, .. } => raw.len(),
+            Piece::Commands { cmds, .. } => cmds.iter().map(|(_, c)| c.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// What happens to one stream command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Written to the target, in this db.
+    Apply(u32),
+    /// Not written (it still moves the source offset).
+    Drop,
+    /// A `REPLCONF GETACK`: not written; acknowledge at once.
+    GetAck,
+    /// A new merged full sync is needed.
+    Restart(String),
+    /// Cannot be applied exactly.
+    Fatal(String),
+}
+
+/// The stream side of a source: current db, transaction state, and what it skips.
+#[derive(Debug)]
+pub struct StreamFilter {
+    /// The source's current db (from its `SELECT`s).
+    pub db: u32,
+    dbs: DbMap,
+    /// Other sources write the same target: a flush or swap of this one's dbs cannot be forwarded.
+    shared_target: bool,
+    /// The heartbeat key ferry writes into the source, never copied.
+    skip_key: Option<Bytes>,
+    label: String,
+}
+
+impl StreamFilter {
+    pub fn new(dbs: DbMap, shared_target: bool, skip_key: Option<Bytes>, label: String) -> Self {
+        StreamFilter {
+            db: 0,
+            dbs,
+            shared_target,
+            skip_key,
+            label,
+        }
+    }
+
+    /// Decide what `cmd` becomes (and follow `SELECT`).
+    pub fn verdict(&mut self, cmd: &Command) -> Verdict {
+        let name = cmd.arg(0).to_ascii_uppercase();
+        match &name[..] {
+            b"SELECT" => {
+                match cmd
+                    .get(1)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .and_then(|s| s.parse().ok())
+                {
+                    Some(db) => {
+                        self.db = db;
+                        Verdict::Drop
+                    }
+                    None => Verdict::Fatal(format!(
+                        "{}: the stream has a SELECT without a valid db number",
+                        self.label
+                    )),
+                }
+            }
+            b"PING" => Verdict::Drop,
+            b"REPLCONF" => {
+                if cmd
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"))
+                {
+                    Verdict::GetAck
+                } else {
+                    Verdict::Drop
+                }
+            }
+            _ => {
+                let Some(db) = self.dbs.target(self.db) else {
+                    return Verdict::Drop;
+                };
+                if let (Some(k), Some(a)) = (&self.skip_key, cmd.get(1)) {
+                    if a == &k[..] && self.db == 0 {
+                        return Verdict::Drop;
+                    }
+                }
+                let shown = String::from_utf8_lossy(&name).into_owned();
+                match &name[..] {
+                    b"FLUSHALL" | b"FLUSHDB" | b"SWAPDB" if self.shared_target => {
+                        Verdict::Restart(format!(
+                            "{}: {shown} on this source, whose target holds other sources' keys too: the target \
+                             is filled again from every source with a new merged full sync (nothing of the \
+                             other sources is lost)",
+                            self.label
+                        ))
+                    }
+                    b"FLUSHALL" | b"SWAPDB" if !self.dbs.is_identity() => Verdict::Restart(format!(
+                        "{}: {shown} with a db selection or mapping (--db/--map-db): the target is filled again \
+                         with a new merged full sync",
+                        self.label
+                    )),
+                    b"MOVE" | b"COPY" if !self.dbs.is_identity() => Verdict::Fatal(format!(
+                        "{}: {shown} names a db, and this job maps or selects dbs (--db/--map-db): master mode \
+                         forwards commands as they are and cannot rewrite it; use --apply commands",
+                        self.label
+                    )),
+                    _ => Verdict::Apply(db),
+                }
+            }
+        }
+    }
+}
+
+/// Turns one source's stream bytes into [`Piece::Commands`] batches, keeping a transaction in one batch.
+pub struct StreamBatcher {
+    pub filter: StreamFilter,
+    decoder: crate::resp::CommandDecoder,
+    buf: BytesMut,
+    /// Source offset of the last byte decoded.
+    pub offset: i64,
+    batch: Vec<(u32, Command)>,
+    batch_bytes: usize,
+    /// Inside `MULTI`: the batch is not cut until `EXEC`/`DISCARD`.
+    in_tx: bool,
+    /// A `GETACK` was seen since the last call.
+    pub getack: bool,
+}
+
+/// Bytes of commands per batch (a transaction may make one bigger).
+pub const BATCH_BYTES: usize = 64 << 10;
+
+impl StreamBatcher {
+    pub fn new(filter: StreamFilter, offset: i64) -> Self {
+        StreamBatcher {
+            filter,
+            decoder: crate::resp::CommandDecoder::new(),
+            buf: BytesMut::new(),
+            offset,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            in_tx: false,
+            getack: false,
+        }
+    }
+
+    /// Feed stream bytes; returns the pieces they complete (batches, or a restart/fatal verdict, after which
+    /// nothing more is decoded). A batch ends where the bytes end unless a transaction is open.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Piece>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let cmd = match self.decoder.decode_frozen(&mut self.buf) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(format!(
+                        "{}: the replication stream is not valid RESP after offset {}: {e}",
+                        self.filter.label, self.offset
+                    ))
+                }
+            };
+            self.offset += cmd.len() as i64;
+            let upper = cmd.arg(0).to_ascii_uppercase();
+            match self.filter.verdict(&cmd) {
+                Verdict::Apply(db) => {
+                    if &upper[..] == b"MULTI" {
+                        self.in_tx = true;
+                    } else if &upper[..] == b"EXEC" || &upper[..] == b"DISCARD" {
+                        self.in_tx = false;
+                    }
+                    self.batch_bytes += cmd.len();
+                    self.batch.push((db, cmd));
+                }
+                Verdict::Drop => {}
+                Verdict::GetAck => self.getack = true,
+                Verdict::Restart(why) => {
+                    out.push(Piece::Restart(why));
+                    return Ok(out);
+                }
+                Verdict::Fatal(why) => {
+                    out.push(Piece::Fatal(why));
+                    return Ok(out);
+                }
+            }
+            if !self.in_tx && self.batch_bytes >= BATCH_BYTES {
+                out.push(self.cut());
+            }
+        }
+        if !self.in_tx && (!self.batch.is_empty() || self.buf.is_empty()) {
+            out.push(self.cut());
+        }
+        Ok(out)
+    }
+
+    /// Whether a transaction is open or bytes of a command are pending (the offset is not at a command
+    /// boundary the merger may stop at).
+    pub fn mid_command(&self) -> bool {
+        self.in_tx || !self.buf.is_empty()
+    }
+
+    fn cut(&mut self) -> Piece {
+        self.batch_bytes = 0;
+        Piece::Commands {
+            cmds: std::mem::take(&mut self.batch),
+            end_offset: self.offset,
+        }
+    }
+}
+
+/// What a snapshot event becomes (`None`: nothing for the merger). `now_ms` decides which keys already
+/// expired (skipped, counted by the caller).
+pub fn rdb_piece(
+    ev: Event,
+    dbs: &DbMap,
+    db_of_big: &mut Option<u32>,
+    skip_key: Option<&[u8]>,
+    now_ms: i64,
+) -> Option<Result<Piece, Skipped>> {
+    Some(Ok(match ev {
+        Event::Header { magic, version } => Piece::Header { magic, version },
+        Event::Aux { key, value } if &key[..] == b"lua" => Piece::Script(value),
+        Event::Aux { .. }
+        | Event::SelectDb(_)
+        | Event::ResizeDb { .. }
+        | Event::SlotInfo { .. } => return None,
+        Event::ModuleAux { module_id, raw } => Piece::ModuleAux { module_id, raw },
+        Event::Function { code } => Piece::Function(code),
+        Event::Entry(e) => {
+            let db = dbs.target(e.db)?;
+            if skip_key.is_some_and(|k| e.db == 0 && k == &e.key[..]) {
+                return None;
+            }
+            if e.expire_ms.is_some_and(|t| t <= now_ms) {
+                return Some(Err(Skipped::Expired));
+            }
+            Piece::Entry { db, entry: e }
+        }
+        Event::BigStart(h) => {
+            // A big key already expired is still forwarded: its bytes are on their way, and the target's
+            // own expiry removes it (it is a master again at the end; a replica hides it from reads).
+            let db = dbs.target(h.db);
+            *db_of_big = db;
+            Piece::BigStart { db: db?, head: h }
+        }
+        Event::BigRaw(b) => {
+            db_of_big.as_ref()?;
+            Piece::Raw(b)
+        }
+        Event::BigEnd => {
+            db_of_big.take()?;
+            Piece::BigEnd
+        }
+        Event::BigChunk(_) => {
+            return Some(Ok(Piece::Fatal(
+                "internal: the snapshot decoder yielded decoded chunks in master mode".into(),
+            )))
+        }
+        Event::End { .. } => return None,
+    }))
+}
+
+/// Why a snapshot key was not forwarded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Skipped {
+    Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        out
+    }
+
+    fn batches(pieces: &[Piece]) -> Vec<(Vec<(u32, String)>, i64)> {
+        pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Commands { cmds, end_offset } => Some((
+                    cmds.iter()
+                        .map(|(db, c)| (*db, String::from_utf8_lossy(c.arg(0)).into_owned()))
+                        .collect(),
+                    *end_offset,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn selects_and_keepalives_are_dropped_and_each_command_carries_its_db() {
+        let dbs = DbMap::parse(&[], &["2:0".into()]).unwrap();
+        let mut b = StreamBatcher::new(StreamFilter::new(dbs, false, None, "s".into()), 100);
+        let mut input = Vec::new();
+        for c in [
+            cmd(&["SELECT", "2"]),
+            cmd(&["SET", "a", "1"]),
+            cmd(&["PING"]),
+            cmd(&["SELECT", "5"]),
+            cmd(&["INCR", "b"]),
+            cmd(&["REPLCONF", "GETACK", "*"]),
+        ] {
+            input.extend_from_slice(&c);
+        }
+        let total = input.len() as i64;
+        let out = b.push(&input).unwrap();
+        assert_eq!(
+            batches(&out),
+            vec![(vec![(0, "SET".into()), (5, "INCR".into())], 100 + total)]
+        );
+        assert!(b.getack);
+    }
+
+    #[test]
+    fn a_transaction_is_never_cut_and_a_partial_command_waits() {
+        let mut b = StreamBatcher::new(
+            StreamFilter::new(DbMap::default(), false, None, "s".into()),
+            0,
+        );
+        let multi = cmd(&["MULTI"]);
+        let set = cmd(&["SET", "k", "v"]);
+        let exec = cmd(&["EXEC"]);
+        let out = b.push(&multi).unwrap();
+        assert!(batches(&out).is_empty(), "no batch while MULTI is open");
+        // Half of SET: nothing, and the offset stays at the boundary.
+        let out = b.push(&set[..5]).unwrap();
+        assert!(batches(&out).is_empty());
+        assert!(b.mid_command());
+        let out = b.push(&set[5..]).unwrap();
+        assert!(batches(&out).is_empty());
+        let out = b.push(&exec).unwrap();
+        let n = (multi.len() + set.len() + exec.len()) as i64;
+        assert_eq!(
+            batches(&out),
+            vec![(
+                vec![(0, "MULTI".into()), (0, "SET".into()), (0, "EXEC".into())],
+                n
+            )]
+        );
+        assert!(!b.mid_command());
+    }
+
+    #[test]
+    fn a_flush_with_other_sources_on_the_target_asks_for_a_new_full_sync() {
+        let mut b = StreamBatcher::new(
+            StreamFilter::new(DbMap::default(), true, None, "s".into()),
+            0,
+        );
+        let mut input = cmd(&["SET", "a", "1"]);
+        input.extend_from_slice(&cmd(&["FLUSHDB"]));
+        let out = b.push(&input).unwrap();
+        assert!(matches!(out.last(), Some(Piece::Restart(m)) if m.contains("FLUSHDB")));
+        // Alone on its target, a flush is forwarded.
+        let mut b = StreamBatcher::new(
+            StreamFilter::new(DbMap::default(), false, None, "s".into()),
+            0,
+        );
+        let out = b.push(&cmd(&["FLUSHALL"])).unwrap();
+        assert_eq!(batches(&out), vec![(vec![(0, "FLUSHALL".into())], 18)]);
+    }
+
+    #[test]
+    fn the_heartbeat_key_and_unsynced_dbs_are_not_copied() {
+        let dbs = DbMap::parse(&["0".into()], &[]).unwrap();
+        let mut b = StreamBatcher::new(
+            StreamFilter::new(dbs, false, Some(Bytes::from_static(b"hb")), "s".into()),
+            0,
+        );
+        let mut input = cmd(&["SET", "hb", "1"]);
+        input.extend_from_slice(&cmd(&["SET", "x", "1"]));
+        input.extend_from_slice(&cmd(&["SELECT", "1"]));
+        input.extend_from_slice(&cmd(&["SET", "y", "1"]));
+        let out = b.push(&input).unwrap();
+        assert_eq!(batches(&out)[0].0, vec![(0, "SET".into())]);
+    }
+}
