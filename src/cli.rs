@@ -332,6 +332,10 @@ pub struct JobArgs {
     /// ephemeral port on the local address ferry reaches the target from).
     #[arg(long, value_name = "HOST:PORT")]
     pub replication_listen: Option<std::net::SocketAddr>,
+    /// `--apply replication`: the address the target is told to replicate from (`REPLICAOF HOST PORT`),
+    /// when it reaches ferry through a NAT, a port mapping or a proxy (default: where ferry listens).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub replication_announce: Option<std::net::SocketAddr>,
     /// `--apply replication`: stream bytes kept so a target that reconnects continues (`+CONTINUE`)
     /// instead of needing a new merged full sync.
     #[arg(long, default_value_t = crate::master::DEFAULT_BACKLOG_BYTES)]
@@ -366,8 +370,13 @@ impl ServeArgs {
 
 impl JobArgs {
     fn into_config(self, sources: Vec<SourceSpec>) -> Result<SyncConfig, String> {
-        if self.apply != ApplyMode::Replication && self.replication_listen.is_some() {
-            return Err("--replication-listen goes with --apply replication".into());
+        if self.apply != ApplyMode::Replication
+            && (self.replication_listen.is_some() || self.replication_announce.is_some())
+        {
+            return Err(
+                "--replication-listen and --replication-announce go with --apply replication"
+                    .into(),
+            );
         }
         let dbs = crate::apply::DbMap::parse(&self.dbs, &self.map_db)?;
         let decoder = DecoderOptions {
@@ -401,6 +410,7 @@ impl JobArgs {
             replication: (self.apply == ApplyMode::Replication).then_some(
                 crate::job::ReplicationOptions {
                     listen: self.replication_listen,
+                    announce: self.replication_announce,
                     backlog_bytes: self.replication_backlog_bytes,
                 },
             ),

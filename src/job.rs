@@ -67,6 +67,9 @@ pub struct ReplicationOptions {
     /// Where ferry listens for the target (`--replication-listen`); default: an ephemeral port on the
     /// local address ferry reaches the target from.
     pub listen: Option<std::net::SocketAddr>,
+    /// The address the target is told to replicate from (`--replication-announce`), when it reaches ferry
+    /// through a NAT, a container port mapping or a proxy; default: the listen address.
+    pub announce: Option<std::net::SocketAddr>,
     /// Stream bytes kept for a target that reconnects (`--replication-backlog-bytes`; 0: the default).
     pub backlog_bytes: usize,
 }

@@ -641,6 +641,34 @@ impl Merger {
         conn: &mut Conn,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Stop> {
+        // After a full sync the target loads the RDB, then sends its first ACK; it reads nothing of the
+        // stream before (bytes right after the EOF mark would be taken for RDB bytes: a master puts a
+        // diskless replica online at its first ACK, `repl_put_online_on_ack`).
+        if *conn.acked.borrow() < 0 {
+            let started = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Outcome::Stopped { complete: false }),
+                    r = conn.acked.changed() => {
+                        if r.is_err() {
+                            let why = (&mut conn.reader).await.unwrap_or_else(|e| e.to_string());
+                            return Err(Stop::TargetLost(why));
+                        }
+                        if *conn.acked.borrow() >= 0 {
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                        tracing::info!(waited_s = started.elapsed().as_secs(),
+                            "the target is still loading the merged RDB");
+                    }
+                }
+            }
+            tracing::info!(
+                load_ms = started.elapsed().as_millis() as u64,
+                "the target loaded the merged RDB"
+            );
+        }
         let mut last_write = Instant::now();
         let mut getack_at: Option<Instant> = None;
         loop {

@@ -331,7 +331,9 @@ pub async fn run(
         .local_addr()
         .map_err(|e| SyncError::Config(e.to_string()))?;
     // A wildcard bind is announced as the address the target is reached from.
-    let announce = if local.ip().is_unspecified() {
+    let announce = if let Some(a) = opts.announce {
+        a
+    } else if local.ip().is_unspecified() {
         let via = listen_addr(&ReplicationOptions::default(), &target).await?;
         SocketAddr::new(via.ip(), local.port())
     } else {
@@ -589,6 +591,7 @@ async fn run_feed(
     let mut stream: Option<StreamBatcher> = None;
     let mut full_syncs = 0u32;
     let mut fullresync_offset = -1i64;
+    let mut ended = false;
     let mut once_target: Option<i64> = None;
     loop {
         let rec = tokio::select! {
@@ -596,6 +599,10 @@ async fn run_feed(
             r = reader.next() => r.map_err(|e| format!("{}: spool: {e}", ctx.label))?,
         };
         let Some(rec) = rec else { return Ok(()) };
+        if ended {
+            // Done, or a restart asked for: the link keeps running (and acknowledging) until the run ends.
+            continue;
+        }
         match rec {
             Record::FullResync { replid, offset } => {
                 full_syncs += 1;
@@ -606,7 +613,8 @@ async fn run_feed(
                         ctx.label
                     )))
                     .await?;
-                    return Ok(());
+                    ended = true;
+                    continue;
                 }
                 ctx.status.full_sync_started(&replid, offset, None);
                 ctx.status.set_state(SourceState::FullSync);
@@ -683,7 +691,7 @@ async fn run_feed(
                 ));
                 if once_target.is_some_and(|t| t <= fullresync_offset) {
                     ctx.send(&tx, Piece::Done).await?;
-                    return Ok(());
+                    ended = true;
                 }
             }
             Record::Stream(bytes) => {
@@ -699,16 +707,13 @@ async fn run_feed(
                     ctx.shared.ack_now.notify_one();
                 }
                 for p in pieces {
-                    let stop = matches!(p, Piece::Restart(_) | Piece::Fatal(_));
+                    ended |= matches!(p, Piece::Restart(_) | Piece::Fatal(_));
                     ctx.send(&tx, p).await?;
-                    if stop {
-                        return Ok(());
-                    }
                 }
                 if let Some(t) = once_target {
-                    if s.offset >= t && !s.mid_command() {
+                    if !ended && s.offset >= t && !s.mid_command() {
                         ctx.send(&tx, Piece::Done).await?;
-                        return Ok(());
+                        ended = true;
                     }
                 }
             }

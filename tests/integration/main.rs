@@ -12,6 +12,7 @@ mod fault_proxy;
 mod fixtures;
 mod fullsync;
 mod link;
+mod master_mode;
 mod precheck;
 mod proxy;
 mod rdb;

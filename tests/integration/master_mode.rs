@@ -1,0 +1,429 @@
+//! Issue 11: master mode (`--apply replication`): ferry is the target's master. The target loads one merged
+//! RDB and applies one merged stream; every test ends with an exact comparison of the whole data set, the
+//! target a writable master again.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::ferry_proc::Ferry;
+use crate::support::{
+    data_items, data_items_of, free_port, wait_until, Client, DataItem, RedisServer, TempDir,
+};
+
+fn source() -> RedisServer {
+    RedisServer::start(&[
+        "--enable-debug-command",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--repl-backlog-size",
+        "64mb",
+    ])
+}
+
+fn target() -> RedisServer {
+    RedisServer::start(&["--enable-debug-command", "yes"])
+}
+
+/// Keys of every type over dbs 0 and 3, some with a TTL, one list past `--big-value-bytes 4096`.
+fn fill(c: &mut Client, tag: &str) {
+    for i in 0..300 {
+        c.ok(&["SET", &format!("{tag}:s:{i}"), &format!("v{i}")]);
+    }
+    for i in 0..20 {
+        c.ok(&[
+            "HSET",
+            &format!("{tag}:h:{i}"),
+            "a",
+            "1",
+            "b",
+            &i.to_string(),
+        ]);
+        c.ok(&["PEXPIRE", &format!("{tag}:h:{i}"), "600000"]);
+        c.ok(&["SADD", &format!("{tag}:set:{i}"), "x", "y", &i.to_string()]);
+        c.ok(&["ZADD", &format!("{tag}:z:{i}"), "1", "a", "2.5", "b"]);
+        c.ok(&["XADD", &format!("{tag}:x:{i}"), "*", "f", &i.to_string()]);
+        c.ok(&["PFADD", &format!("{tag}:hll:{i}"), "a", "b", "c"]);
+    }
+    let mut args = vec!["RPUSH".to_string(), format!("{tag}:biglist")];
+    args.extend((0..3000).map(|i| format!("item-{i}")));
+    c.ok(&args);
+    c.ok(&["SELECT", "3"]);
+    for i in 0..50 {
+        c.ok(&["SET", &format!("{tag}:db3:{i}"), "x"]);
+    }
+    c.ok(&["SELECT", "0"]);
+}
+
+/// Non-idempotent writes on every source until stopped, counting rounds.
+struct Load {
+    stop: AtomicBool,
+    rounds: AtomicU64,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            stop: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
+        }
+    }
+
+    fn run(&self, ports: &[u16]) {
+        let mut cs: Vec<Client> = ports.iter().map(|p| Client::connect(*p)).collect();
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            for (k, c) in cs.iter_mut().enumerate() {
+                c.ok(&["INCR", &format!("counter:{k}:{}", n % 16)]);
+                c.ok(&["RPUSH", &format!("list:{k}:{}", n % 4), &n.to_string()]);
+                c.ok(&["MULTI"]);
+                c.cmd(&["HINCRBY", &format!("hash:{k}"), "f", "1"]);
+                c.cmd(&["SELECT", "3"]);
+                c.cmd(&["INCR", &format!("db3counter:{k}")]);
+                c.ok(&["EXEC"]);
+                c.ok(&["SELECT", "0"]);
+            }
+            n += 1;
+            self.rounds.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the load when dropped: a failing assertion inside `thread::scope` must not leave the load
+    /// thread running (the scope would wait for it forever).
+    fn stopper(&self) -> Stopper<'_> {
+        Stopper(self)
+    }
+
+    fn wait_rounds(&self, more: u64) {
+        let want = self.rounds.load(Ordering::Relaxed) + more;
+        wait_until("the load made progress", Duration::from_secs(30), || {
+            self.rounds.load(Ordering::Relaxed) >= want
+        });
+    }
+}
+
+struct Stopper<'a>(&'a Load);
+
+impl Drop for Stopper<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn union(sources: &[&RedisServer]) -> Vec<DataItem> {
+    let mut cs: Vec<Client> = sources.iter().map(|s| s.client()).collect();
+    data_items_of(&mut cs)
+}
+
+/// Poll until the target holds exactly the sources' data.
+fn wait_equal(sources: &[&RedisServer], target: &RedisServer, ferry: &Ferry, what: &str) {
+    let mut t = target.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = union(sources);
+        let mut got = data_items(&mut t);
+        got.sort();
+        if want == got {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{what}: the target differs after 60 s: {} items wanted, {} found\nferry log:\n{}",
+                want.len(),
+                got.len(),
+                ferry.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn role(s: &RedisServer) -> String {
+    s.client()
+        .info_field("replication", "role")
+        .unwrap_or_default()
+}
+
+/// A precheck WARN of the sources under load in these tests (their backlog is big enough).
+const ALLOWED: &[&str] = &["precheck: WARN"];
+
+#[test]
+fn two_masters_merge_into_one_target_that_loads_them_natively_under_load() {
+    let (a, b, t) = (source(), source(), target());
+    fill(&mut a.client(), "a");
+    fill(&mut b.client(), "b");
+    a.client().ok(&[
+        "FUNCTION",
+        "LOAD",
+        "#!lua name=alib\nredis.register_function('af', function() return 1 end)",
+    ]);
+    // The target's own masterauth comes back at the end.
+    t.client()
+        .ok(&["CONFIG", "SET", "masterauth", "targets-own"]);
+    let load = Load::new();
+    let state = TempDir::new("master-mode");
+    std::thread::scope(|s| {
+        s.spawn(|| load.run(&[a.port, b.port]));
+        let _stop = load.stopper();
+        load.wait_rounds(20);
+        let mut ferry = Ferry::sync(
+            &[a.url(), b.url()],
+            &t.url(),
+            state.path(),
+            &["--apply", "replication", "--big-value-bytes", "4096"],
+        )
+        .allowing(ALLOWED);
+        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
+            ferry.log().contains("merged RDB sent to the target")
+        });
+        assert_eq!(role(&t), "slave", "the target replicates from ferry");
+        load.wait_rounds(200);
+        load.stop.store(true, Ordering::Relaxed);
+        wait_equal(&[&a, &b], &t, &ferry, "after the load stopped");
+        assert!(ferry.terminate(Duration::from_secs(30)).success());
+        let log = ferry.log();
+        assert!(
+            !log.contains("a new merged full sync of every source"),
+            "{log}"
+        );
+        assert!(log.contains("is a master again"), "{log}");
+    });
+    assert_eq!(role(&t), "master", "the target is writable again");
+    let mut tc = t.client();
+    let auth = tc.cmd(&["CONFIG", "GET", "masterauth"]);
+    assert_eq!(auth.as_array()[1].as_string(), "targets-own");
+    assert_eq!(
+        tc.cmd(&["FCALL", "af", "0"]).as_int(),
+        1,
+        "functions carried"
+    );
+    // Both sources' writes of the stream are there, in their dbs.
+    tc.ok(&["SELECT", "3"]);
+    assert!(
+        tc.cmd(&["GET", "db3counter:0"])
+            .as_string()
+            .parse::<u64>()
+            .unwrap()
+            > 200
+    );
+    assert!(
+        tc.cmd(&["GET", "db3counter:1"])
+            .as_string()
+            .parse::<u64>()
+            .unwrap()
+            > 200
+    );
+    let mut want = union(&[&a, &b]);
+    want.sort();
+    let mut got = data_items(&mut t.client());
+    got.sort();
+    assert_eq!(want, got);
+}
+
+#[test]
+fn one_master_with_once_ends_with_an_equal_digest_and_a_writable_target() {
+    let (a, t) = (source(), target());
+    fill(&mut a.client(), "a");
+    // An already expired key is not copied (a replica would keep it until its master's DEL).
+    a.client().ok(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+    a.client().ok(&["SET", "gone", "x", "PX", "1"]);
+    std::thread::sleep(Duration::from_millis(5));
+    let state = TempDir::new("master-mode-once");
+    let mut ferry = Ferry::sync(
+        &[a.url()],
+        &t.url(),
+        state.path(),
+        &["--apply", "replication", "--once"],
+    )
+    .allowing(ALLOWED);
+    assert!(
+        ferry.wait(Duration::from_secs(60)).success(),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(role(&t), "master");
+    assert_eq!(t.client().cmd(&["EXISTS", "gone"]).as_int(), 0);
+    a.client().cmd(&["DEL", "gone"]);
+    assert_eq!(
+        a.client().cmd(&["DEBUG", "DIGEST"]).as_string(),
+        t.client().cmd(&["DEBUG", "DIGEST"]).as_string()
+    );
+}
+
+#[test]
+fn a_cut_target_link_continues_from_ferrys_backlog_without_a_new_full_sync() {
+    let (a, t) = (source(), target());
+    fill(&mut a.client(), "a");
+    let listen = free_port();
+    // The target reaches ferry through the fault relay (announced), ferry listens behind it.
+    let relay = FaultProxy::start(listen);
+    let load = Load::new();
+    let state = TempDir::new("master-mode-cut");
+    std::thread::scope(|s| {
+        s.spawn(|| load.run(&[a.port]));
+        let _stop = load.stopper();
+        let listen_arg = format!("127.0.0.1:{listen}");
+        let announce_arg = format!("127.0.0.1:{}", relay.port());
+        let mut ferry = Ferry::sync(
+            &[a.url()],
+            &t.url(),
+            state.path(),
+            &[
+                "--apply",
+                "replication",
+                "--replication-listen",
+                &listen_arg,
+                "--replication-announce",
+                &announce_arg,
+            ],
+        )
+        .allowing(ALLOWED)
+        .allowing(&["the target's replication link dropped"]);
+        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
+            ferry.log().contains("merged RDB sent to the target")
+        });
+        for _ in 0..3 {
+            load.wait_rounds(50);
+            let before = ferry
+                .log()
+                .matches("continuing from ferry's backlog")
+                .count();
+            assert!(relay.cut() > 0, "a connection was cut");
+            wait_until("the target continued", Duration::from_secs(30), || {
+                ferry
+                    .log()
+                    .matches("continuing from ferry's backlog")
+                    .count()
+                    > before
+            });
+        }
+        load.wait_rounds(50);
+        load.stop.store(true, Ordering::Relaxed);
+        wait_equal(&[&a], &t, &ferry, "after three cuts of the target's link");
+        assert!(ferry.terminate(Duration::from_secs(30)).success());
+        let log = ferry.log();
+        assert!(
+            !log.contains("a new merged full sync of every source"),
+            "{log}"
+        );
+    });
+    assert_eq!(role(&t), "master");
+    assert_eq!(
+        a.client().cmd(&["DEBUG", "DIGEST"]).as_string(),
+        t.client().cmd(&["DEBUG", "DIGEST"]).as_string()
+    );
+}
+
+#[test]
+fn a_cut_source_link_continues_with_a_partial_resync() {
+    let (a, b, t) = (source(), source(), target());
+    fill(&mut a.client(), "a");
+    fill(&mut b.client(), "b");
+    let relay = FaultProxy::start(a.port);
+    let load = Load::new();
+    let state = TempDir::new("master-mode-src-cut");
+    std::thread::scope(|s| {
+        s.spawn(|| load.run(&[a.port, b.port]));
+        let _stop = load.stopper();
+        let mut ferry = Ferry::sync(
+            &[relay.url(), b.url()],
+            &t.url(),
+            state.path(),
+            &["--apply", "replication"],
+        )
+        .allowing(ALLOWED)
+        .allowing(&["link down", "replication link"]);
+        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
+            ferry.log().contains("merged RDB sent to the target")
+        });
+        for _ in 0..2 {
+            wait_until("the source link is up", Duration::from_secs(30), || {
+                relay.active_connections() > 0
+            });
+            load.wait_rounds(50);
+            assert!(relay.cut() > 0);
+        }
+        load.wait_rounds(50);
+        load.stop.store(true, Ordering::Relaxed);
+        wait_equal(&[&a, &b], &t, &ferry, "after cuts of a source's link");
+        assert!(ferry.terminate(Duration::from_secs(30)).success());
+        let log = ferry.log();
+        assert!(
+            !log.contains("a new merged full sync of every source"),
+            "{log}"
+        );
+        assert_eq!(
+            log.matches("partial resync accepted").count(),
+            2,
+            "each cut continued with a partial resync: {log}"
+        );
+    });
+    assert_eq!(role(&t), "master");
+}
+
+#[test]
+fn a_flushall_on_one_of_two_sources_keeps_the_other_sources_keys() {
+    let (a, b, t) = (source(), source(), target());
+    fill(&mut a.client(), "a");
+    fill(&mut b.client(), "b");
+    let state = TempDir::new("master-mode-flush");
+    let mut ferry = Ferry::sync(
+        &[a.url(), b.url()],
+        &t.url(),
+        state.path(),
+        &["--apply", "replication"],
+    )
+    .allowing(ALLOWED)
+    .allowing(&["a new merged full sync", "FLUSHALL on this source"]);
+    wait_equal(&[&a, &b], &t, &ferry, "after the first full sync");
+    let mut ac = a.client();
+    ac.ok(&["FLUSHALL"]);
+    ac.ok(&["SET", "a:after-flush", "1"]);
+    b.client().ok(&["SET", "b:after-flush", "1"]);
+    wait_until("the new merged full sync", Duration::from_secs(30), || {
+        ferry.log().contains("a new merged full sync")
+    });
+    wait_equal(&[&a, &b], &t, &ferry, "after a FLUSHALL on one source");
+    assert!(t.client().dbsize() > 300, "b's keys are still there");
+    assert!(ferry.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn master_mode_refuses_a_non_empty_target_and_a_target_too_old_for_the_sources_rdb() {
+    let (a, t) = (source(), target());
+    a.client().ok(&["SET", "k", "v"]);
+    t.client().ok(&["SET", "already", "here"]);
+    let state = TempDir::new("master-mode-refuse");
+    let mut ferry = Ferry::sync(
+        &[a.url()],
+        &t.url(),
+        state.path(),
+        &["--apply", "replication", "--once"],
+    )
+    .allowing(&["precheck failed"]);
+    assert!(!ferry.wait(Duration::from_secs(30)).success());
+    assert!(
+        ferry.log().contains("nothing was written"),
+        "{}",
+        ferry.log()
+    );
+    assert_eq!(role(&t), "master", "the target was left alone");
+    assert_eq!(t.client().dbsize(), 1);
+
+    let Some(old) = RedisServer::start_version("6.2", &[]) else {
+        return;
+    };
+    let mut ferry = Ferry::sync(
+        &[a.url()],
+        &old.url(),
+        state.path(),
+        &["--apply", "replication", "--once"],
+    )
+    .allowing(&["precheck failed"]);
+    assert!(!ferry.wait(Duration::from_secs(30)).success());
+    let log = ferry.log();
+    assert!(log.contains("cannot load"), "{log}");
+    assert!(log.contains("--apply commands"), "{log}");
+    assert_eq!(role(&old), "master");
+}
