@@ -427,3 +427,108 @@ fn master_mode_refuses_a_non_empty_target_and_a_target_too_old_for_the_sources_r
     assert!(log.contains("--apply commands"), "{log}");
     assert_eq!(role(&old), "master");
 }
+
+/// A server of `version` as a source (flags every version takes), or `None` (skip recorded).
+fn versioned_source(version: &str) -> Option<RedisServer> {
+    let newer = !matches!(version, "5.0" | "6.0" | "6.2");
+    let mut flags = vec![
+        "--repl-diskless-sync-delay",
+        "0",
+        "--repl-backlog-size",
+        "64mb",
+    ];
+    if newer {
+        flags.extend(["--enable-debug-command", "yes"]);
+    }
+    RedisServer::start_version(version, &flags)
+}
+
+/// Sources of older versions (and two versions at once) merged into a newer target, and Valkey targets:
+/// the merged RDB is written in the target's format around values of each source's own, and `ferry verify`
+/// finds the copy equal key by key after writes during the sync.
+#[test]
+fn sources_of_older_versions_merge_into_newer_redis_and_valkey_targets() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["5.0", "6.2"], "7.4"),
+        (&["7.2"], "valkey-9"),
+        (&["7.4"], "8.2"),
+        (&["valkey-8", "7.2"], "valkey-9"),
+    ];
+    for (srcs, tgt) in cases {
+        let sources: Option<Vec<RedisServer>> = srcs.iter().map(|v| versioned_source(v)).collect();
+        let (Some(sources), Some(t)) = (
+            sources,
+            RedisServer::start_version(tgt, &["--enable-debug-command", "yes"]),
+        ) else {
+            continue;
+        };
+        for (i, s) in sources.iter().enumerate() {
+            fill(&mut s.client(), &format!("v{i}"));
+        }
+        let ports: Vec<u16> = sources.iter().map(|s| s.port).collect();
+        let urls: Vec<String> = sources.iter().map(|s| s.url()).collect();
+        let what = format!("{srcs:?} -> {tgt}");
+        let load = Load::new();
+        let state = TempDir::new("master-mode-versions");
+        std::thread::scope(|sc| {
+            sc.spawn(|| load.run(&ports));
+            let _stop = load.stopper();
+            let mut ferry = Ferry::sync(
+                &urls,
+                &t.url(),
+                state.path(),
+                &["--apply", "replication", "--big-value-bytes", "4096"],
+            )
+            .allowing(ALLOWED);
+            wait_until(
+                &format!("{what}: merged RDB sent"),
+                Duration::from_secs(30),
+                || ferry.log().contains("the target loaded the merged RDB"),
+            );
+            load.wait_rounds(100);
+            load.stop.store(true, Ordering::Relaxed);
+            // Everything written is applied once every source's offset is acknowledged.
+            let offsets: Vec<String> = sources
+                .iter()
+                .map(|s| {
+                    s.client()
+                        .info_field("replication", "master_repl_offset")
+                        .unwrap()
+                })
+                .collect();
+            wait_until(
+                &format!("{what}: caught up"),
+                Duration::from_secs(60),
+                || {
+                    sources.iter().zip(&offsets).all(|(s, o)| {
+                        let mut c = s.client();
+                        let r = c.cmd(&["INFO", "replication"]).as_string();
+                        // ferry's link is the source's one replica; its ACKed offset is applied on the target.
+                        r.lines()
+                            .find(|l| l.starts_with("slave0:"))
+                            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .is_some_and(|acked| acked >= o.parse::<i64>().unwrap())
+                    })
+                },
+            );
+            assert!(ferry.terminate(Duration::from_secs(30)).success(), "{what}");
+        });
+        assert_eq!(role(&t), "master", "{what}");
+        let mut cmd = crate::support::ferry_proc::ferry_command();
+        cmd.args(["verify", "--no-progress"]);
+        for u in &urls {
+            cmd.args(["--source", u]);
+        }
+        let out = cmd
+            .args(["--target", &t.url()])
+            .output()
+            .expect("ferry verify runs");
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
