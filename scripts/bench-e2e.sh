@@ -5,6 +5,8 @@
 #                 sets and zsets (5-20 elements), BENCH_BIG 1000-element ones, 10 % with a TTL far in the future;
 #                 written as RESP by a python generator and loaded with `redis-cli --pipe` (not timed)
 #   2. ferry      `ferry sync --source <each master> --target <fresh> --once`: wall time, peak RSS, key count
+#   2b. master    (stage `master`) `ferry sync ... --apply replication --once`: ferry as the target's master, the
+#                 target loads one merged RDB natively; wall time, peak RSS, key count, sampled values
 #   3. replication native REPLICAOF of each master into a fresh redis-server, one after the other
 #                 (until master_link_status:up, master_sync_in_progress:0, loading:0): sum and max
 #   4. rdbload    each master's dump.rdb loaded by a fresh redis-server at start-up (until loading:0): sum
@@ -34,7 +36,7 @@
 #   BENCH_KEYS=2000000       keys per master
 #   BENCH_BIG=20             1000-element collections per master (part of BENCH_KEYS)
 #   BENCH_VERIFY=2000        random keys per master whose values are compared after ferry's sync (not timed)
-#   BENCH_STAGES=ferry,replication,rdbload,pipe,cluster   which measurements to run (the dataset is always made)
+#   BENCH_STAGES=ferry,master,replication,rdbload,pipe,cluster   which measurements to run (the dataset is always made)
 #   BENCH_STREAM=0           1 adds the `stream` stage
 #   BENCH_STREAM_N=3000000   redis-benchmark -n (requests per test; tests: set, lpush, incr)
 #   BENCH_STREAM_SAMPLE_MS=2   pause between lag probes
@@ -57,7 +59,7 @@ MASTERS=${BENCH_MASTERS:-2}
 KEYS=${BENCH_KEYS:-2000000}
 BIG=${BENCH_BIG:-20}
 VERIFY=${BENCH_VERIFY:-2000}
-STAGES=${BENCH_STAGES:-ferry,replication,rdbload,pipe,cluster}
+STAGES=${BENCH_STAGES:-ferry,master,replication,rdbload,pipe,cluster}
 [[ "${BENCH_STREAM:-0}" == 1 ]] && STAGES+=",stream"
 STREAM_N=${BENCH_STREAM_N:-3000000}
 STREAM_SAMPLE_MS=${BENCH_STREAM_SAMPLE_MS:-2}
@@ -73,7 +75,7 @@ done
 [[ "$DISKLESS" == yes || "$DISKLESS" == no ]] || { echo "error: BENCH_DISKLESS must be yes or no" >&2; exit 2; }
 has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 for st in ${STAGES//,/ }; do
-  [[ " ferry replication rdbload pipe cluster stream " == *" $st "* ]] || { echo "error: unknown stage '$st' in BENCH_STAGES" >&2; exit 2; }
+  [[ " ferry master replication rdbload pipe cluster stream " == *" $st "* ]] || { echo "error: unknown stage '$st' in BENCH_STAGES" >&2; exit 2; }
 done
 
 if [[ -t 1 ]]; then
@@ -141,7 +143,7 @@ if has_stage cluster; then # --cluster-port (a free bus port: port + 10000 may p
 fi
 
 FERRY=""
-if has_stage ferry || has_stage stream || has_stage cluster; then
+if has_stage ferry || has_stage master || has_stage stream || has_stage cluster; then
   STAGE=build
   if [[ -n "${FERRY_BIN:-}" ]]; then
     FERRY=$FERRY_BIN
@@ -803,6 +805,53 @@ if has_stage ferry; then
   stop_redis "$TPID" "$TDIR"
 fi
 
+# --- stage 2b: master mode (ferry as the target's master) --------------------------------------------------------
+MM_S="" MM_RSS_MIB="" MM_FAILED=0 MM_WHY=""
+if has_stage master; then
+  STAGE=master
+  say "master mode: ferry sync --apply replication of $MASTERS master(s) into a fresh target (--once)"
+  start_redis master-target
+  TPORT=$PORT TPID=$SPID TDIR=$SDIR
+  echo "  \$ ferry sync ${SOURCES[*]} --target redis://127.0.0.1:$TPORT --apply replication --once --state-dir <tmp> ${FERRY_EXTRA[*]}"
+  py timed "$WORK/master.json" "$TIMEOUT" "$WORK/master.log" -- \
+    "$FERRY" sync "${SOURCES[@]}" --target "redis://127.0.0.1:$TPORT" --apply replication --once \
+    --state-dir "$WORK/master-state" "${FERRY_EXTRA[@]}"
+  MRC=$(jget "$WORK/master.json" rc)
+  MM_S=$(jget "$WORK/master.json" wall_s)
+  MM_RSS_MIB=$(python3 -c 'import sys; print("%.1f" % (int(sys.argv[1]) / 1024))' "$(jget "$WORK/master.json" maxrss_kib)")
+  py target-keys "$WORK/master-keys.json" "$TPORT" || die "counting the target's keys failed"
+  MKEYS_T=$(jget "$WORK/master-keys.json" data)
+  MOTHER=$(( $(jget "$WORK/master-keys.json" checkpoint) + $(jget "$WORK/master-keys.json" other_ferry) ))
+  if [[ "$(jget "$WORK/master.json" timed_out)" == True ]]; then
+    MM_FAILED=1 MM_WHY="timed out after ${TIMEOUT}s (BENCH_TIMEOUT)"
+  elif ((MRC != 0)); then
+    MM_FAILED=1 MM_WHY="ferry exited with status $MRC"
+  elif ((MOTHER != 0)); then
+    MM_FAILED=1 MM_WHY="the target holds $MOTHER ferry:* keys (master mode writes none)"
+  elif ((MKEYS_T != TOTAL_KEYS)); then
+    MM_FAILED=1 MM_WHY="the target holds $MKEYS_T keys, the masters $TOTAL_KEYS"
+  else
+    read -r CHECKED BAD < <(py compare "$TPORT" "$VERIFY" "$BIG" "${MPORT[@]}" 2>"$WORK/compare-master.err") ||
+      die "comparing the target with the masters failed: $(tail -3 "$WORK/compare-master.err")"
+    if ((BAD)); then
+      MM_FAILED=1 MM_WHY="$BAD of $CHECKED sampled keys differ: $(head -3 "$WORK/compare-master.err")"
+    else
+      echo "  compared $CHECKED sampled keys with the masters: all equal"
+    fi
+  fi
+  rec kind=master wall_s="$MM_S" peak_rss_mib="$MM_RSS_MIB" rc="$MRC" target_keys="$MKEYS_T" source_keys="$TOTAL_KEYS" \
+    user_s="$(jget "$WORK/master.json" user_s)" sys_s="$(jget "$WORK/master.json" sys_s)" \
+    ok="$((1 - MM_FAILED))" why="$MM_WHY"
+  if ((MM_FAILED)); then
+    echo "error: [stage master] $MM_WHY; last lines of its log:" >&2
+    tail -15 "$WORK/master.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' >&2
+    echo "  (the other stages still run; the script exits 1 at the end)" >&2
+  else
+    echo "  master mode: $(fmt "$MM_S")s, peak RSS $MM_RSS_MIB MiB, target holds $MKEYS_T keys (= the masters')"
+  fi
+  stop_redis "$TPID" "$TDIR"
+fi
+
 # --- stage 3: native replication --------------------------------------------------------------------------------
 REPL_SUM="" REPL_MAX=""
 if has_stage replication; then
@@ -1077,6 +1126,17 @@ fi
 if has_stage ferry; then
   echo "  ferry peak RSS: ${FERRY_RSS_MIB} MiB (masters' used_memory: $((TOTAL_MEM / 1048576)) MiB)"
 fi
+R_MM_LOAD="" R_MM_REPL="" R_MM_FERRY=""
+if has_stage master && ((MM_FAILED == 0)); then
+  echo
+  row "master mode (--apply replication)" "seconds" "it / other"
+  row "--------------------------------------------" "------------" "------------"
+  row "ferry sync --apply replication --once" "$(fmt "$MM_S")" "1.00"
+  [[ -n "$LOAD_SUM" ]] && R_MM_LOAD=$(ratio "$MM_S" "$LOAD_SUM") && row "  / native RDB load at start-up, sum" "$(fmt "$LOAD_SUM")" "$R_MM_LOAD"
+  [[ -n "$REPL_SUM" ]] && R_MM_REPL=$(ratio "$MM_S" "$REPL_SUM") && row "  / native replication, sum" "$(fmt "$REPL_SUM")" "$R_MM_REPL"
+  ok_ferry && R_MM_FERRY=$(ratio "$MM_S" "$FERRY_S") && row "  / ferry's command path" "$(fmt "$FERRY_S")" "$R_MM_FERRY"
+  echo "  master mode peak RSS: ${MM_RSS_MIB} MiB"
+fi
 R_CL_FERRY="" R_CL_PIPE=""
 if has_stage cluster; then
   echo
@@ -1106,12 +1166,14 @@ if has_stage cluster; then
   [[ -n "${PIPE_TCPU:-}" ]] && printf '  %-44s %s\n' "  pipe floor, one server" "target $(fmt "$PIPE_TCPU")"
   printf '  %-44s %s\n' "  pipe floor, cluster (3 nodes)" "target $(fmt "$CPCPU")"
 fi
-rec kind=summary ok="$((FERRY_FAILED || CL_FAILED ? 0 : 1))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
+rec kind=summary ok="$((FERRY_FAILED || CL_FAILED || MM_FAILED ? 0 : 1))" ferry_s="${FERRY_S:-}" ferry_peak_rss_mib="${FERRY_RSS_MIB:-}" \
   replication_sum_s="${REPL_SUM:-}" replication_max_s="${REPL_MAX:-}" pipe_s="${PIPE_S:-}" rdbload_sum_s="${LOAD_SUM:-}" \
   ferry_over_replication_sum="${R_REPL:-}" ferry_over_replication_max="${R_REPLMAX:-}" \
   ferry_over_pipe="${R_PIPE:-}" ferry_over_rdbload="${R_LOAD:-}" total_keys="$TOTAL_KEYS" total_used_memory="$TOTAL_MEM" \
   cluster_ferry_s="${CL_S:-}" cluster_ferry_peak_rss_mib="${CL_RSS_MIB:-}" cluster_pipe_s="${CLPIPE_S:-}" \
-  cluster_over_standalone_ferry="${R_CL_FERRY:-}" cluster_ferry_over_cluster_pipe="${R_CL_PIPE:-}"
+  cluster_over_standalone_ferry="${R_CL_FERRY:-}" cluster_ferry_over_cluster_pipe="${R_CL_PIPE:-}" \
+  master_s="${MM_S:-}" master_peak_rss_mib="${MM_RSS_MIB:-}" master_over_rdbload="${R_MM_LOAD:-}" \
+  master_over_replication="${R_MM_REPL:-}" master_over_command_path="${R_MM_FERRY:-}"
 if [[ -n "$STREAM_FILE" ]]; then
   echo
   printf '  %-8s %8s %9s %9s %9s %9s %9s %12s\n' "stream" samples "p50 ms" "p99 ms" "p99.9 ms" "max ms" "drain ms" "apply ops/s"
@@ -1136,4 +1198,8 @@ fi
 if ((CL_FAILED)); then
   STAGE=cluster
   die "$CL_WHY (the other figures above are valid)"
+fi
+if ((MM_FAILED)); then
+  STAGE=master
+  die "$MM_WHY (the other figures above are valid)"
 fi

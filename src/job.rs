@@ -57,7 +57,7 @@ pub struct SyncConfig {
     /// Write `SET <key> <unix ms>` into each source master this often, to measure end-to-end lag; the key
     /// is never copied.
     pub heartbeat: Option<(Duration, String)>,
-    /// `--apply replication`: ferry is the target's master (see [`crate::master`]); `None`: commands.
+    /// `--apply replication`: ferry is the target's master (the `master` module); `None`: commands.
     pub replication: Option<ReplicationOptions>,
 }
 
