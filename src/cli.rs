@@ -272,9 +272,10 @@ pub struct JobArgs {
     /// Elements per native command when values are written in chunks or re-encoded.
     #[arg(long, default_value_t = 512)]
     pub chunk_elements: usize,
-    /// Memory a source's spool may hold before it writes to disk (bytes).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub spool_mem_bytes: u64,
+    /// Memory a source's spool may hold before it writes to disk (bytes). Default 64 MiB; 8 MiB with
+    /// `--apply replication`, whose target (loading natively) is the slow stage: the backlog waits on disk.
+    #[arg(long)]
+    pub spool_mem_bytes: Option<u64>,
     /// Disk a source's spool may use in the state directory (bytes); at the limit the link stops reading.
     #[arg(long, default_value_t = 64 << 30)]
     pub spool_disk_bytes: u64,
@@ -399,7 +400,15 @@ impl JobArgs {
             },
             decoder,
             chunk_elements: self.chunk_elements.max(1),
-            spool_mem_bytes: Some(self.spool_mem_bytes.max(1 << 20)),
+            spool_mem_bytes: Some(
+                self.spool_mem_bytes
+                    .unwrap_or(if self.apply == ApplyMode::Replication {
+                        8 << 20
+                    } else {
+                        64 << 20
+                    })
+                    .max(1 << 20),
+            ),
             spool_disk_bytes: Some(self.spool_disk_bytes),
             target_checkpoint: (!self.no_target_checkpoint)
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),

@@ -33,6 +33,15 @@ pub enum Piece {
         module_id: u64,
         raw: Bytes,
     },
+    /// Whole keys framed as RDB records (expiry, type, name, value as the source wrote it), the first in
+    /// `first_db` (the merger selects it), later ones preceded by their own `SELECTDB` when the db changes;
+    /// the last in `last_db`.
+    Framed {
+        first_db: u32,
+        last_db: u32,
+        bytes: Bytes,
+        keys: u64,
+    },
     /// A whole key, already in its target db.
     Entry {
         db: u32,
@@ -68,6 +77,7 @@ impl Piece {
     pub fn size(&self) -> usize {
         match self {
             Piece::Entry { entry, .. } => entry.payload.len() + entry.key.len(),
+            Piece::Framed { bytes, .. } => bytes.len(),
             Piece::Raw(b) | Piece::Script(b) | Piece::Function(b) => b.len(),
             Piece::ModuleAux { raw, .. } => raw.len(),
             Piece::Commands { cmds, .. } => cmds.iter().map(|(_, c)| c.len()).sum(),
@@ -329,6 +339,73 @@ pub fn rdb_piece(
         Event::End { .. } => return None,
     }))
 }
+
+/// Whole keys of one source framed into RDB records in its own buffer: the feed does this work (one task
+/// per source, so in parallel), the merger only selects the first db and writes the bytes. Each batch is a
+/// new allocation holding exactly its keys, so nothing pins the decoder's input buffers.
+#[derive(Default)]
+pub struct Framer {
+    out: BytesMut,
+    first_db: Option<u32>,
+    db: Option<u32>,
+    keys: u64,
+}
+
+impl Framer {
+    pub fn entry(&mut self, db: u32, e: &crate::rdb::Entry) {
+        if self.db != Some(db) {
+            if self.first_db.is_none() {
+                self.first_db = Some(db);
+            } else {
+                crate::rdb::encoder::put_select_db(&mut self.out, db);
+            }
+            self.db = Some(db);
+        }
+        if self.out.capacity() == 0 {
+            // A fresh allocation per piece, sized for it: freed as soon as the piece is written.
+            self.out = BytesMut::with_capacity(FRAME_BYTES + (64 << 10));
+        }
+        crate::rdb::encoder::put_key_head(
+            &mut self.out,
+            e.expire_ms,
+            e.idle,
+            e.freq,
+            e.rdb_type,
+            &e.key,
+        );
+        self.out.extend_from_slice(&e.payload);
+        self.keys += 1;
+    }
+
+    /// Bytes framed so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    /// The framed keys as one piece (`None` when there are none).
+    pub fn take(&mut self) -> Option<Piece> {
+        let (Some(first_db), Some(last_db)) = (self.first_db, self.db) else {
+            return None;
+        };
+        let p = Piece::Framed {
+            first_db,
+            last_db,
+            bytes: std::mem::take(&mut self.out).freeze(),
+            keys: self.keys,
+        };
+        self.first_db = None;
+        self.db = None;
+        self.keys = 0;
+        Some(p)
+    }
+}
+
+/// Bytes of framed keys per piece.
+pub const FRAME_BYTES: usize = 256 << 10;
 
 /// Why a snapshot key was not forwarded.
 #[derive(Debug, PartialEq, Eq)]

@@ -34,8 +34,8 @@ use crate::rdb::{Encoder, Magic};
 use crate::repl::LinkShared;
 use crate::status::SourceStatus;
 
-/// A piece and the share of the source's byte budget it holds until written.
-pub type Msg = (Piece, Option<OwnedSemaphorePermit>);
+/// Pieces of one source, in order, and the share of the source's byte budget they hold until written.
+pub type Msg = (Vec<Piece>, Option<OwnedSemaphorePermit>);
 
 /// One source as the merger sees it.
 pub struct SourceIn {
@@ -43,6 +43,9 @@ pub struct SourceIn {
     pub rx: mpsc::Receiver<Msg>,
     pub shared: Arc<LinkShared>,
     pub status: Arc<SourceStatus>,
+    /// The rest of the batch being written, and its budget.
+    pub pending: VecDeque<Piece>,
+    pub held: Option<OwnedSemaphorePermit>,
 }
 
 /// Figures of the replication side, for logs and status.
@@ -390,46 +393,69 @@ impl Merger {
         conn.w.flush().await.map_err(lost)
     }
 
-    /// The next piece of a source allowed by `mask`, fairly, without waiting.
-    fn try_next(&mut self, mask: &dyn Fn(usize) -> bool) -> Option<(usize, Option<Msg>)> {
+    /// The next piece of a source allowed by `mask` without waiting: the rest of the batch last taken
+    /// first (fewer switches between sources), then the sources in turn.
+    fn try_next(&mut self, mask: &dyn Fn(usize) -> bool) -> Option<(usize, Option<Piece>)> {
         let n = self.sources.len();
         for k in 0..n {
             let i = (self.turn + k) % n;
             if !mask(i) {
                 continue;
             }
-            match self.sources[i].rx.try_recv() {
-                Ok(m) => {
-                    self.turn = (i + 1) % n;
-                    return Some((i, Some(m)));
+            let s = &mut self.sources[i];
+            loop {
+                if let Some(p) = s.pending.pop_front() {
+                    self.turn = i;
+                    return Some((i, Some(p)));
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(mpsc::error::TryRecvError::Disconnected) => return Some((i, None)),
+                match s.rx.try_recv() {
+                    Ok((batch, permit)) => {
+                        s.pending = batch.into();
+                        s.held = permit;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // The batch is written: its share of the source's budget goes back.
+                        s.held = None;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Some((i, None)),
+                }
             }
         }
+        self.turn = (self.turn + 1) % n;
         None
     }
 
     /// The next piece of a source allowed by `mask`, waiting for one.
-    async fn next(&mut self, mask: &(dyn Fn(usize) -> bool + Sync)) -> (usize, Option<Msg>) {
-        let turn = self.turn;
-        let sources = &mut self.sources;
-        let n = sources.len();
-        let r = std::future::poll_fn(|cx| {
-            for k in 0..n {
-                let i = (turn + k) % n;
-                if !mask(i) {
-                    continue;
-                }
-                if let Poll::Ready(m) = sources[i].rx.poll_recv(cx) {
-                    return Poll::Ready((i, m));
-                }
+    async fn next(&mut self, mask: &(dyn Fn(usize) -> bool + Sync)) -> (usize, Option<Piece>) {
+        loop {
+            if let Some(r) = self.try_next(mask) {
+                return r;
             }
-            Poll::Pending
-        })
-        .await;
-        self.turn = (r.0 + 1) % n;
-        r
+            let turn = self.turn;
+            let sources = &mut self.sources;
+            let n = sources.len();
+            let (i, m) = std::future::poll_fn(|cx| {
+                for k in 0..n {
+                    let i = (turn + k) % n;
+                    if !mask(i) {
+                        continue;
+                    }
+                    if let Poll::Ready(m) = sources[i].rx.poll_recv(cx) {
+                        return Poll::Ready((i, m));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some((batch, permit)) = m else {
+                return (i, None);
+            };
+            let s = &mut self.sources[i];
+            s.pending = batch.into();
+            s.held = permit;
+            self.turn = i;
+        }
     }
 
     fn ended(&self, i: usize) -> Stop {
@@ -454,7 +480,7 @@ impl Merger {
                 self.write_flush(conn, b"\n").await?;
                 continue;
             };
-            let Some((piece, _permit)) = m else {
+            let Some(piece) = m else {
                 return Err(self.ended(i));
             };
             match piece {
@@ -519,7 +545,7 @@ impl Merger {
                 }
                 continue;
             };
-            let Some((piece, _permit)) = m else {
+            let Some(piece) = m else {
                 return Err(self.ended(i));
             };
             match piece {
@@ -531,6 +557,19 @@ impl Merger {
                     }
                 }
                 Piece::ModuleAux { module_id, raw } => enc.module_aux(module_id, &raw),
+                Piece::Framed {
+                    first_db,
+                    last_db,
+                    bytes,
+                    keys: n,
+                } => {
+                    if rdb_db != Some(first_db) {
+                        enc.select_db(first_db);
+                    }
+                    rdb_db = Some(last_db);
+                    enc.raw(bytes, &mut out);
+                    keys += n;
+                }
                 Piece::Entry { db, entry } => {
                     if rdb_db != Some(db) {
                         enc.select_db(db);
@@ -721,7 +760,7 @@ impl Merger {
                 }
                 continue;
             };
-            let Some((piece, _permit)) = m else {
+            let Some(piece) = m else {
                 return Err(self.ended(i));
             };
             match piece {

@@ -112,7 +112,8 @@ struct TargetAdmin {
     /// Where the target reaches ferry (`REPLICAOF host port`).
     announce: SocketAddr,
     password: String,
-    /// The target's own `masterauth` / `masteruser` before ferry changed them (restored at the end).
+    /// The target's own `masterauth`, `masteruser`, `repl-diskless-load` before ferry changed them (restored
+    /// at the end).
     saved: Vec<(String, String)>,
 }
 
@@ -127,7 +128,7 @@ impl TargetAdmin {
     async fn attach(&mut self) -> Result<(), String> {
         let mut c = self.client().await?;
         self.saved.clear();
-        for p in ["masterauth", "masteruser"] {
+        for p in ["masterauth", "masteruser", "repl-diskless-load"] {
             if let Ok(r) = c.cmd_ok(&[b"CONFIG", b"GET", p.as_bytes()]).await {
                 let v = match &r {
                     crate::resp::Reply::Array(Some(a)) => a.get(1).and_then(|v| v.as_bytes()),
@@ -142,6 +143,13 @@ impl TargetAdmin {
         c.cmd_ok(&[b"CONFIG", b"SET", b"masterauth", self.password.as_bytes()])
             .await
             .map_err(|e| format!("CONFIG SET masterauth: {e}"))?;
+        if self.saved.iter().any(|(k, _)| k == "repl-diskless-load") {
+            // An empty target loads the merged RDB from the socket as it arrives, instead of writing it to
+            // disk and loading it afterwards (a non-empty one, `--on-conflict overwrite`, still does).
+            c.cmd_ok(&[b"CONFIG", b"SET", b"repl-diskless-load", b"on-empty-db"])
+                .await
+                .map_err(|e| format!("CONFIG SET repl-diskless-load: {e}"))?;
+        }
         if self.saved.iter().any(|(k, _)| k == "masteruser") {
             c.cmd_ok(&[b"CONFIG", b"SET", b"masteruser", b""])
                 .await
@@ -512,7 +520,7 @@ async fn run_once(
             let r = run_feed(ctx, reader, tx.clone(), feed_cancel).await;
             if let Err(e) = &r {
                 tracing::error!(source = %label, error = %e, "source failed");
-                let _ = tx.send((Piece::Fatal(e.clone()), None)).await;
+                let _ = tx.send((vec![Piece::Fatal(e.clone())], None)).await;
             }
             r
         });
@@ -521,6 +529,8 @@ async fn run_once(
             rx,
             shared,
             status: st,
+            pending: Default::default(),
+            held: None,
         });
     }
     let merger = Merger::new(
@@ -564,19 +574,32 @@ struct FeedCtx {
 }
 
 impl FeedCtx {
-    async fn send(&self, tx: &mpsc::Sender<Msg>, p: Piece) -> Result<(), String> {
-        let want = p.size().clamp(1, SOURCE_BUDGET) as u32;
+    /// Hand the merger `pieces` (in order), waiting for room in the source's byte budget.
+    async fn send_all(&self, tx: &mpsc::Sender<Msg>, pieces: Vec<Piece>) -> Result<(), String> {
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let size: usize = pieces.iter().map(Piece::size).sum();
+        let want = size.clamp(1, SOURCE_BUDGET) as u32;
         let permit = self
             .budget
             .clone()
             .acquire_many_owned(want)
             .await
             .map_err(|e| e.to_string())?;
-        tx.send((p, Some(permit)))
+        tx.send((pieces, Some(permit)))
             .await
             .map_err(|_| "the merger stopped".to_string())
     }
+
+    async fn send(&self, tx: &mpsc::Sender<Msg>, p: Piece) -> Result<(), String> {
+        self.send_all(tx, vec![p]).await
+    }
 }
+
+/// Pieces gathered before they go to the merger together (one channel message, one budget wait).
+const BATCH_BYTES: usize = 256 << 10;
+const BATCH_PIECES: usize = 1024;
 
 /// One source: its spool's records → pieces for the merger, until its `--once` goal, a stop, or an error.
 async fn run_feed(
@@ -592,6 +615,7 @@ async fn run_feed(
     let mut full_syncs = 0u32;
     let mut fullresync_offset = -1i64;
     let mut ended = false;
+    let mut framer = feed::Framer::default();
     let mut once_target: Option<i64> = None;
     loop {
         let rec = tokio::select! {
@@ -631,6 +655,9 @@ async fn run_feed(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
+                let mut batch = Vec::new();
+                let mut batch_bytes = 0;
+                let mut keys = 0;
                 while buf.len() >= d.needed() {
                     let ev = match d.decode(&mut buf) {
                         Ok(Some(ev)) => ev,
@@ -648,16 +675,39 @@ async fn run_feed(
                         Some(Err(feed::Skipped::Expired)) => {
                             ctx.stats.expired_skipped.fetch_add(1, Ordering::Relaxed);
                         }
-                        Some(Ok(p)) => {
-                            if matches!(p, Piece::Entry { .. } | Piece::BigEnd) {
-                                ctx.status.add_keys_loaded(1);
+                        Some(Ok(Piece::Entry { db, entry })) => {
+                            keys += 1;
+                            framer.entry(db, &entry);
+                            if framer.len() >= feed::FRAME_BYTES {
+                                batch_bytes += framer.len();
+                                batch.extend(framer.take());
                             }
-                            ctx.send(&tx, p).await?;
+                        }
+                        Some(Ok(p)) => {
+                            if matches!(p, Piece::BigEnd) {
+                                keys += 1;
+                            }
+                            // Pieces stay in file order: the keys framed so far go first.
+                            batch_bytes += framer.len();
+                            batch.extend(framer.take());
+                            batch_bytes += p.size();
+                            batch.push(p);
                         }
                     }
+                    if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
+                        batch_bytes = 0;
+                        ctx.send_all(&tx, std::mem::take(&mut batch)).await?;
+                    }
                 }
+                // Framed keys wait for more (a piece is one allocation of FRAME_BYTES: a piece per
+                // network read would hold far more memory than its bytes).
+                ctx.status.add_keys_loaded(keys);
+                ctx.send_all(&tx, batch).await?;
             }
             Record::RdbEnd => {
+                if let Some(p) = framer.take() {
+                    ctx.send(&tx, p).await?;
+                }
                 let Some(d) = decoder.take() else {
                     return Err(format!("{}: RDB end before FULLRESYNC", ctx.label));
                 };
@@ -706,10 +756,10 @@ async fn run_feed(
                     s.getack = false;
                     ctx.shared.ack_now.notify_one();
                 }
-                for p in pieces {
-                    ended |= matches!(p, Piece::Restart(_) | Piece::Fatal(_));
-                    ctx.send(&tx, p).await?;
-                }
+                ended |= pieces
+                    .iter()
+                    .any(|p| matches!(p, Piece::Restart(_) | Piece::Fatal(_)));
+                ctx.send_all(&tx, pieces).await?;
                 if let Some(t) = once_target {
                     if !ended && s.offset >= t && !s.mid_command() {
                         ctx.send(&tx, Piece::Done).await?;

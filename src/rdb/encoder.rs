@@ -63,6 +63,37 @@ pub fn put_string(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
 }
 
+/// Append a `SELECTDB`.
+pub fn put_select_db(out: &mut BytesMut, db: u32) {
+    out.put_u8(op::SELECTDB);
+    put_len(out, db as u64);
+}
+
+/// Append what comes before a key's value: its expiry, LRU idle time, LFU frequency, type byte and name.
+pub fn put_key_head(
+    out: &mut BytesMut,
+    expire_ms: Option<i64>,
+    idle: Option<u64>,
+    freq: Option<u8>,
+    rdb_type: u8,
+    key: &[u8],
+) {
+    if let Some(t) = expire_ms {
+        out.put_u8(op::EXPIRETIME_MS);
+        out.put_i64_le(t);
+    }
+    if let Some(i) = idle {
+        out.put_u8(op::IDLE);
+        put_len(out, i);
+    }
+    if let Some(f) = freq {
+        out.put_u8(op::FREQ);
+        out.put_u8(f);
+    }
+    out.put_u8(rdb_type);
+    put_string(out, key);
+}
+
 impl Encoder {
     pub fn new() -> Encoder {
         Encoder {
@@ -94,8 +125,7 @@ impl Encoder {
     }
 
     pub fn select_db(&mut self, db: u32) {
-        self.small.put_u8(op::SELECTDB);
-        put_len(&mut self.small, db as u64);
+        put_select_db(&mut self.small, db);
     }
 
     /// The sizes hint of the db just selected.
@@ -127,20 +157,7 @@ impl Encoder {
         rdb_type: u8,
         key: &[u8],
     ) {
-        if let Some(t) = expire_ms {
-            self.small.put_u8(op::EXPIRETIME_MS);
-            self.small.put_i64_le(t);
-        }
-        if let Some(i) = idle {
-            self.small.put_u8(op::IDLE);
-            put_len(&mut self.small, i);
-        }
-        if let Some(f) = freq {
-            self.small.put_u8(op::FREQ);
-            self.small.put_u8(f);
-        }
-        self.small.put_u8(rdb_type);
-        put_string(&mut self.small, key);
+        put_key_head(&mut self.small, expire_ms, idle, freq, rdb_type, key);
     }
 
     /// Bytes the source wrote (a value, or a piece of one), passed on as they are. Small ones are copied
