@@ -442,7 +442,11 @@ async fn run_once(
     // merger drains; all of it stops once the merger is done.
     let run_cancel = CancellationToken::new();
     let _guard = run_cancel.clone().drop_guard();
+    // The links stop first (their last ACK out), then the feeds: a link never finds its spool's reader gone.
+    let links_cancel = CancellationToken::new();
+    let _links_guard = links_cancel.clone().drop_guard();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut links = Vec::new();
     let mut inputs = Vec::new();
     let shared_target = plan.len() > 1;
     for p in plan {
@@ -477,13 +481,13 @@ async fn run_once(
             listening_port: announce.port(),
             ..LinkConfig::new(addr.clone())
         };
-        let link_cancel = run_cancel.child_token();
-        tokio::spawn(crate::repl::run(
+        let link_cancel = links_cancel.child_token();
+        links.push(tokio::spawn(crate::repl::run(
             link_cfg,
             shared.clone(),
             writer,
             link_cancel.clone(),
-        ));
+        )));
         let skip_key = cfg
             .heartbeat
             .as_ref()
@@ -518,9 +522,12 @@ async fn run_once(
         tasks.spawn(async move {
             let label = ctx.label.clone();
             let r = run_feed(ctx, reader, tx.clone(), feed_cancel).await;
-            if let Err(e) = &r {
+            if let Err(e) = r.as_ref().map_err(|e| e.as_str()) {
+                if e == MERGER_GONE {
+                    return Ok(());
+                }
                 tracing::error!(source = %label, error = %e, "source failed");
-                let _ = tx.send((vec![Piece::Fatal(e.clone())], None)).await;
+                let _ = tx.send((vec![Piece::Fatal(e.to_string())], None)).await;
             }
             r
         });
@@ -554,6 +561,11 @@ async fn run_once(
     );
     let outcome = merger.run(cancel).await;
     // The links acknowledge the last applied offsets at once, then everything of this run stops.
+    links_cancel.cancel();
+    // The links are gone before a next run opens spools of the same names.
+    for l in links {
+        let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
+    }
     run_cancel.cancel();
     while tasks.join_next().await.is_some() {}
     outcome
@@ -589,13 +601,16 @@ impl FeedCtx {
             .map_err(|e| e.to_string())?;
         tx.send((pieces, Some(permit)))
             .await
-            .map_err(|_| "the merger stopped".to_string())
+            .map_err(|_| MERGER_GONE.to_string())
     }
 
     async fn send(&self, tx: &mpsc::Sender<Msg>, p: Piece) -> Result<(), String> {
         self.send_all(tx, vec![p]).await
     }
 }
+
+/// A feed's send after the merger ended (the run is over: not a failure of the source).
+const MERGER_GONE: &str = "the merger stopped";
 
 /// Pieces gathered before they go to the merger together (one channel message, one budget wait).
 const BATCH_BYTES: usize = 256 << 10;

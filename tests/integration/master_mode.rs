@@ -532,3 +532,61 @@ fn sources_of_older_versions_merge_into_newer_redis_and_valkey_targets() {
         );
     }
 }
+
+/// The target killed (`kill -9`) and started again empty on its port, forgetting it was ferry's replica:
+/// ferry notices (its role), sends `REPLICAOF` again, and the target — whose `PSYNC` ferry cannot continue —
+/// gets a new merged full sync. The copy ends exact.
+#[test]
+fn a_target_killed_and_restarted_empty_is_attached_again_and_filled_again() {
+    let (a, b) = (source(), source());
+    let mut t = target();
+    fill(&mut a.client(), "a");
+    fill(&mut b.client(), "b");
+    let state = TempDir::new("master-mode-target-kill");
+    let load = Load::new();
+    std::thread::scope(|s| {
+        s.spawn(|| load.run(&[a.port, b.port]));
+        let _stop = load.stopper();
+        let mut ferry = Ferry::sync(
+            &[a.url(), b.url()],
+            &t.url(),
+            state.path(),
+            &["--apply", "replication"],
+        )
+        .allowing(ALLOWED)
+        .allowing(&[
+            "the target's replication link dropped",
+            "REPLICAOF sent again",
+            "a new merged full sync of every source",
+            "cannot reach the target",
+            "still waiting for the target",
+        ]);
+        wait_until(
+            "the target loaded the merged RDB",
+            Duration::from_secs(30),
+            || ferry.log().contains("the target loaded the merged RDB"),
+        );
+        load.wait_rounds(100);
+        let port = t.port;
+        t.kill();
+        let t2 = RedisServer::start_on_port(port, &["--enable-debug-command", "yes"]);
+        wait_until(
+            "ferry attached the new target",
+            Duration::from_secs(60),
+            || {
+                ferry
+                    .log()
+                    .matches("the target loaded the merged RDB")
+                    .count()
+                    >= 2
+            },
+        );
+        let log = ferry.log();
+        assert!(log.contains("REPLICAOF sent again"), "{log}");
+        load.wait_rounds(100);
+        load.stop.store(true, Ordering::Relaxed);
+        wait_equal(&[&a, &b], &t2, &ferry, "after the target came back empty");
+        assert!(ferry.terminate(Duration::from_secs(30)).success());
+        assert_eq!(role(&t2), "master");
+    });
+}
