@@ -478,21 +478,7 @@ async fn run_once(
         let mut opts = crate::precheck::CheckOptions::for_sync(&tcfg);
         opts.rate_sample = Duration::from_millis(250);
         let report = crate::precheck::run_checks(&plan, &tcfg.target, &opts).await;
-        for line in report.render_text().lines() {
-            if line.starts_with("WARN") {
-                tracing::warn!("precheck: {line}");
-            } else if !line.starts_with("ERROR") {
-                tracing::info!("precheck: {line}");
-            }
-        }
-        if report.has_errors() {
-            let text = report.render_text();
-            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
-            return Err(SyncError::Precheck(format!(
-                "precheck failed; nothing was written:\n{}",
-                errors.join("\n")
-            )));
-        }
+        report.log_and_refuse()?;
         let info = precheck_target(&tcfg).await?;
         per_target.push((tcfg, info));
     }

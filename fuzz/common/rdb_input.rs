@@ -106,3 +106,17 @@ pub fn decode(
         fed = end;
     }
 }
+
+/// Piece sizes read from the input's own bytes (from the end backwards), scaled by `shift` (0..=7): the
+/// fuzzer chooses how the input is split.
+#[allow(dead_code)] // rdb_decode feeds its input whole
+pub fn piece_sizes(bytes: &[u8], shift: u8) -> impl FnMut() -> usize {
+    let mut i = 0usize;
+    let n = bytes.len().max(1);
+    let b = bytes.to_vec();
+    move || {
+        let v = b.get(n - 1 - (i % n)).copied().unwrap_or(0) as usize;
+        i += 1;
+        1 + (v << shift) / 8
+    }
+}

@@ -35,16 +35,7 @@ fuzz_target!(|data: &[u8]| {
         DecoderOptions::default()
     };
     let shift = (ctl >> 5) & 7;
-    let sizes = |bytes: &[u8]| {
-        let mut i = 0usize;
-        let n = bytes.len().max(1);
-        let b = bytes.to_vec();
-        move || {
-            let v = b.get(n - 1 - (i % n)).copied().unwrap_or(0) as usize;
-            i += 1;
-            1 + (v << shift) / 8
-        }
-    };
+    let sizes = |bytes: &[u8]| rdb_input::piece_sizes(bytes, shift);
 
     let whole = decode(bytes, &opts, || usize::MAX, false);
     same(&whole, &decode(bytes, &opts, sizes(bytes), false), "pieces");

@@ -125,70 +125,74 @@ impl StreamFilter {
         }
     }
 
-    /// Decide what `cmd` becomes (and follow `SELECT`).
+    /// Decide what `cmd` becomes (and follow `SELECT`). No allocation but for the messages of the rare
+    /// verdicts.
     pub fn verdict(&mut self, cmd: &Command) -> Verdict {
-        let name = cmd.arg(0).to_ascii_uppercase();
-        match &name[..] {
-            b"SELECT" => {
-                match cmd
-                    .get(1)
-                    .and_then(|a| std::str::from_utf8(a).ok())
-                    .and_then(|s| s.parse().ok())
-                {
-                    Some(db) => {
-                        self.db = db;
-                        Verdict::Drop
-                    }
-                    None => Verdict::Fatal(format!(
-                        "{}: the stream has a SELECT without a valid db number",
-                        self.label
-                    )),
-                }
-            }
-            b"PING" => Verdict::Drop,
-            b"REPLCONF" => {
-                if cmd
-                    .get(1)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"))
-                {
-                    Verdict::GetAck
-                } else {
+        let is = |n: &[u8]| cmd.name_eq_ignore_case(n);
+        if is(b"SELECT") {
+            return match cmd
+                .get(1)
+                .and_then(|a| std::str::from_utf8(a).ok())
+                .and_then(|s| s.parse().ok())
+            {
+                Some(db) => {
+                    self.db = db;
                     Verdict::Drop
                 }
-            }
-            _ => {
-                let Some(db) = self.dbs.target(self.db) else {
-                    return Verdict::Drop;
-                };
-                if let (Some(k), Some(a)) = (&self.skip_key, cmd.get(1)) {
-                    if a == &k[..] && self.db == 0 {
-                        return Verdict::Drop;
-                    }
-                }
-                let shown = String::from_utf8_lossy(&name).into_owned();
-                match &name[..] {
-                    b"FLUSHALL" | b"FLUSHDB" | b"SWAPDB" if self.shared_target => {
-                        Verdict::Restart(format!(
-                            "{}: {shown} on this source, whose target holds other sources' keys too: the target \
-                             is filled again from every source with a new merged full sync (nothing of the \
-                             other sources is lost)",
-                            self.label
-                        ))
-                    }
-                    b"FLUSHALL" | b"SWAPDB" if !self.dbs.is_identity() => Verdict::Restart(format!(
-                        "{}: {shown} with a db selection or mapping (--db/--map-db): the target is filled again \
-                         with a new merged full sync",
-                        self.label
-                    )),
-                    b"MOVE" | b"COPY" if !self.dbs.is_identity() => Verdict::Fatal(format!(
-                        "{}: {shown} names a db, and this job maps or selects dbs (--db/--map-db): master mode \
-                         forwards commands as they are and cannot rewrite it; use --apply commands",
-                        self.label
-                    )),
-                    _ => Verdict::Apply(db),
-                }
+                None => Verdict::Fatal(format!(
+                    "{}: the stream has a SELECT without a valid db number",
+                    self.label
+                )),
+            };
+        }
+        if is(b"PING") {
+            return Verdict::Drop;
+        }
+        if is(b"REPLCONF") {
+            return if cmd
+                .get(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"))
+            {
+                Verdict::GetAck
+            } else {
+                Verdict::Drop
+            };
+        }
+        let Some(db) = self.dbs.target(self.db) else {
+            return Verdict::Drop;
+        };
+        if let (Some(k), Some(a)) = (&self.skip_key, cmd.get(1)) {
+            if a == &k[..] && self.db == 0 {
+                return Verdict::Drop;
             }
         }
+        let shown = || String::from_utf8_lossy(cmd.arg(0)).to_ascii_uppercase();
+        let (flushall, flushdb, swapdb) = (is(b"FLUSHALL"), is(b"FLUSHDB"), is(b"SWAPDB"));
+        if self.shared_target && (flushall || flushdb || swapdb) {
+            return Verdict::Restart(format!(
+                "{}: {} on this source, whose target holds other sources' keys too: the target is filled \
+                 again from every source with a new merged full sync (nothing of the other sources is lost)",
+                self.label,
+                shown()
+            ));
+        }
+        if !self.dbs.is_identity() && (flushall || swapdb) {
+            return Verdict::Restart(format!(
+                "{}: {} with a db selection or mapping (--db/--map-db): the target is filled again with a new \
+                 merged full sync",
+                self.label,
+                shown()
+            ));
+        }
+        if !self.dbs.is_identity() && (is(b"MOVE") || is(b"COPY")) {
+            return Verdict::Fatal(format!(
+                "{}: {} names a db, and this job maps or selects dbs (--db/--map-db): master mode forwards \
+                 commands as they are and cannot rewrite it; use --apply commands",
+                self.label,
+                shown()
+            ));
+        }
+        Verdict::Apply(db)
     }
 }
 
@@ -241,12 +245,13 @@ impl StreamBatcher {
                 }
             };
             self.offset += cmd.len() as i64;
-            let upper = cmd.arg(0).to_ascii_uppercase();
             match self.filter.verdict(&cmd) {
                 Verdict::Apply(db) => {
-                    if &upper[..] == b"MULTI" {
+                    if cmd.name_eq_ignore_case(b"MULTI") {
                         self.in_tx = true;
-                    } else if &upper[..] == b"EXEC" || &upper[..] == b"DISCARD" {
+                    } else if cmd.name_eq_ignore_case(b"EXEC")
+                        || cmd.name_eq_ignore_case(b"DISCARD")
+                    {
                         self.in_tx = false;
                     }
                     self.batch_bytes += cmd.len();

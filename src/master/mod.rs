@@ -315,21 +315,7 @@ pub async fn run(
     copts.target_checkpoint = None;
     copts.rate_sample = Duration::from_millis(250);
     let report = crate::precheck::run_checks(&plan, &target, &copts).await;
-    for line in report.render_text().lines() {
-        if line.starts_with("WARN") && !line.contains("re-encod") {
-            tracing::warn!("precheck: {line}");
-        } else if !line.starts_with("ERROR") {
-            tracing::info!("precheck: {line}");
-        }
-    }
-    if report.has_errors() {
-        let text = report.render_text();
-        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
-        return Err(SyncError::Precheck(format!(
-            "precheck failed; nothing was written:\n{}",
-            errors.join("\n")
-        )));
-    }
+    report.log_and_refuse()?;
     let format = precheck_master(&plan, &target).await?;
     let bind = listen_addr(&opts, &target).await?;
     let listener = TcpListener::bind(bind)

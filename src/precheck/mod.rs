@@ -119,6 +119,27 @@ impl CheckReport {
         self.checks.iter().any(|c| c.level == Level::Error)
     }
 
+    /// What `ferry sync` does with its precheck: every line into the log (warnings as WARN, the rest but
+    /// the errors as INFO), and the errors, if any, as the job's refusal (nothing written).
+    pub fn log_and_refuse(&self) -> Result<(), crate::job::SyncError> {
+        let text = self.render_text();
+        for line in text.lines() {
+            if line.starts_with("WARN") {
+                tracing::warn!("precheck: {line}");
+            } else if !line.starts_with("ERROR") {
+                tracing::info!("precheck: {line}");
+            }
+        }
+        if !self.has_errors() {
+            return Ok(());
+        }
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
+        Err(crate::job::SyncError::Precheck(format!(
+            "precheck failed; nothing was written:\n{}",
+            errors.join("\n")
+        )))
+    }
+
     pub fn count(&self, level: Level) -> usize {
         self.checks.iter().filter(|c| c.level == level).count()
     }

@@ -133,14 +133,10 @@ fn kept(expire_ms: Option<i64>, v: &Value, now_ms: i64) -> bool {
 /// every value, and the keys a server would keep are exactly its `key_count` (and, where the expectation
 /// lists them, the same db, key and type). Files it refuses, and files no server wrote, give the verdict
 /// [`KNOWN`] records. Every other file (newer formats 7.0.15 cannot read) decodes with every value.
-#[test]
-fn fixtures_whole() {
-    let Some(dir) = crate::testutil::fixtures_dir() else {
-        return;
-    };
-    let dir = dir.join("rdb");
+/// Every `*.rdb` under the fixtures' `rdb/<origin>/` folders, sorted.
+fn rdb_fixtures(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
-    for origin in std::fs::read_dir(&dir).unwrap() {
+    for origin in std::fs::read_dir(dir).unwrap() {
         for f in std::fs::read_dir(origin.unwrap().path()).unwrap() {
             let p = f.unwrap().path();
             if p.extension().is_some_and(|e| e == "rdb") {
@@ -149,6 +145,16 @@ fn fixtures_whole() {
         }
     }
     files.sort();
+    files
+}
+
+#[test]
+fn fixtures_whole() {
+    let Some(dir) = crate::testutil::fixtures_dir() else {
+        return;
+    };
+    let dir = dir.join("rdb");
+    let files = rdb_fixtures(&dir);
     assert!(
         files.len() > 100,
         "only {} fixtures in {}",
@@ -819,16 +825,7 @@ fn raw_big_pieces_join_to_the_file_bytes_for_every_fixture_and_split() {
     let Some(dir) = crate::testutil::fixtures_dir() else {
         return;
     };
-    let mut files = Vec::new();
-    for origin in std::fs::read_dir(dir.join("rdb")).unwrap() {
-        for f in std::fs::read_dir(origin.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_some_and(|e| e == "rdb") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = rdb_fixtures(&dir.join("rdb"));
     let whole_opts = DecoderOptions {
         max_entry_bytes: usize::MAX / 4,
         max_unchunked_bytes: usize::MAX / 4,
