@@ -310,13 +310,15 @@ pub async fn run(
     let plan =
         crate::job::expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs).await?;
     let target = validate(&cfg, &plan)?;
+    // Master mode's own checks first: a target that cannot load the sources' values is refused before the
+    // common checks would suggest re-encoding them.
+    let format = precheck_master(&plan, &target).await?;
     // The common checks (reachability, credentials, PSYNC, an empty target unless overwrite, memory, backlog).
     let mut copts = crate::precheck::CheckOptions::for_sync(&cfg);
     copts.target_checkpoint = None;
     copts.rate_sample = Duration::from_millis(250);
     let report = crate::precheck::run_checks(&plan, &target, &copts).await;
     report.log_and_refuse()?;
-    let format = precheck_master(&plan, &target).await?;
     let bind = listen_addr(&opts, &target).await?;
     let listener = TcpListener::bind(bind)
         .await
@@ -507,10 +509,20 @@ async fn run_once(
         let feed_cancel = run_cancel.clone();
         tasks.spawn(async move {
             let label = ctx.label.clone();
-            let r = run_feed(ctx, reader, tx.clone(), feed_cancel).await;
+            let mut reader = reader;
+            let r = run_feed(ctx, &mut reader, tx.clone(), feed_cancel.clone()).await;
             if let Err(e) = r.as_ref().map_err(|e| e.as_str()) {
                 if e == MERGER_GONE {
-                    return Ok(());
+                    // The run is ending: keep taking the link's records until it stopped (a link whose
+                    // spool has no reader fails).
+                    loop {
+                        tokio::select! {
+                            _ = feed_cancel.cancelled() => return Ok(()),
+                            r = reader.next() => if !matches!(r, Ok(Some(_))) {
+                                return Ok(());
+                            },
+                        }
+                    }
                 }
                 tracing::error!(source = %label, error = %e, "source failed");
                 let _ = tx.send((vec![Piece::Fatal(e.to_string())], None)).await;
@@ -605,7 +617,7 @@ const BATCH_PIECES: usize = 1024;
 /// One source: its spool's records → pieces for the merger, until its `--once` goal, a stop, or an error.
 async fn run_feed(
     ctx: FeedCtx,
-    mut reader: crate::spool::SpoolReader,
+    reader: &mut crate::spool::SpoolReader,
     tx: mpsc::Sender<Msg>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
