@@ -139,6 +139,27 @@ fn wait_equal(sources: &[&RedisServer], target: &RedisServer, ferry: &Ferry, wha
     }
 }
 
+/// Wait until the target loaded the merged RDB `times` times in all (its first ACK); on a timeout the failure shows ferry's log
+/// and the target's.
+fn wait_loaded(ferry: &Ferry, target: &RedisServer, what: &str, times: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ferry
+        .log()
+        .matches("the target loaded the merged RDB")
+        .count()
+        < times
+    {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{what}: the target did not load the merged RDB within 60 s\nferry log:\n{}\ntarget log:\n{}",
+                ferry.log(),
+                target.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn role(s: &RedisServer) -> String {
     s.client()
         .info_field("replication", "role")
@@ -174,9 +195,7 @@ fn two_masters_merge_into_one_target_that_loads_them_natively_under_load() {
             &["--apply", "replication", "--big-value-bytes", "4096"],
         )
         .allowing(ALLOWED);
-        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
-            ferry.log().contains("merged RDB sent to the target")
-        });
+        wait_loaded(&ferry, &t, "the first full sync", 1);
         assert_eq!(role(&t), "slave", "the target replicates from ferry");
         load.wait_rounds(200);
         load.stop.store(true, Ordering::Relaxed);
@@ -280,9 +299,7 @@ fn a_cut_target_link_continues_from_ferrys_backlog_without_a_new_full_sync() {
         )
         .allowing(ALLOWED)
         .allowing(&["the target's replication link dropped"]);
-        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
-            ferry.log().contains("merged RDB sent to the target")
-        });
+        wait_loaded(&ferry, &t, "the first full sync", 1);
         for _ in 0..3 {
             load.wait_rounds(50);
             let before = ferry
@@ -334,9 +351,7 @@ fn a_cut_source_link_continues_with_a_partial_resync() {
         )
         .allowing(ALLOWED)
         .allowing(&["link down", "replication link"]);
-        wait_until("the merged RDB is sent", Duration::from_secs(30), || {
-            ferry.log().contains("merged RDB sent to the target")
-        });
+        wait_loaded(&ferry, &t, "the first full sync", 1);
         for _ in 0..2 {
             wait_until("the source link is up", Duration::from_secs(30), || {
                 relay.active_connections() > 0
@@ -480,11 +495,7 @@ fn sources_of_older_versions_merge_into_newer_redis_and_valkey_targets() {
                 &["--apply", "replication", "--big-value-bytes", "4096"],
             )
             .allowing(ALLOWED);
-            wait_until(
-                &format!("{what}: merged RDB sent"),
-                Duration::from_secs(30),
-                || ferry.log().contains("the target loaded the merged RDB"),
-            );
+            wait_loaded(&ferry, &t, &what, 1);
             load.wait_rounds(100);
             load.stop.store(true, Ordering::Relaxed);
             // Everything written is applied once every source's offset is acknowledged.
@@ -561,26 +572,12 @@ fn a_target_killed_and_restarted_empty_is_attached_again_and_filled_again() {
             "cannot reach the target",
             "still waiting for the target",
         ]);
-        wait_until(
-            "the target loaded the merged RDB",
-            Duration::from_secs(30),
-            || ferry.log().contains("the target loaded the merged RDB"),
-        );
+        wait_loaded(&ferry, &t, "the first full sync", 1);
         load.wait_rounds(100);
         let port = t.port;
         t.kill();
         let t2 = RedisServer::start_on_port(port, &["--enable-debug-command", "yes"]);
-        wait_until(
-            "ferry attached the new target",
-            Duration::from_secs(60),
-            || {
-                ferry
-                    .log()
-                    .matches("the target loaded the merged RDB")
-                    .count()
-                    >= 2
-            },
-        );
+        wait_loaded(&ferry, &t2, "after the target came back", 2);
         let log = ferry.log();
         assert!(log.contains("REPLICAOF sent again"), "{log}");
         load.wait_rounds(100);
