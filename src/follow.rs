@@ -441,10 +441,20 @@ impl ClusterSource {
             w
         };
         for (f, hp) in wanted {
-            let Some(addr) = self.addr(&hp) else { continue };
-            let Ok(off) = master_offset(&addr).await else {
+            let Some(addr) = self.addr(&hp) else {
+                tracing::debug!(source = %self.label, master = %hp, "a move's old master has no known address");
                 continue;
             };
+            let off = match master_offset(&addr).await {
+                Ok(off) => off,
+                Err(e) => {
+                    tracing::debug!(source = %self.label, master = %hp, error = %e,
+                        "reading a move's old master offset failed; trying again at the next poll");
+                    continue;
+                }
+            };
+            tracing::debug!(source = %self.label, master = %hp, offset = off,
+                "a move's old master: its stream must be applied up to here before the repair");
             let mut st = self.state();
             for m in st.moves.iter_mut() {
                 if let Some(o @ None) = m.from.get_mut(&f) {
@@ -465,6 +475,13 @@ impl ClusterSource {
                 .upgrade()
                 .map_or(-1, |l| l.snapshot().applied)
         };
+        for m in &st.moves {
+            tracing::debug!(source = %self.label, to = %masters[m.to].addr,
+                waited_ms = m.seen.elapsed().as_millis() as u64,
+                to_link = masters[m.to].link.upgrade().is_some(),
+                from = ?m.from.iter().map(|(f, o)| (masters[*f].addr.clone(), *o, applied(*f))).collect::<Vec<_>>(),
+                "a move waits for its repair: (old master, offset to reach, applied)");
+        }
         let ready: Vec<usize> = st
             .moves
             .iter()
