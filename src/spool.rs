@@ -193,6 +193,17 @@ impl SpoolConfig {
     pub const DEFAULT_DISK_LIMIT: u64 = 64 << 30;
     pub const DEFAULT_SEGMENT: u64 = 64 << 20;
 
+    /// The job's limits (`--spool-mem-bytes`, `--spool-disk-bytes`) where given, the defaults otherwise.
+    pub fn with_limits(mut self, mem: Option<u64>, disk: Option<u64>) -> SpoolConfig {
+        if let Some(mem) = mem {
+            self.mem_limit_bytes = mem;
+        }
+        if let Some(disk) = disk {
+            self.disk_limit_bytes = disk;
+        }
+        self
+    }
+
     /// Defaults, with the segment files in `<state_dir>/spool/<name>` (`name` made safe for a path).
     pub fn new(state_dir: &Path, name: &str) -> SpoolConfig {
         let safe: String = name

@@ -442,13 +442,8 @@ async fn run_once(
             continue;
         };
         let id = crate::checkpoint::source_id(&p.label);
-        let mut spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-master-{id}"));
-        if let Some(mem) = cfg.spool_mem_bytes {
-            spool_cfg.mem_limit_bytes = mem;
-        }
-        if let Some(disk) = cfg.spool_disk_bytes {
-            spool_cfg.disk_limit_bytes = disk;
-        }
+        let spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-master-{id}"))
+            .with_limits(cfg.spool_mem_bytes, cfg.spool_disk_bytes);
         let disk_limit = spool_cfg.disk_limit_bytes;
         let (writer, reader) =
             crate::spool::open(spool_cfg).map_err(|e| format!("{}: spool: {e}", p.label))?;

@@ -246,13 +246,8 @@ pub async fn run(
             "resuming with a partial resync");
     }
 
-    let mut spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-{id}"));
-    if let Some(mem) = cfg.spool_mem_bytes {
-        spool_cfg.mem_limit_bytes = mem;
-    }
-    if let Some(disk) = cfg.spool_disk_bytes {
-        spool_cfg.disk_limit_bytes = disk;
-    }
+    let spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-{id}"))
+        .with_limits(cfg.spool_mem_bytes, cfg.spool_disk_bytes);
     let disk_limit = spool_cfg.disk_limit_bytes;
     let (writer, reader) = spool::open(spool_cfg).map_err(|e| link_err(e.to_string()))?;
     st.set_spool(writer.stats(), disk_limit);
