@@ -233,7 +233,11 @@ impl Merger {
             Err(Stop::Restart(m)) => return Ok(Outcome::Restart(m)),
             Err(Stop::Fatal(m) | Stop::TargetLost(m)) => return Err(m),
         };
-        match self.full_sync(&mut conn, cancel).await {
+        let synced = match self.full_sync(&mut conn, cancel).await {
+            Ok(()) => self.wait_loaded(&mut conn, cancel).await,
+            Err(e) => Err(e),
+        };
+        match synced {
             Ok(()) => {}
             Err(Stop::Cancelled) => {
                 conn.reader.abort();
@@ -675,39 +679,43 @@ impl Merger {
         }
     }
 
+    /// After the merged full sync: wait for the target's first ACK, sent once it has loaded the RDB. It reads
+    /// nothing of the stream before (bytes right after the EOF mark would be taken for RDB bytes: a master
+    /// puts a diskless replica online at its first ACK, `repl_put_online_on_ack`). The ACK may have come
+    /// already; the load is logged either way (operators and tests wait for that line).
+    async fn wait_loaded(
+        &mut self,
+        conn: &mut Conn,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let started = Instant::now();
+        while *conn.acked.borrow() < 0 {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                r = conn.acked.changed() => {
+                    if r.is_err() {
+                        let why = (&mut conn.reader).await.unwrap_or_else(|e| e.to_string());
+                        return Err(Stop::TargetLost(why));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                    tracing::info!(waited_s = started.elapsed().as_secs(),
+                        "the target is still loading the merged RDB");
+                }
+            }
+        }
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "the target loaded the merged RDB"
+        );
+        Ok(())
+    }
+
     async fn stream(
         &mut self,
         conn: &mut Conn,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Stop> {
-        // After a full sync the target loads the RDB, then sends its first ACK; it reads nothing of the
-        // stream before (bytes right after the EOF mark would be taken for RDB bytes: a master puts a
-        // diskless replica online at its first ACK, `repl_put_online_on_ack`).
-        if *conn.acked.borrow() < 0 {
-            let started = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(Outcome::Stopped { complete: false }),
-                    r = conn.acked.changed() => {
-                        if r.is_err() {
-                            let why = (&mut conn.reader).await.unwrap_or_else(|e| e.to_string());
-                            return Err(Stop::TargetLost(why));
-                        }
-                        if *conn.acked.borrow() >= 0 {
-                            break;
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                        tracing::info!(waited_s = started.elapsed().as_secs(),
-                            "the target is still loading the merged RDB");
-                    }
-                }
-            }
-            tracing::info!(
-                load_ms = started.elapsed().as_millis() as u64,
-                "the target loaded the merged RDB"
-            );
-        }
         let mut last_write = Instant::now();
         let mut getack_at: Option<Instant> = None;
         loop {

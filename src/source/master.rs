@@ -957,7 +957,7 @@ impl Consumer {
         Ok(())
     }
 
-    /// Tell the link (ACK) and status what every target applied.    /// Tell the link (ACK) and status what every target applied.
+    /// Tell the link (ACK) and status what every target applied.
     fn report_applied(&self) {
         let low = self.min_applied();
         let offset = low.map(|p| p.offset).unwrap_or(-1);
