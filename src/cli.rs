@@ -263,8 +263,9 @@ pub struct JobArgs {
     /// Pipelined connections to the target.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Bytes a target connection may have in flight.
-    #[arg(long, default_value_t = 32 << 20)]
+    /// Bytes a target connection may have in flight (2 MiB: 30 k small RESTOREs, enough to keep a target
+    /// busy; more buys no speed, only memory).
+    #[arg(long, default_value_t = 2 << 20)]
     pub max_inflight_bytes: usize,
     /// Values whose serialized size exceeds this are written in chunks instead of one RESTORE.
     #[arg(long, default_value_t = 16 << 20)]
@@ -272,8 +273,8 @@ pub struct JobArgs {
     /// Elements per native command when values are written in chunks or re-encoded.
     #[arg(long, default_value_t = 512)]
     pub chunk_elements: usize,
-    /// Memory a source's spool may hold before it writes to disk (bytes). Default 64 MiB; 8 MiB with
-    /// `--apply replication`, whose target (loading natively) is the slow stage: the backlog waits on disk.
+    /// Memory a source's spool may hold before it writes to disk (bytes). Default 4 MiB: when the target is
+    /// the slow stage the backlog waits on disk, read back sequentially.
     #[arg(long)]
     pub spool_mem_bytes: Option<u64>,
     /// Disk a source's spool may use in the state directory (bytes); at the limit the link stops reading.
@@ -400,15 +401,7 @@ impl JobArgs {
             },
             decoder,
             chunk_elements: self.chunk_elements.max(1),
-            spool_mem_bytes: Some(
-                self.spool_mem_bytes
-                    .unwrap_or(if self.apply == ApplyMode::Replication {
-                        8 << 20
-                    } else {
-                        64 << 20
-                    })
-                    .max(1 << 20),
-            ),
+            spool_mem_bytes: Some(self.spool_mem_bytes.unwrap_or(4 << 20).max(1 << 20)),
             spool_disk_bytes: Some(self.spool_disk_bytes),
             target_checkpoint: (!self.no_target_checkpoint)
                 .then(|| (self.checkpoint_db, self.checkpoint_key_prefix.clone())),

@@ -76,7 +76,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             connections: 4,
-            max_inflight_bytes: 32 << 20,
+            max_inflight_bytes: 2 << 20,
             connect_timeout: Duration::from_secs(10),
             reconnect_for: Duration::from_secs(60),
         }
@@ -117,14 +117,53 @@ pub enum Tx {
 pub struct CmdInfo {
     /// Command name for counters and logs ("OTHER": read it from the bytes when logging).
     pub name: &'static str,
-    /// The key, shown (escaped) in error logs. Never the value.
-    pub key: Bytes,
+    /// The key, shown (escaped) in error logs. Never the value. A copy: a slice of the decoder's input
+    /// would keep that whole buffer alive until the reply came.
+    pub key: ShortKey,
     /// Reply frames this entry produces (1, or N+2 for an opaque MULTI + N commands + EXEC).
     pub replies: u32,
     /// End offset of this entry's bytes within the batch.
     pub end: usize,
     pub resend: ResendRule,
     pub tx: Tx,
+}
+
+/// A key kept for error logs: up to 22 bytes inline (most keys; no allocation), longer ones on the heap.
+#[derive(Clone)]
+pub enum ShortKey {
+    Inline { len: u8, buf: [u8; 22] },
+    Heap(Box<[u8]>),
+}
+
+impl ShortKey {
+    pub fn new(key: &[u8]) -> ShortKey {
+        if key.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..key.len()].copy_from_slice(key);
+            ShortKey::Inline {
+                len: key.len() as u8,
+                buf,
+            }
+        } else {
+            ShortKey::Heap(key.into())
+        }
+    }
+}
+
+impl std::ops::Deref for ShortKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ShortKey::Inline { len, buf } => &buf[..*len as usize],
+            ShortKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for ShortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", escape_key(self))
+    }
 }
 
 /// The marker a [`Batch`] stores in the same transaction as its commands (`SET key value` in `db`), which
@@ -167,7 +206,7 @@ impl Batch {
     pub fn finish_cmd(&mut self, name: &'static str, key: Bytes, replies: u32, resend: ResendRule) {
         self.cmds.push(CmdInfo {
             name,
-            key,
+            key: ShortKey::new(&key),
             replies,
             end: self.bytes.len(),
             resend,
@@ -192,7 +231,7 @@ impl Batch {
     ) {
         self.cmds.push(CmdInfo {
             name,
-            key,
+            key: ShortKey::new(&key),
             replies: n,
             end: self.bytes.len(),
             resend,
@@ -1535,6 +1574,22 @@ mod tests {
         assert_eq!(escape_key(b"a b\x00\xff\\"), "a b\\x00\\xff\\\\");
         let long = vec![b'k'; 200];
         assert!(escape_key(&long).ends_with("…(200 bytes)"));
+    }
+
+    #[test]
+    fn batch_entries_keep_a_copy_of_the_key_not_the_buffer_it_came_from() {
+        for len in [0usize, 1, 22, 23, 300] {
+            let buf = bytes::Bytes::from(vec![b'x'; 4096]);
+            let key = buf.slice(..len);
+            let mut b = Batch::new(Some(0));
+            b.bytes.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            b.finish_cmd("PING", key.clone(), 1, ResendRule::Strict);
+            drop(buf);
+            assert_eq!(&b.cmds[0].key[..], &key[..], "{len}-byte key");
+            // The batch's copy does not share the 4 KiB buffer: the slice is the last owner now.
+            assert!(key.is_unique() || len == 0, "{len}-byte key");
+        }
+        assert!(std::mem::size_of::<ShortKey>() <= 24);
     }
 
     #[test]
