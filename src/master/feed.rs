@@ -6,7 +6,11 @@
 //! - `PING` and `REPLCONF` (the master's own keep-alives and `GETACK`s) are dropped; a `GETACK` makes the
 //!   link acknowledge at once.
 //! - Commands of a db that is not synced are dropped, the others keep their exact bytes.
-//! - `MULTI` … `EXEC` stays one batch: the merger never puts another source's commands inside it.
+//! - `MULTI` … `EXEC` stays one batch: the merger never puts another source's commands inside it. The
+//!   source's own `MULTI` and `EXEC` are dropped: the merger wraps every write round in its own transaction
+//!   (with each source's checkpoint), and transactions do not nest.
+//! - Keys ferry owns are never copied: its heartbeat key in the source, and the in-target checkpoint keys
+//!   of this job's sources (a chain's upstream ferry may have written same-named keys).
 //! - What cannot be applied exactly to a target that holds other sources' keys too (`FLUSHALL`, `FLUSHDB`,
 //!   `SWAPDB` with more than one source) or with a db mapping (`MOVE`, `COPY … DB`, `SWAPDB`) asks for a new
 //!   merged full sync ([`Piece::Restart`]) or stops the job ([`Piece::Fatal`]).
@@ -54,15 +58,23 @@ pub enum Piece {
     },
     Raw(Bytes),
     BigEnd,
-    /// The source's snapshot is complete; it covers the source's stream up to `offset`.
+    /// The source's snapshot is complete; it covers the source's stream of replication id `replid` up to
+    /// `offset`.
     RdbEnd {
         offset: i64,
+        replid: String,
     },
+    /// The source's replication id changed (a `+CONTINUE <new id>` after its failover): its checkpoints
+    /// name this one from now on.
+    Replid(String),
     /// Stream commands, each with its target db, after which the source stands at `end_offset`. May be empty
     /// (only dropped commands): the offset still moves.
     Commands {
         cmds: Vec<(u32, Command)>,
         end_offset: i64,
+        /// The source db the stream is in at `end_offset` (recorded in the checkpoint: a resumed stream may
+        /// not begin with a `SELECT`).
+        src_db: u32,
     },
     /// The source reached its `--once` goal; nothing follows.
     Done,
@@ -101,6 +113,24 @@ pub enum Verdict {
     Fatal(String),
 }
 
+/// Keys ferry owns, never copied from a source.
+#[derive(Debug, Default, Clone)]
+pub struct Skip {
+    /// The heartbeat key ferry writes into the source (db 0).
+    pub heartbeat: Option<Bytes>,
+    /// The target db of the in-target checkpoint keys, and their names.
+    pub own_db: u32,
+    pub own: Vec<Bytes>,
+}
+
+impl Skip {
+    /// Whether a key of source db `src_db`, written to target db `db`, is one of ferry's.
+    pub fn skips(&self, src_db: u32, db: u32, key: &[u8]) -> bool {
+        (src_db == 0 && self.heartbeat.as_deref() == Some(key))
+            || (db == self.own_db && self.own.iter().any(|k| &k[..] == key))
+    }
+}
+
 /// The stream side of a source: current db, transaction state, and what it skips.
 #[derive(Debug)]
 pub struct StreamFilter {
@@ -109,20 +139,25 @@ pub struct StreamFilter {
     dbs: DbMap,
     /// Other sources write the same target: a flush or swap of this one's dbs cannot be forwarded.
     shared_target: bool,
-    /// The heartbeat key ferry writes into the source, never copied.
-    skip_key: Option<Bytes>,
+    skip: std::sync::Arc<Skip>,
     label: String,
 }
 
 impl StreamFilter {
-    pub fn new(dbs: DbMap, shared_target: bool, skip_key: Option<Bytes>, label: String) -> Self {
+    pub fn new(dbs: DbMap, shared_target: bool, skip: std::sync::Arc<Skip>, label: String) -> Self {
         StreamFilter {
             db: 0,
             dbs,
             shared_target,
-            skip_key,
+            skip,
             label,
         }
+    }
+
+    /// Start in source db `db` (a stream resumed from a checkpoint).
+    pub fn in_db(mut self, db: u32) -> Self {
+        self.db = db;
+        self
     }
 
     /// Decide what `cmd` becomes (and follow `SELECT`). No allocation but for the messages of the rare
@@ -161,10 +196,8 @@ impl StreamFilter {
         let Some(db) = self.dbs.target(self.db) else {
             return Verdict::Drop;
         };
-        if let (Some(k), Some(a)) = (&self.skip_key, cmd.get(1)) {
-            if a == &k[..] && self.db == 0 {
-                return Verdict::Drop;
-            }
+        if cmd.get(1).is_some_and(|k| self.skip.skips(self.db, db, k)) {
+            return Verdict::Drop;
         }
         let shown = || String::from_utf8_lossy(cmd.arg(0)).to_ascii_uppercase();
         let (flushall, flushdb, swapdb) = (is(b"FLUSHALL"), is(b"FLUSHDB"), is(b"SWAPDB"));
@@ -247,15 +280,18 @@ impl StreamBatcher {
             self.offset += cmd.len() as i64;
             match self.filter.verdict(&cmd) {
                 Verdict::Apply(db) => {
+                    // The source's transaction stays in one batch; its MULTI/EXEC are not written (the
+                    // merger's own transaction holds the batch whole).
                     if cmd.name_eq_ignore_case(b"MULTI") {
                         self.in_tx = true;
                     } else if cmd.name_eq_ignore_case(b"EXEC")
                         || cmd.name_eq_ignore_case(b"DISCARD")
                     {
                         self.in_tx = false;
+                    } else {
+                        self.batch_bytes += cmd.len();
+                        self.batch.push((db, cmd));
                     }
-                    self.batch_bytes += cmd.len();
-                    self.batch.push((db, cmd));
                 }
                 Verdict::Drop => {}
                 Verdict::GetAck => self.getack = true,
@@ -289,6 +325,7 @@ impl StreamBatcher {
         Piece::Commands {
             cmds: std::mem::take(&mut self.batch),
             end_offset: self.offset,
+            src_db: self.filter.db,
         }
     }
 }
@@ -299,7 +336,7 @@ pub fn rdb_piece(
     ev: Event,
     dbs: &DbMap,
     db_of_big: &mut Option<u32>,
-    skip_key: Option<&[u8]>,
+    skip: &Skip,
     now_ms: i64,
 ) -> Option<Result<Piece, Skipped>> {
     Some(Ok(match ev {
@@ -313,7 +350,7 @@ pub fn rdb_piece(
         Event::Function { code } => Piece::Function(code),
         Event::Entry(e) => {
             let db = dbs.target(e.db)?;
-            if skip_key.is_some_and(|k| e.db == 0 && k == &e.key[..]) {
+            if skip.skips(e.db, db, &e.key) {
                 return None;
             }
             if e.expire_ms.is_some_and(|t| t <= now_ms) {
@@ -430,11 +467,17 @@ mod tests {
         out
     }
 
+    fn none() -> std::sync::Arc<Skip> {
+        Default::default()
+    }
+
     fn batches(pieces: &[Piece]) -> Vec<(Vec<(u32, String)>, i64)> {
         pieces
             .iter()
             .filter_map(|p| match p {
-                Piece::Commands { cmds, end_offset } => Some((
+                Piece::Commands {
+                    cmds, end_offset, ..
+                } => Some((
                     cmds.iter()
                         .map(|(db, c)| (*db, String::from_utf8_lossy(c.arg(0)).into_owned()))
                         .collect(),
@@ -448,7 +491,7 @@ mod tests {
     #[test]
     fn selects_and_keepalives_are_dropped_and_each_command_carries_its_db() {
         let dbs = DbMap::parse(&[], &["2:0".into()]).unwrap();
-        let mut b = StreamBatcher::new(StreamFilter::new(dbs, false, None, "s".into()), 100);
+        let mut b = StreamBatcher::new(StreamFilter::new(dbs, false, none(), "s".into()), 100);
         let mut input = Vec::new();
         for c in [
             cmd(&["SELECT", "2"]),
@@ -472,7 +515,7 @@ mod tests {
     #[test]
     fn a_transaction_is_never_cut_and_a_partial_command_waits() {
         let mut b = StreamBatcher::new(
-            StreamFilter::new(DbMap::default(), false, None, "s".into()),
+            StreamFilter::new(DbMap::default(), false, none(), "s".into()),
             0,
         );
         let multi = cmd(&["MULTI"]);
@@ -491,7 +534,8 @@ mod tests {
         assert_eq!(
             batches(&out),
             vec![(
-                vec![(0, "MULTI".into()), (0, "SET".into()), (0, "EXEC".into())],
+                // The source's MULTI/EXEC are not forwarded: the merger's transaction holds the batch.
+                vec![(0, "SET".into())],
                 n
             )]
         );
@@ -501,7 +545,7 @@ mod tests {
     #[test]
     fn a_flush_with_other_sources_on_the_target_asks_for_a_new_full_sync() {
         let mut b = StreamBatcher::new(
-            StreamFilter::new(DbMap::default(), true, None, "s".into()),
+            StreamFilter::new(DbMap::default(), true, none(), "s".into()),
             0,
         );
         let mut input = cmd(&["SET", "a", "1"]);
@@ -510,7 +554,7 @@ mod tests {
         assert!(matches!(out.last(), Some(Piece::Restart(m)) if m.contains("FLUSHDB")));
         // Alone on its target, a flush is forwarded.
         let mut b = StreamBatcher::new(
-            StreamFilter::new(DbMap::default(), false, None, "s".into()),
+            StreamFilter::new(DbMap::default(), false, none(), "s".into()),
             0,
         );
         let out = b.push(&cmd(&["FLUSHALL"])).unwrap();
@@ -521,14 +565,28 @@ mod tests {
     fn the_heartbeat_key_and_unsynced_dbs_are_not_copied() {
         let dbs = DbMap::parse(&["0".into()], &[]).unwrap();
         let mut b = StreamBatcher::new(
-            StreamFilter::new(dbs, false, Some(Bytes::from_static(b"hb")), "s".into()),
+            StreamFilter::new(
+                dbs,
+                false,
+                std::sync::Arc::new(Skip {
+                    heartbeat: Some(Bytes::from_static(b"hb")),
+                    own_db: 0,
+                    own: vec![Bytes::from_static(b"ferry:checkpoint:x")],
+                }),
+                "s".into(),
+            ),
             0,
         );
         let mut input = cmd(&["SET", "hb", "1"]);
+        input.extend_from_slice(&cmd(&["SET", "ferry:checkpoint:x", "1"]));
         input.extend_from_slice(&cmd(&["SET", "x", "1"]));
         input.extend_from_slice(&cmd(&["SELECT", "1"]));
         input.extend_from_slice(&cmd(&["SET", "y", "1"]));
         let out = b.push(&input).unwrap();
         assert_eq!(batches(&out)[0].0, vec![(0, "SET".into())]);
+        let Some(Piece::Commands { src_db, .. }) = out.last() else {
+            panic!("a batch")
+        };
+        assert_eq!(*src_db, 1, "the batch records the source db it ends in");
     }
 }

@@ -7,12 +7,21 @@
 //!    pieces are never interleaved with another key), `EOF` and the CRC-64 when every source's snapshot
 //!    ended. While a source is slow, an unknown AUX field every second keeps the target's `repl-timeout`
 //!    from firing (Redis skips unknown AUX fields).
+//!    The RDB ends with each source's in-target checkpoint key (`<replid>:<offset>:<db>`, the format of the
+//!    command path), so the target's data says where every source's stream continues.
 //! 3. Stream: every source's command batches in arrival order, each preceded by `SELECT` when its db is not
-//!    the stream's; ferry's offset counts these bytes exactly as the target does. Each batch is recorded as
-//!    (ferry offset after it, source, source offset after it): when the target acknowledges an offset, every
-//!    batch up to it is applied, and that source offset is what its link acknowledges to the source.
+//!    the stream's; ferry's offset counts these bytes exactly as the target does. What is ready at once
+//!    goes out as one `MULTI … EXEC` (at most [`TX_BYTES`], never cutting a batch) that ends by setting the
+//!    checkpoint key of every source it holds commands of: a replica applies a transaction whole and never
+//!    reports an offset inside one, so at every offset the target acknowledges, its checkpoint keys say
+//!    exactly where each source stands. Each transaction is recorded as (ferry offset after it, source,
+//!    source offset after it): when the target acknowledges an offset, every transaction up to it is applied,
+//!    and that source offset is what its link acknowledges to the source.
 //! 4. The target's link drops: it reconnects with `PSYNC <replid> <offset>`; ferry continues from its
 //!    backlog (`+CONTINUE`) when it still holds that offset, and asks for a new merged full sync otherwise.
+//! 5. ferry restarts (a stop, or kill -9): the target's checkpoint keys and its replication offset are where
+//!    everything continues ([`Resume`]): each source with a partial resync from its key, the target with
+//!    `+CONTINUE` at the offset it asks for.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -37,12 +46,47 @@ use crate::status::SourceStatus;
 /// Pieces of one source, in order, and the share of the source's byte budget they hold until written.
 pub type Msg = (Vec<Piece>, Option<OwnedSemaphorePermit>);
 
+/// Where a source's stream stands, as its in-target checkpoint records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourcePos {
+    pub replid: String,
+    pub offset: i64,
+    /// The source db the stream is in at `offset`.
+    pub db: u32,
+}
+
+impl SourcePos {
+    /// The checkpoint value (the command path's format, [`crate::apply::stream::TargetCheckpoint`]).
+    pub fn value(&self) -> String {
+        format!("{}:{}:{}", self.replid, self.offset, self.db)
+    }
+}
+
+/// The in-target checkpoint keys: their db, and one key per source (in source order).
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoints {
+    pub db: u32,
+    pub keys: Vec<Bytes>,
+}
+
+/// A run that continues where a previous ferry left the target: no full sync; the target asks `PSYNC` with
+/// one of `accept` (ferry's replication id, or the target's own after a stop made it a master, when nothing
+/// was written to it since) and the offset it holds.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub accept: Vec<String>,
+    /// The offset the target held when ferry started: it must ask for the byte after it.
+    pub offset: i64,
+}
+
 /// One source as the merger sees it.
 pub struct SourceIn {
     pub label: String,
     pub rx: mpsc::Receiver<Msg>,
     pub shared: Arc<LinkShared>,
     pub status: Arc<SourceStatus>,
+    /// Where the source starts (a resumed run: its checkpoint; otherwise set by its snapshot's end).
+    pub pos: SourcePos,
     /// The rest of the batch being written, and its budget.
     pub pending: VecDeque<Piece>,
     pub held: Option<OwnedSemaphorePermit>,
@@ -110,6 +154,9 @@ pub struct MergeConfig {
     pub once: bool,
     /// Where ferry listens (for messages).
     pub listen_shown: String,
+    pub checkpoints: Checkpoints,
+    /// Continue a previous run instead of a merged full sync.
+    pub resume: Option<Resume>,
 }
 
 /// The recent stream, for `+CONTINUE`.
@@ -179,6 +226,8 @@ pub struct Merger {
     done: Vec<bool>,
     /// Next source to look at first (fair turns).
     turn: usize,
+    /// The open transaction: bytes in it, and which sources' commands it holds.
+    open: Option<(usize, Vec<bool>)>,
 }
 
 fn select_cmd(db: u32) -> Bytes {
@@ -187,6 +236,10 @@ fn select_cmd(db: u32) -> Bytes {
 }
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+/// A transaction is closed once it holds this many bytes (the target queues it whole before running it).
+pub const TX_BYTES: usize = 1 << 20;
 const GETACK: &[u8] = b"*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n$1\r\n*\r\n";
 /// Stream idle this long: a `PING` (the target's `repl-timeout` is 60 s by default).
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -222,11 +275,15 @@ impl Merger {
             rdb_done: vec![false; n],
             done: vec![false; n],
             turn: 0,
+            open: None,
         }
     }
 
     /// Run until `--once` is reached, a stop, or a new full sync is needed. `Err`: the job cannot go on.
     pub async fn run(mut self, cancel: &CancellationToken) -> Result<Outcome, String> {
+        if self.cfg.resume.is_some() {
+            return self.run_resumed(cancel).await;
+        }
         let mut conn = match self.accept(true, cancel).await {
             Ok((conn, _)) => conn,
             Err(Stop::Cancelled) => return Ok(Outcome::Stopped { complete: false }),
@@ -251,6 +308,26 @@ impl Merger {
             Err(Stop::Restart(m)) => return Ok(Outcome::Restart(m)),
             Err(Stop::Fatal(m)) => return Err(m),
         }
+        self.stream_until_end(conn, cancel).await
+    }
+
+    /// A run that continues a previous ferry's: the target's `PSYNC` must ask for a replication id of
+    /// [`Resume`] (its offset is what it holds), then the stream goes on.
+    async fn run_resumed(mut self, cancel: &CancellationToken) -> Result<Outcome, String> {
+        let conn = match self.accept(true, cancel).await {
+            Ok((conn, _)) => conn,
+            Err(Stop::Cancelled) => return Ok(Outcome::Stopped { complete: false }),
+            Err(Stop::Restart(m) | Stop::TargetLost(m)) => return Ok(Outcome::Restart(m)),
+            Err(Stop::Fatal(m)) => return Err(m),
+        };
+        self.stream_until_end(conn, cancel).await
+    }
+
+    async fn stream_until_end(
+        mut self,
+        mut conn: Conn,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, String> {
         loop {
             match self.stream(&mut conn, cancel).await {
                 Ok(o) => {
@@ -359,6 +436,27 @@ impl Merger {
                 acked: rx,
                 reader,
             };
+            if let Some(resume) = self.cfg.resume.take() {
+                // A resumed run's first connection: the target holds the copy its checkpoint keys describe,
+                // up to the offset it asks for.
+                if !(resume.accept.contains(&req.replid) && req.offset == resume.offset + 1) {
+                    conn.reader.abort();
+                    return Err(Stop::Restart(format!(
+                        "the target asked for {} {}, not for the copy ferry left it with: a new merged full sync",
+                        req.replid, req.offset
+                    )));
+                }
+                self.sent = req.offset - 1;
+                self.rdb_done.iter_mut().for_each(|d| *d = true);
+                let line = format!("+CONTINUE {}\r\n", self.cfg.replid);
+                self.write_flush(&mut conn, line.as_bytes()).await?;
+                self.stats.partial_syncs.fetch_add(1, Ordering::Relaxed);
+                self.stats.sent.store(self.sent, Ordering::Relaxed);
+                self.stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(peer = %peer, offset = self.sent,
+                    "the target continued where the previous run left it (+CONTINUE): no new full sync");
+                return Ok((conn, req));
+            }
             if first {
                 tracing::info!(peer = %peer, asked = %format!("{} {}", req.replid, req.offset),
                     "the target connected: merged full sync");
@@ -602,8 +700,14 @@ impl Merger {
                     big = None;
                     keys += 1;
                 }
-                Piece::RdbEnd { offset } => {
+                Piece::RdbEnd { offset, replid } => {
                     self.rdb_done[i] = true;
+                    // A master's stream after a full sync begins with a SELECT: db 0 until then.
+                    self.sources[i].pos = SourcePos {
+                        replid,
+                        offset,
+                        db: 0,
+                    };
                     // The snapshot covers the source up to `offset`: applied once the target loaded it
                     // (its first ACK, of ferry's offset 0).
                     self.map.push_back((0, i, offset));
@@ -621,6 +725,17 @@ impl Merger {
                 self.write_all(conn, &mut out, &mut last_write).await?;
             }
             self.stats.rdb_bytes.store(enc.written(), Ordering::Relaxed);
+        }
+        // Each source's checkpoint, with the data it describes.
+        let ck = self.cfg.checkpoints.clone();
+        if !ck.keys.is_empty() {
+            enc.select_db(ck.db);
+            for (key, s) in ck.keys.iter().zip(&self.sources) {
+                enc.key_head(None, None, None, 0, key);
+                let mut v = bytes::BytesMut::new();
+                crate::rdb::encoder::put_string(&mut v, s.pos.value().as_bytes());
+                enc.raw(v.freeze(), &mut out);
+            }
         }
         enc.finish(&mut out);
         self.write_all(conn, &mut out, &mut last_write).await?;
@@ -722,6 +837,9 @@ impl Merger {
             let acked = *conn.acked.borrow_and_update();
             self.credit(acked);
             let all_done = self.done.iter().all(|d| *d);
+            if all_done || cancel.is_cancelled() {
+                self.close_tx(conn).await?;
+            }
             if self.cfg.once && all_done && self.map.is_empty() {
                 return Ok(Outcome::Finished);
             }
@@ -740,6 +858,8 @@ impl Merger {
             let got = match self.try_next(&mask) {
                 Some(m) => Some(m),
                 None => {
+                    // Nothing more ready: what was taken goes out as one transaction.
+                    self.close_tx(conn).await?;
                     conn.w.flush().await.map_err(lost)?;
                     let tick = if all_done {
                         Instant::now() + Duration::from_millis(100)
@@ -772,21 +892,38 @@ impl Merger {
                 return Err(self.ended(i));
             };
             match piece {
-                Piece::Commands { cmds, end_offset } => {
+                Piece::Commands {
+                    cmds,
+                    end_offset,
+                    src_db,
+                } => {
+                    if self.open.is_none() {
+                        self.emit(conn, Bytes::from_static(MULTI)).await?;
+                        self.open = Some((0, vec![false; self.sources.len()]));
+                    }
+                    let mut bytes = 0;
                     for (db, cmd) in cmds {
                         if self.db != Some(db) {
                             self.emit(conn, select_cmd(db)).await?;
                             self.db = Some(db);
                         }
+                        bytes += cmd.len();
                         self.emit(conn, cmd.into_raw()).await?;
                     }
-                    last_write = Instant::now();
-                    match self.map.back_mut() {
-                        Some(b) if b.0 == self.sent && b.1 == i => b.2 = end_offset,
-                        _ => self.map.push_back((self.sent, i, end_offset)),
+                    let pos = &mut self.sources[i].pos;
+                    pos.offset = end_offset;
+                    pos.db = src_db;
+                    if let Some((n, touched)) = self.open.as_mut() {
+                        *n += bytes;
+                        touched[i] = true;
+                        if *n >= TX_BYTES {
+                            self.close_tx(conn).await?;
+                        }
                     }
+                    last_write = Instant::now();
                     self.stats.sent.store(self.sent, Ordering::Relaxed);
                 }
+                Piece::Replid(r) => self.sources[i].pos.replid = r,
                 Piece::Done => {
                     self.done[i] = true;
                     tracing::info!(source = %self.sources[i].label, "this source reached its --once goal");
@@ -796,6 +933,37 @@ impl Merger {
                 other => return Err(self.unexpected(i, &other, "the stream")),
             }
         }
+    }
+
+    /// End the open transaction: each source it holds commands of gets its checkpoint set inside it, and is
+    /// recorded as applied up to there once the target acknowledges the offset after the `EXEC`.
+    async fn close_tx(&mut self, conn: &mut Conn) -> Result<(), Stop> {
+        let Some((_, touched)) = self.open.take() else {
+            return Ok(());
+        };
+        let ck = self.cfg.checkpoints.clone();
+        for (i, t) in touched.iter().enumerate() {
+            let Some(key) = ck.keys.get(i).filter(|_| *t) else {
+                continue;
+            };
+            if self.db != Some(ck.db) {
+                self.emit(conn, select_cmd(ck.db)).await?;
+                self.db = Some(ck.db);
+            }
+            let value = self.sources[i].pos.value();
+            let mut cmd = bytes::BytesMut::with_capacity(key.len() + value.len() + 32);
+            crate::resp::encode_command(&mut cmd, &[b"SET", key, value.as_bytes()]);
+            self.emit(conn, cmd.freeze()).await?;
+        }
+        self.emit(conn, Bytes::from_static(EXEC)).await?;
+        for (i, t) in touched.iter().enumerate() {
+            if *t {
+                self.map
+                    .push_back((self.sent, i, self.sources[i].pos.offset));
+            }
+        }
+        self.stats.sent.store(self.sent, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A stop while streaming: what was sent is acknowledged (asked for, up to 10 s), then the run ends.

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::stream::{StoredCheckpoint, TargetCheckpoint};
 use crate::endpoint::{RedisAddr, SourceSpec, TargetSpec};
 pub use crate::job::ReplicationOptions;
 use crate::job::{PlannedSource, SyncConfig, SyncError};
@@ -36,7 +37,9 @@ use crate::spool::{Record, SpoolConfig};
 use crate::status::{JobPhase, SourceKind, SourceState, Status};
 use crate::target::client::Client;
 use feed::{Piece, StreamBatcher, StreamFilter};
-use merge::{MasterStats, MergeConfig, Merger, Msg, Outcome, SourceIn};
+use merge::{
+    Checkpoints, MasterStats, MergeConfig, Merger, Msg, Outcome, Resume, SourceIn, SourcePos,
+};
 
 /// What a master-mode job did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -310,6 +313,8 @@ pub async fn run(
     let plan =
         crate::job::expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs).await?;
     let target = validate(&cfg, &plan)?;
+    let checkpoints = checkpoints_of(&cfg, &plan);
+    let mut resumed = find_resume(&cfg, &target, &checkpoints).await;
     // Master mode's own checks first: a target that cannot load the sources' values is refused before the
     // common checks would suggest re-encoding them.
     let format = precheck_master(&plan, &target).await?;
@@ -317,6 +322,12 @@ pub async fn run(
     let mut copts = crate::precheck::CheckOptions::for_sync(&cfg);
     copts.target_checkpoint = None;
     copts.rate_sample = Duration::from_millis(250);
+    if let Some(r) = &resumed {
+        // The target holds the copy a previous run left (its checkpoint keys name this job's sources), and
+        // may still replicate from that run.
+        copts.target_checkpoint = cfg.target_checkpoint.clone();
+        copts.replica_of_ferry = r.was_replica;
+    }
     let report = crate::precheck::run_checks(&plan, &target, &copts).await;
     report.log_and_refuse()?;
     let bind = listen_addr(&opts, &target).await?;
@@ -346,14 +357,31 @@ pub async fn run(
         .attach()
         .await
         .map_err(|e| precheck_err(format!("target {}: {e}", target.host_port())))?;
-    tracing::info!(target_addr = %target, replication_port = %announce,
-        "the target replicates from ferry now (REPLICAOF); it gets one merged full sync, then every source's \
-         commands");
+    if resumed.is_some() {
+        tracing::info!(target_addr = %target, replication_port = %announce,
+            "the target replicates from ferry again (REPLICAOF); it continues where the previous run left it");
+    } else {
+        tracing::info!(target_addr = %target, replication_port = %announce,
+            "the target replicates from ferry now (REPLICAOF); it gets one merged full sync, then every \
+             source's commands");
+    }
     let admin = Arc::new(admin);
     status.set_phase(JobPhase::Running);
     let stats = Arc::new(MasterStats::default());
     let mut restarts = 0u32;
     let result = loop {
+        let resume = resumed.take();
+        let replid = match &resume {
+            Some(r) => r.replid.clone(),
+            None => {
+                // A new merged full sync: its replication id is on disk before the target can see it.
+                let replid = random_hex(40);
+                if let Err(e) = store_state(&cfg.state_dir, &target, &replid) {
+                    break Err(e);
+                }
+                replid
+            }
+        };
         let r = run_once(
             &cfg,
             &opts,
@@ -365,6 +393,11 @@ pub async fn run(
             stats.clone(),
             &cancel,
             &status,
+            Run {
+                replid,
+                checkpoints: checkpoints.clone(),
+                resume,
+            },
         )
         .await;
         match r {
@@ -394,7 +427,7 @@ pub async fn run(
         (Ok(Outcome::Stopped { complete: true }), Ok(())) => tracing::info!(target_addr = %target,
             acked = stats.acked.load(Ordering::Relaxed),
             "stopped: the target holds every source's data up to what it acknowledged and is a master again; \
-             the next run starts with a new merged full sync"),
+             the next run continues from there unless something writes to the target meanwhile"),
         (_, Ok(())) => tracing::warn!(target_addr = %target,
             "stopped before the merged full sync completed: the target is a master again and holds what it had \
              before (a replica keeps its data until the new snapshot is whole)"),
@@ -412,7 +445,16 @@ pub async fn run(
     }
 }
 
-/// One merged full sync and its stream, until the end or a restart.
+/// What a run starts from.
+struct Run {
+    /// ferry's replication id for the target.
+    replid: String,
+    checkpoints: Checkpoints,
+    /// Continue a previous run (no merged full sync).
+    resume: Option<Resumed>,
+}
+
+/// One merged full sync (or a resumed stream) and its stream, until the end or a restart.
 #[allow(clippy::too_many_arguments)]
 async fn run_once(
     cfg: &SyncConfig,
@@ -425,7 +467,22 @@ async fn run_once(
     stats: Arc<MasterStats>,
     cancel: &CancellationToken,
     status: &Arc<Status>,
+    run: Run,
 ) -> Result<Outcome, String> {
+    let skip = Arc::new(feed::Skip {
+        heartbeat: cfg
+            .heartbeat
+            .as_ref()
+            .map(|(_, k)| bytes::Bytes::from(k.clone())),
+        own_db: run.checkpoints.db,
+        own: run.checkpoints.keys.clone(),
+    });
+    let mut positions = run
+        .resume
+        .as_ref()
+        .map(|r| r.positions.clone())
+        .unwrap_or_default()
+        .into_iter();
     // Not a child of `cancel`: on a stop the feeds keep feeding and the links keep acknowledging while the
     // merger drains; all of it stops once the merger is done.
     let run_cancel = CancellationToken::new();
@@ -442,6 +499,7 @@ async fn run_once(
             continue;
         };
         let id = crate::checkpoint::source_id(&p.label);
+        let resume_at: Option<StoredCheckpoint> = positions.next();
         let spool_cfg = SpoolConfig::new(&cfg.state_dir, &format!("spool-master-{id}"))
             .with_limits(cfg.spool_mem_bytes, cfg.spool_disk_bytes);
         let disk_limit = spool_cfg.disk_limit_bytes;
@@ -462,6 +520,7 @@ async fn run_once(
         let link_cfg = LinkConfig {
             name: format!("source {addr}"),
             listening_port: announce.port(),
+            resume: resume_at.as_ref().map(|cp| (cp.replid.clone(), cp.offset)),
             ..LinkConfig::new(addr.clone())
         };
         let link_cancel = links_cancel.child_token();
@@ -471,10 +530,6 @@ async fn run_once(
             writer,
             link_cancel.clone(),
         )));
-        let skip_key = cfg
-            .heartbeat
-            .as_ref()
-            .map(|(_, k)| bytes::Bytes::from(k.clone()));
         if let Some((every, key)) = cfg.heartbeat.clone() {
             tokio::spawn(crate::source::master::heartbeat(
                 addr.clone(),
@@ -490,7 +545,8 @@ async fn run_once(
             addr: addr.clone(),
             dbs: p.dbs.clone(),
             shared_target,
-            skip_key,
+            skip: skip.clone(),
+            resume: resume_at.clone(),
             decoder: crate::rdb::DecoderOptions {
                 raw_big: true,
                 ..cfg.decoder.clone()
@@ -529,6 +585,13 @@ async fn run_once(
             rx,
             shared,
             status: st,
+            pos: resume_at
+                .map(|cp| SourcePos {
+                    replid: cp.replid,
+                    offset: cp.offset,
+                    db: cp.db,
+                })
+                .unwrap_or_default(),
             pending: Default::default(),
             held: None,
         });
@@ -536,7 +599,7 @@ async fn run_once(
     let merger = Merger::new(
         inputs,
         MergeConfig {
-            replid: random_hex(40),
+            replid: run.replid,
             password: admin.password.clone(),
             target_format: format,
             backlog_bytes: if opts.backlog_bytes == 0 {
@@ -547,6 +610,8 @@ async fn run_once(
             first_connect_timeout: Duration::from_secs(15),
             once: cfg.once,
             listen_shown: announce.to_string(),
+            checkpoints: run.checkpoints,
+            resume: run.resume.map(|r| r.resume),
         },
         listener,
         admin,
@@ -564,12 +629,176 @@ async fn run_once(
     outcome
 }
 
+/// The in-target checkpoint keys of the job's sources, in the order the merger sees them (none with
+/// `--no-target-checkpoint`: then a restart means a new merged full sync). The names are the command
+/// path's, so `ferry verify` and the precheck know them.
+fn checkpoints_of(cfg: &SyncConfig, plan: &[PlannedSource]) -> Checkpoints {
+    let Some((db, prefix)) = &cfg.target_checkpoint else {
+        return Checkpoints::default();
+    };
+    Checkpoints {
+        db: *db,
+        keys: plan
+            .iter()
+            .filter_map(|p| match &p.spec {
+                SourceSpec::Redis(addr) => Some(bytes::Bytes::from(format!(
+                    "{prefix}{}",
+                    crate::checkpoint::source_id(&addr.to_string())
+                ))),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// What the previous master-mode run into a target left in the state directory: the replication id it
+/// served the target with.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MasterState {
+    format: u32,
+    target: String,
+    replid: String,
+}
+
+fn state_path(state_dir: &std::path::Path, target: &RedisAddr) -> std::path::PathBuf {
+    state_dir.join(format!(
+        "master-{}.json",
+        crate::checkpoint::source_id(&target.to_string())
+    ))
+}
+
+/// Record `replid` as the one this target is served with (atomic: temp file, sync, rename).
+fn store_state(
+    state_dir: &std::path::Path,
+    target: &RedisAddr,
+    replid: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    let path = state_path(state_dir, target);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&MasterState {
+            format: 1,
+            target: target.to_string(),
+            replid: replid.to_string(),
+        })?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Ok(d) = std::fs::File::open(state_dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// A previous run this one continues.
+struct Resumed {
+    replid: String,
+    resume: Resume,
+    /// Each source's checkpoint, in merger order.
+    positions: Vec<StoredCheckpoint>,
+    /// The target still replicates from the previous run (it was killed); otherwise a stop made it a
+    /// master, and nothing was written to it since.
+    was_replica: bool,
+}
+
+/// Whether the target holds exactly the copy the previous run into it left: its replication id is the one
+/// on disk (a replica of the killed run), or it became a master at that run's stop and took no write since
+/// (`master_replid2` is ferry's, and its offset is where that history ended), and every source's checkpoint
+/// key is there. Anything else is a new merged full sync (logged with the reason).
+async fn find_resume(cfg: &SyncConfig, target: &RedisAddr, ck: &Checkpoints) -> Option<Resumed> {
+    if ck.keys.is_empty() {
+        return None;
+    }
+    let path = state_path(&cfg.state_dir, target);
+    let state: MasterState = match std::fs::read(&path) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e,
+                    "the previous master-mode run's state is unreadable: a new merged full sync");
+                return None;
+            }
+        },
+        Err(_) => return None,
+    };
+    let no = |why: String| {
+        tracing::info!(reason = %why, "not continuing the previous master-mode run: a new merged full sync");
+        None
+    };
+    let mut c = match Client::connect_with_timeout(target, Duration::from_secs(5)).await {
+        Ok(c) => c,
+        Err(e) => return no(format!("the target: {e}")),
+    };
+    let info = match c.cmd_ok(&[b"INFO", b"replication"]).await {
+        Ok(r) => r.as_bytes().unwrap_or_default().to_vec(),
+        Err(e) => return no(format!("INFO replication: {e}")),
+    };
+    let field = |k: &str| crate::info::field(&info, k).unwrap_or_default();
+    let num = |k: &str| field(k).parse::<i64>().unwrap_or(-1);
+    let (role, replid, replid2) = (
+        field("role"),
+        field("master_replid"),
+        field("master_replid2"),
+    );
+    let offset = num("master_repl_offset");
+    let (accept, was_replica) = if role == "slave" && replid == state.replid {
+        (vec![state.replid.clone()], true)
+    } else if role == "master" && replid2 == state.replid && num("second_repl_offset") == offset + 1
+    {
+        (vec![state.replid.clone(), replid.to_string()], false)
+    } else {
+        return no(format!(
+            "the target's replication (role {role}, id {replid} at {offset}, previous id {replid2}) is not the \
+             copy the previous run left (id {}), or something wrote to it since",
+            state.replid
+        ));
+    };
+    if ck.db != 0 {
+        if let Err(e) = c.cmd_ok(&[b"SELECT", ck.db.to_string().as_bytes()]).await {
+            return no(format!("SELECT {}: {e}", ck.db));
+        }
+    }
+    let mut positions = Vec::with_capacity(ck.keys.len());
+    for key in &ck.keys {
+        let v = match c.cmd_ok(&[b"GET", key]).await {
+            Ok(v) => v,
+            Err(e) => return no(format!("GET {}: {e}", String::from_utf8_lossy(key))),
+        };
+        match v.as_bytes().and_then(TargetCheckpoint::parse) {
+            Some(cp) => positions.push(cp),
+            None => {
+                return no(format!(
+                    "the target has no checkpoint {} (a source added since?)",
+                    String::from_utf8_lossy(key)
+                ))
+            }
+        }
+    }
+    tracing::info!(target_addr = %target, offset, sources = positions.len(),
+        "continuing the previous master-mode run: the target holds its copy; each source continues with a \
+         partial resync from its checkpoint in the target, the target with +CONTINUE");
+    Some(Resumed {
+        replid: state.replid,
+        resume: Resume { accept, offset },
+        positions,
+        was_replica,
+    })
+}
+
 struct FeedCtx {
     label: String,
     addr: RedisAddr,
     dbs: crate::apply::DbMap,
     shared_target: bool,
-    skip_key: Option<bytes::Bytes>,
+    skip: Arc<feed::Skip>,
+    /// Where this source's stream continues (a resumed run): no snapshot comes, and a full resync of the
+    /// source means a new merged full sync.
+    resume: Option<StoredCheckpoint>,
     decoder: crate::rdb::DecoderOptions,
     once: bool,
     shared: Arc<LinkShared>,
@@ -625,6 +854,34 @@ async fn run_feed(
     let mut ended = false;
     let mut framer = feed::Framer::default();
     let mut once_target: Option<i64> = None;
+    let mut replid = String::new();
+    if let Some(cp) = &ctx.resume {
+        replid = cp.replid.clone();
+        stream = Some(StreamBatcher::new(
+            StreamFilter::new(
+                ctx.dbs.clone(),
+                ctx.shared_target,
+                ctx.skip.clone(),
+                ctx.label.clone(),
+            )
+            .in_db(cp.db),
+            cp.offset,
+        ));
+        ctx.status.set_state(SourceState::Streaming);
+        if ctx.once {
+            let o = crate::source::master::master_offset(&ctx.shared.master(&ctx.addr))
+                .await
+                .map_err(|e| {
+                    format!("{}: reading the master's offset for --once: {e}", ctx.label)
+                })?;
+            ctx.status.set_master_offset(o);
+            once_target = Some(o.max(cp.offset));
+            if o <= cp.offset {
+                ctx.send(&tx, Piece::Done).await?;
+                ended = true;
+            }
+        }
+    }
     loop {
         let rec = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -636,8 +893,21 @@ async fn run_feed(
             continue;
         }
         match rec {
-            Record::FullResync { replid, offset } => {
+            Record::FullResync {
+                replid: new_replid,
+                offset,
+            } => {
                 full_syncs += 1;
+                if ctx.resume.is_some() {
+                    ctx.send(&tx, Piece::Restart(format!(
+                        "{}: the source answered ferry's partial resync with a full resync (its backlog no \
+                         longer held the checkpoint's offset): a new merged full sync",
+                        ctx.label
+                    )))
+                    .await?;
+                    ended = true;
+                    continue;
+                }
                 if full_syncs > 1 {
                     ctx.send(&tx, Piece::Restart(format!(
                         "{}: the source answered a reconnect with a full resync (its backlog no longer held \
@@ -648,8 +918,9 @@ async fn run_feed(
                     ended = true;
                     continue;
                 }
-                ctx.status.full_sync_started(&replid, offset, None);
+                ctx.status.full_sync_started(&new_replid, offset, None);
                 ctx.status.set_state(SourceState::FullSync);
+                replid = new_replid;
                 fullresync_offset = offset;
                 decoder = Some(Decoder::new(ctx.decoder.clone()));
             }
@@ -672,13 +943,7 @@ async fn run_feed(
                         Ok(None) => break,
                         Err(e) => return Err(format!("{}: snapshot: {e}", ctx.label)),
                     };
-                    match feed::rdb_piece(
-                        ev,
-                        &ctx.dbs,
-                        &mut big_db,
-                        ctx.skip_key.as_deref(),
-                        now_ms,
-                    ) {
+                    match feed::rdb_piece(ev, &ctx.dbs, &mut big_db, &ctx.skip, now_ms) {
                         None => {}
                         Some(Err(feed::Skipped::Expired)) => {
                             ctx.stats.expired_skipped.fetch_add(1, Ordering::Relaxed);
@@ -734,6 +999,7 @@ async fn run_feed(
                     &tx,
                     Piece::RdbEnd {
                         offset: fullresync_offset,
+                        replid: replid.clone(),
                     },
                 )
                 .await?;
@@ -742,7 +1008,7 @@ async fn run_feed(
                     StreamFilter::new(
                         ctx.dbs.clone(),
                         ctx.shared_target,
-                        ctx.skip_key.clone(),
+                        ctx.skip.clone(),
                         ctx.label.clone(),
                     ),
                     fullresync_offset,
@@ -775,7 +1041,15 @@ async fn run_feed(
                     }
                 }
             }
-            Record::Continue { .. } => ctx.status.set_state(SourceState::Streaming),
+            Record::Continue {
+                replid: new_replid, ..
+            } => {
+                ctx.status.set_state(SourceState::Streaming);
+                if !new_replid.is_empty() && new_replid != replid {
+                    replid = new_replid;
+                    ctx.send(&tx, Piece::Replid(replid.clone())).await?;
+                }
+            }
             Record::LinkDown { reason } => ctx.status.link_down(reason),
         }
     }

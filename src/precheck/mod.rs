@@ -244,6 +244,8 @@ pub struct CheckOptions {
     pub memory_headroom_pct: u64,
     /// The target is a master node of a cluster target (its cluster mode is expected).
     pub cluster_node: bool,
+    /// Master mode continuing a previous run: the target replicating from (the previous) ferry is expected.
+    pub replica_of_ferry: bool,
     /// The target is one of this many nodes of a sharded target: it needs about 1/N of the data.
     pub share_of: u64,
     /// The target is a node of a sharded target: its in-target checkpoints are one key per slot (server).
@@ -263,6 +265,7 @@ impl Default for CheckOptions {
             backlog_suggest_secs: 300,
             memory_headroom_pct: 20,
             cluster_node: false,
+            replica_of_ferry: false,
             share_of: 1,
             shard: None,
         }
@@ -279,6 +282,7 @@ impl CheckOptions {
             state_dir: Some(cfg.state_dir.clone()),
             target_checkpoint: cfg.target_checkpoint.clone(),
             cluster_node: cfg.shard.as_ref().is_some_and(|s| s.is_cluster()),
+            replica_of_ferry: false,
             share_of: cfg.shard.as_ref().map_or(1, |s| s.nodes as u64),
             shard: cfg.shard.clone(),
             ..CheckOptions::default()

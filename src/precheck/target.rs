@@ -179,6 +179,13 @@ fn mode_check(subject: &str, info: &Info, opts: &CheckOptions) -> Check {
         )
         .advice("give a standalone server as redis://host:port");
     }
+    if info.is_replica() && opts.replica_of_ferry {
+        return Check::ok(
+            "target.mode",
+            subject,
+            "a replica of the previous ferry run (master mode): it continues from there",
+        );
+    }
     if info.is_replica() {
         return Check::error(
             "target.mode",

@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::support::fault_proxy::FaultProxy;
 use crate::support::ferry_proc::Ferry;
 use crate::support::{
-    data_items, data_items_of, free_port, wait_until, Client, DataItem, RedisServer, TempDir,
+    data_digest, data_items, data_items_of, free_port, wait_until, Client, DataItem, RedisServer,
+    TempDir,
 };
 
 fn source() -> RedisServer {
@@ -264,10 +265,7 @@ fn one_master_with_once_ends_with_an_equal_digest_and_a_writable_target() {
     assert_eq!(role(&t), "master");
     assert_eq!(t.client().cmd(&["EXISTS", "gone"]).as_int(), 0);
     a.client().cmd(&["DEL", "gone"]);
-    assert_eq!(
-        a.client().cmd(&["DEBUG", "DIGEST"]).as_string(),
-        t.client().cmd(&["DEBUG", "DIGEST"]).as_string()
-    );
+    assert_eq!(data_digest(&mut a.client()), data_digest(&mut t.client()));
 }
 
 #[test]
@@ -326,10 +324,7 @@ fn a_cut_target_link_continues_from_ferrys_backlog_without_a_new_full_sync() {
         );
     });
     assert_eq!(role(&t), "master");
-    assert_eq!(
-        a.client().cmd(&["DEBUG", "DIGEST"]).as_string(),
-        t.client().cmd(&["DEBUG", "DIGEST"]).as_string()
-    );
+    assert_eq!(data_digest(&mut a.client()), data_digest(&mut t.client()));
 }
 
 #[test]
@@ -586,4 +581,127 @@ fn a_target_killed_and_restarted_empty_is_attached_again_and_filled_again() {
         assert!(ferry.terminate(Duration::from_secs(30)).success());
         assert_eq!(role(&t2), "master");
     });
+}
+
+fn sync_counts(s: &RedisServer) -> (i64, i64) {
+    let mut c = s.client();
+    let mut n = |f: &str| {
+        c.info_field("stats", f)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    (n("sync_full"), n("sync_partial_ok"))
+}
+
+/// The target's in-target checkpoint of every source is there (master mode writes them with the data).
+fn assert_checkpoints(t: &RedisServer, n: usize) {
+    let keys = t.client().ok(&["KEYS", "ferry:checkpoint:*"]);
+    assert_eq!(keys.as_array().len(), n, "one checkpoint key per source");
+}
+
+/// ferry killed with SIGKILL while both sources take non-idempotent writes (INCR, RPUSH, transactions over
+/// two dbs): started again with the same state directory, it continues — each source with a partial
+/// resync from its checkpoint in the target, the target with `+CONTINUE` — with no second full sync
+/// anywhere, and the target ends exactly equal to the sources.
+#[test]
+fn ferry_killed_and_started_again_continues_without_a_new_full_sync() {
+    let (a, b, t) = (source(), source(), target());
+    fill(&mut a.client(), "a");
+    fill(&mut b.client(), "b");
+    let load = Load::new();
+    let state = TempDir::new("master-mode-kill9");
+    let args = ["--apply", "replication"];
+    std::thread::scope(|s| {
+        s.spawn(|| load.run(&[a.port, b.port]));
+        let _stop = load.stopper();
+        load.wait_rounds(20);
+        let mut ferry =
+            Ferry::sync(&[a.url(), b.url()], &t.url(), state.path(), &args).allowing(ALLOWED);
+        wait_loaded(&ferry, &t, "the first full sync", 1);
+        load.wait_rounds(200);
+        ferry.kill9();
+        load.wait_rounds(100);
+        assert_eq!(role(&t), "slave", "the target waits for its master");
+        let mut ferry = Ferry::sync(&[a.url(), b.url()], &t.url(), state.path(), &args)
+            .allowing(ALLOWED)
+            .allowing(&["precheck: WARN"]);
+        wait_until(
+            "the target continued after the restart",
+            Duration::from_secs(60),
+            || ferry.log().contains("no new full sync"),
+        );
+        load.wait_rounds(200);
+        load.stop.store(true, Ordering::Relaxed);
+        wait_equal(&[&a, &b], &t, &ferry, "after ferry's kill -9 and restart");
+        assert!(ferry.terminate(Duration::from_secs(30)).success());
+        let log = ferry.log();
+        assert!(
+            log.contains("continuing the previous master-mode run"),
+            "{log}"
+        );
+        assert!(!log.contains("merged full sync"), "{log}");
+    });
+    for s in [&a, &b] {
+        let (full, partial) = sync_counts(s);
+        assert_eq!(full, 1, "one full sync of each source in all");
+        assert!(partial >= 1, "the restart continued with a partial resync");
+    }
+    assert_eq!(role(&t), "master");
+    assert_checkpoints(&t, 2);
+    assert_eq!(data_items(&mut t.client()), union(&[&a, &b]));
+}
+
+/// A stopped run (SIGTERM: the target is made a master again) continues at the next start when nothing
+/// wrote to the target meanwhile. A target written to while ferry was stopped is not the copy ferry left:
+/// the precheck refuses it as not empty (nothing written), and with `--on-conflict overwrite` it gets a new
+/// merged full sync, which removes the foreign write.
+#[test]
+fn a_stopped_run_continues_unless_the_target_was_written_to_meanwhile() {
+    let (a, t) = (source(), target());
+    fill(&mut a.client(), "a");
+    let state = TempDir::new("master-mode-restart");
+    let args = ["--apply", "replication"];
+    let start = || Ferry::sync(&[a.url()], &t.url(), state.path(), &args).allowing(ALLOWED);
+    let mut ferry = start();
+    wait_loaded(&ferry, &t, "the first full sync", 1);
+    a.client().ok(&["INCR", "n"]);
+    wait_equal(&[&a], &t, &ferry, "streaming");
+    assert!(ferry.terminate(Duration::from_secs(30)).success());
+    assert_eq!(role(&t), "master", "a stop leaves the target a master");
+    // Changes while ferry is stopped reach the target through the partial resync.
+    a.client().ok(&["INCR", "n"]);
+    a.client().ok(&["RPUSH", "l", "x"]);
+    let mut ferry = start();
+    wait_equal(&[&a], &t, &ferry, "after the restart");
+    assert!(ferry.terminate(Duration::from_secs(30)).success());
+    let log = ferry.log();
+    assert!(log.contains("no new full sync"), "{log}");
+    assert!(!log.contains("merged full sync"), "{log}");
+    assert_eq!(sync_counts(&a).0, 1, "the source was copied once");
+    // A write to the target while ferry is stopped: the next run copies everything again.
+    t.client().ok(&["SET", "foreign", "1"]);
+    a.client().ok(&["INCR", "n"]);
+    let mut refused = Ferry::sync(&[a.url()], &t.url(), state.path(), &args)
+        .allowing(&["precheck: ERROR", "precheck failed"]);
+    assert!(!refused.wait(Duration::from_secs(30)).success());
+    let log = refused.log();
+    assert!(
+        log.contains("not continuing the previous master-mode run"),
+        "{log}"
+    );
+    assert!(log.contains("nothing was written"), "{log}");
+    assert_eq!(t.client().cmd(&["GET", "foreign"]).as_string(), "1");
+    let mut ferry = Ferry::sync(
+        &[a.url()],
+        &t.url(),
+        state.path(),
+        &["--apply", "replication", "--on-conflict", "overwrite"],
+    )
+    .allowing(ALLOWED);
+    wait_loaded(&ferry, &t, "the full sync after a foreign write", 1);
+    wait_equal(&[&a], &t, &ferry, "after the new full sync");
+    assert_eq!(t.client().cmd(&["EXISTS", "foreign"]).as_int(), 0);
+    assert!(ferry.terminate(Duration::from_secs(30)).success());
+    assert_eq!(data_digest(&mut a.client()), data_digest(&mut t.client()));
+    assert_checkpoints(&t, 1);
 }
