@@ -529,16 +529,22 @@ impl ClusterSource {
         self.refresh_replicas(&ask).await;
         self.read_move_offsets().await;
         self.resync_ready();
-        let hp = {
-            let owners = self.owners.read().unwrap_or_else(|p| p.into_inner());
-            if owners.ranges_of(i).is_empty() {
-                return Err(format!(
-                    "master #{i} of {} owns no slot any more (its slots moved to other masters)",
-                    self.label
-                ));
-            }
-            self.state().masters[i].addr.clone()
-        };
+        // Locks are taken state first, then the slot table (as `apply` does), never the other way round:
+        // holding the table's read lock while waiting for the state deadlocked with an `apply` holding the
+        // state while waiting to write the table (both runtime threads blocked, the job frozen).
+        let owns_none = self
+            .owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ranges_of(i)
+            .is_empty();
+        if owns_none {
+            return Err(format!(
+                "master #{i} of {} owns no slot any more (its slots moved to other masters)",
+                self.label
+            ));
+        }
+        let hp = self.state().masters[i].addr.clone();
         let addr = self
             .addr(&hp)
             .ok_or_else(|| format!("the slot map names {hp} (not host:port)"))?;
