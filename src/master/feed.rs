@@ -278,20 +278,22 @@ impl StreamBatcher {
                 }
             };
             self.offset += cmd.len() as i64;
-            match self.filter.verdict(&cmd) {
+            // The source's transaction stays in one batch; its MULTI/EXEC are not written (the merger's own
+            // transaction holds the batch whole). Recognised before any db filter: a master sends EXEC in
+            // whatever db the transaction ended in, which may be one that is not synced.
+            let verdict = if cmd.name_eq_ignore_case(b"MULTI") {
+                self.in_tx = true;
+                Verdict::Drop
+            } else if cmd.name_eq_ignore_case(b"EXEC") || cmd.name_eq_ignore_case(b"DISCARD") {
+                self.in_tx = false;
+                Verdict::Drop
+            } else {
+                self.filter.verdict(&cmd)
+            };
+            match verdict {
                 Verdict::Apply(db) => {
-                    // The source's transaction stays in one batch; its MULTI/EXEC are not written (the
-                    // merger's own transaction holds the batch whole).
-                    if cmd.name_eq_ignore_case(b"MULTI") {
-                        self.in_tx = true;
-                    } else if cmd.name_eq_ignore_case(b"EXEC")
-                        || cmd.name_eq_ignore_case(b"DISCARD")
-                    {
-                        self.in_tx = false;
-                    } else {
-                        self.batch_bytes += cmd.len();
-                        self.batch.push((db, cmd));
-                    }
+                    self.batch_bytes += cmd.len();
+                    self.batch.push((db, cmd));
                 }
                 Verdict::Drop => {}
                 Verdict::GetAck => self.getack = true,
@@ -540,6 +542,28 @@ mod tests {
             )]
         );
         assert!(!b.mid_command());
+    }
+
+    #[test]
+    fn a_transaction_ending_in_a_db_not_synced_still_closes() {
+        let dbs = DbMap::parse(&["0".into()], &[]).unwrap();
+        let mut b = StreamBatcher::new(StreamFilter::new(dbs, false, none(), "s".into()), 0);
+        let mut input = Vec::new();
+        for c in [
+            cmd(&["MULTI"]),
+            cmd(&["SET", "a", "1"]),
+            cmd(&["SELECT", "5"]),
+            cmd(&["SET", "b", "1"]),
+            cmd(&["EXEC"]),
+        ] {
+            input.extend_from_slice(&c);
+        }
+        let out = b.push(&input).unwrap();
+        assert_eq!(
+            batches(&out),
+            vec![(vec![(0, "SET".into())], input.len() as i64)]
+        );
+        assert!(!b.mid_command(), "the transaction is closed");
     }
 
     #[test]

@@ -226,8 +226,11 @@ pub struct Merger {
     done: Vec<bool>,
     /// Next source to look at first (fair turns).
     turn: usize,
-    /// The open transaction: bytes in it, and which sources' commands it holds.
-    open: Option<(usize, Vec<bool>)>,
+    /// The open transaction: ferry's offset where it began, and which sources' commands it holds.
+    open: Option<(i64, Vec<bool>)>,
+    /// A write to the target failed: the rest of the round still goes into the offset and the backlog
+    /// (so a `+CONTINUE` replays whole transactions), then the connection counts as lost.
+    broken: Option<String>,
 }
 
 fn select_cmd(db: u32) -> Bytes {
@@ -276,6 +279,7 @@ impl Merger {
             done: vec![false; n],
             turn: 0,
             open: None,
+            broken: None,
         }
     }
 
@@ -341,7 +345,10 @@ impl Merger {
                         "the target's replication link dropped; waiting for it to reconnect and continue from \
                          ferry's backlog");
                     match self.accept(false, cancel).await {
-                        Ok((c, _)) => conn = c,
+                        Ok((c, _)) => {
+                            conn = c;
+                            self.broken = None;
+                        }
                         Err(Stop::Cancelled) => return Ok(Outcome::Stopped { complete: true }),
                         Err(Stop::Restart(m)) => return Ok(Outcome::Restart(m)),
                         Err(Stop::Fatal(m) | Stop::TargetLost(m)) => return Err(m),
@@ -773,11 +780,17 @@ impl Merger {
         Ok(())
     }
 
-    /// Write stream bytes (counted in ferry's offset and kept in the backlog).
+    /// Write stream bytes (counted in ferry's offset and kept in the backlog). A failed write is noted, not
+    /// returned: the round being written is completed in the backlog first (see `broken`).
     async fn emit(&mut self, conn: &mut Conn, b: Bytes) -> Result<(), Stop> {
         self.sent += b.len() as i64;
         self.backlog.push(&b);
-        conn.w.write_all(&b).await.map_err(lost)
+        if self.broken.is_none() {
+            if let Err(e) = conn.w.write_all(&b).await {
+                self.broken = Some(format!("writing to the target failed: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Everything up to `acked` is applied on the target: tell each source's link.
@@ -837,8 +850,11 @@ impl Merger {
             let acked = *conn.acked.borrow_and_update();
             self.credit(acked);
             let all_done = self.done.iter().all(|d| *d);
-            if all_done || cancel.is_cancelled() {
+            if all_done || cancel.is_cancelled() || self.broken.is_some() {
                 self.close_tx(conn).await?;
+            }
+            if let Some(why) = self.broken.take() {
+                return Err(Stop::TargetLost(why));
             }
             if self.cfg.once && all_done && self.map.is_empty() {
                 return Ok(Outcome::Finished);
@@ -898,25 +914,23 @@ impl Merger {
                     src_db,
                 } => {
                     if self.open.is_none() {
+                        self.open = Some((self.sent, vec![false; self.sources.len()]));
                         self.emit(conn, Bytes::from_static(MULTI)).await?;
-                        self.open = Some((0, vec![false; self.sources.len()]));
                     }
-                    let mut bytes = 0;
                     for (db, cmd) in cmds {
                         if self.db != Some(db) {
                             self.emit(conn, select_cmd(db)).await?;
                             self.db = Some(db);
                         }
-                        bytes += cmd.len();
                         self.emit(conn, cmd.into_raw()).await?;
                     }
                     let pos = &mut self.sources[i].pos;
                     pos.offset = end_offset;
                     pos.db = src_db;
-                    if let Some((n, touched)) = self.open.as_mut() {
-                        *n += bytes;
+                    let sent = self.sent;
+                    if let Some((start, touched)) = self.open.as_mut() {
                         touched[i] = true;
-                        if *n >= TX_BYTES {
+                        if sent - *start >= TX_BYTES as i64 {
                             self.close_tx(conn).await?;
                         }
                     }

@@ -293,6 +293,24 @@ async fn precheck_master(
                 t.rdb_version
             )));
         }
+        // In a merged stream one write round is one transaction: a command the target does not know
+        // aborts the whole round (EXECABORT), silently on a replica. A target older than a source may not
+        // know the source's newer commands (a 6.2 source's LMOVE on a 6.0 target, both RDB 9).
+        // By major.minor: patch releases add no commands (and every Valkey reports Redis 7.2.4).
+        let minor = |v: (u32, u32, u32)| (v.0, v.1);
+        let older = minor(t.redis_version) < minor(si.redis_version)
+            || matches!((si.valkey_version, t.valkey_version), (Some(s), Some(d)) if minor(d) < minor(s));
+        if older {
+            return Err(precheck_err(format!(
+                "{} ({}) is newer than the target {} ({}): its commands may be unknown to the target, which \
+                 as a replica would drop them without a word; master mode needs a target at least as new as \
+                 every source; use --apply commands",
+                p.label,
+                si.version_string(),
+                target.host_port(),
+                t.version_string()
+            )));
+        }
     }
     Ok(if t.rdb_version >= 80 {
         (Magic::Valkey, t.rdb_version)
@@ -314,7 +332,8 @@ pub async fn run(
         crate::job::expand_sources_with(&cfg.sources, cfg.pool_auth.as_ref(), &cfg.dbs).await?;
     let target = validate(&cfg, &plan)?;
     let checkpoints = checkpoints_of(&cfg, &plan);
-    let mut resumed = find_resume(&cfg, &target, &checkpoints).await;
+    let job = job_of(&plan, &checkpoints);
+    let mut resumed = find_resume(&cfg, &target, &checkpoints, &job).await;
     // Master mode's own checks first: a target that cannot load the sources' values is refused before the
     // common checks would suggest re-encoding them.
     let format = precheck_master(&plan, &target).await?;
@@ -376,7 +395,7 @@ pub async fn run(
             None => {
                 // A new merged full sync: its replication id is on disk before the target can see it.
                 let replid = random_hex(40);
-                if let Err(e) = store_state(&cfg.state_dir, &target, &replid) {
+                if let Err(e) = store_state(&cfg.state_dir, &target, &replid, &job) {
                     break Err(e);
                 }
                 replid
@@ -658,6 +677,29 @@ struct MasterState {
     format: u32,
     target: String,
     replid: String,
+    /// What the job copies where ([`job_of`]): a run of another job does not continue this one's copy.
+    #[serde(default)]
+    job: String,
+}
+
+/// The job's sources, their db selection and mapping, and the checkpoint keys, as one string.
+fn job_of(plan: &[PlannedSource], ck: &Checkpoints) -> String {
+    let mut parts: Vec<String> = plan
+        .iter()
+        .map(|p| format!("{} [{}]", p.label, p.dbs.describe()))
+        .collect();
+    parts.sort();
+    let keys: Vec<String> = ck
+        .keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    format!(
+        "{}; checkpoints db {}: {}",
+        parts.join(", "),
+        ck.db,
+        keys.join(",")
+    )
 }
 
 fn state_path(state_dir: &std::path::Path, target: &RedisAddr) -> std::path::PathBuf {
@@ -672,6 +714,7 @@ fn store_state(
     state_dir: &std::path::Path,
     target: &RedisAddr,
     replid: &str,
+    job: &str,
 ) -> Result<(), String> {
     use std::io::Write;
     let path = state_path(state_dir, target);
@@ -682,6 +725,7 @@ fn store_state(
             format: 1,
             target: target.to_string(),
             replid: replid.to_string(),
+            job: job.to_string(),
         })?;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&body)?;
@@ -710,7 +754,12 @@ struct Resumed {
 /// on disk (a replica of the killed run), or it became a master at that run's stop and took no write since
 /// (`master_replid2` is ferry's, and its offset is where that history ended), and every source's checkpoint
 /// key is there. Anything else is a new merged full sync (logged with the reason).
-async fn find_resume(cfg: &SyncConfig, target: &RedisAddr, ck: &Checkpoints) -> Option<Resumed> {
+async fn find_resume(
+    cfg: &SyncConfig,
+    target: &RedisAddr,
+    ck: &Checkpoints,
+    job: &str,
+) -> Option<Resumed> {
     if ck.keys.is_empty() {
         return None;
     }
@@ -730,6 +779,12 @@ async fn find_resume(cfg: &SyncConfig, target: &RedisAddr, ck: &Checkpoints) -> 
         tracing::info!(reason = %why, "not continuing the previous master-mode run: a new merged full sync");
         None
     };
+    if state.job != job {
+        return no(format!(
+            "the previous run copied another job ({}); this one is {job}",
+            state.job
+        ));
+    }
     let mut c = match Client::connect_with_timeout(target, Duration::from_secs(5)).await {
         Ok(c) => c,
         Err(e) => return no(format!("the target: {e}")),

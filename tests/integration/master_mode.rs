@@ -436,6 +436,26 @@ fn master_mode_refuses_a_non_empty_target_and_a_target_too_old_for_the_sources_r
     assert!(log.contains("cannot load"), "{log}");
     assert!(log.contains("--apply commands"), "{log}");
     assert_eq!(role(&old), "master");
+
+    // The same RDB version, an older server: a 6.2 source's commands (LMOVE, COPY) may be unknown to a
+    // 6.0 target, which as a replica would drop a whole merged transaction without a word.
+    let (Some(src62), Some(t60)) = (
+        versioned_source("6.2"),
+        RedisServer::start_version("6.0", &[]),
+    ) else {
+        return;
+    };
+    let mut ferry = Ferry::sync(
+        &[src62.url()],
+        &t60.url(),
+        state.path(),
+        &["--apply", "replication", "--once"],
+    )
+    .allowing(&["precheck failed"]);
+    assert!(!ferry.wait(Duration::from_secs(30)).success());
+    let log = ferry.log();
+    assert!(log.contains("is newer than the target"), "{log}");
+    assert_eq!(role(&t60), "master");
 }
 
 /// A server of `version` as a source (flags every version takes), or `None` (skip recorded).
