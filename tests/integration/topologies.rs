@@ -314,7 +314,13 @@ fn a_cascade_a_to_b_to_c_carries_every_change() {
     wait_until(
         "A's changes on C through B",
         Duration::from_secs(20),
-        || cc.data_dbsize() == 201 && cc.cmd(&["LLEN", "list"]).as_int() == 2,
+        // The last write (the DEL) is checked too: the count and the length are two reads, and C may
+        // take the later writes between them.
+        || {
+            cc.data_dbsize() == 201
+                && cc.cmd(&["LLEN", "list"]).as_int() == 2
+                && cc.cmd(&["EXISTS", "before"]).as_int() == 0
+        },
     );
     assert_eq!(cc.ok(&["GET", "k199"]).as_string(), "199");
     assert_eq!(cc.ok(&["EXISTS", "before"]).as_int(), 0);
