@@ -881,6 +881,20 @@ impl FeedCtx {
             .map_err(|_| MERGER_GONE.to_string())
     }
 
+    /// `--once`: the master offset this source's stream must reach (read now, and never below `from`).
+    async fn once_goal(&self, from: i64) -> Result<i64, String> {
+        let o = crate::source::master::master_offset(&self.shared.master(&self.addr))
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: reading the master's offset for --once: {e}",
+                    self.label
+                )
+            })?;
+        self.status.set_master_offset(o);
+        Ok(o.max(from))
+    }
+
     async fn send(&self, tx: &mpsc::Sender<Msg>, p: Piece) -> Result<(), String> {
         self.send_all(tx, vec![p]).await
     }
@@ -924,14 +938,9 @@ async fn run_feed(
         ));
         ctx.status.set_state(SourceState::Streaming);
         if ctx.once {
-            let o = crate::source::master::master_offset(&ctx.shared.master(&ctx.addr))
-                .await
-                .map_err(|e| {
-                    format!("{}: reading the master's offset for --once: {e}", ctx.label)
-                })?;
-            ctx.status.set_master_offset(o);
-            once_target = Some(o.max(cp.offset));
-            if o <= cp.offset {
+            let t = ctx.once_goal(cp.offset).await?;
+            once_target = Some(t);
+            if t <= cp.offset {
                 ctx.send(&tx, Piece::Done).await?;
                 ended = true;
             }
@@ -1042,13 +1051,7 @@ async fn run_feed(
                 d.finish()
                     .map_err(|e| format!("{}: snapshot: {e}", ctx.label))?;
                 if ctx.once {
-                    let o = crate::source::master::master_offset(&ctx.shared.master(&ctx.addr))
-                        .await
-                        .map_err(|e| {
-                            format!("{}: reading the master's offset for --once: {e}", ctx.label)
-                        })?;
-                    ctx.status.set_master_offset(o);
-                    once_target = Some(o.max(fullresync_offset));
+                    once_target = Some(ctx.once_goal(fullresync_offset).await?);
                 }
                 ctx.send(
                     &tx,

@@ -424,15 +424,7 @@ fn master_mode_refuses_a_non_empty_target_and_a_target_too_old_for_the_sources_r
     let Some(old) = RedisServer::start_version("6.2", &[]) else {
         return;
     };
-    let mut ferry = Ferry::sync(
-        &[a.url()],
-        &old.url(),
-        state.path(),
-        &["--apply", "replication", "--once"],
-    )
-    .allowing(&["precheck failed"]);
-    assert!(!ferry.wait(Duration::from_secs(30)).success());
-    let log = ferry.log();
+    let log = refused(&a, &old, &state);
     assert!(log.contains("cannot load"), "{log}");
     assert!(log.contains("--apply commands"), "{log}");
     assert_eq!(role(&old), "master");
@@ -445,17 +437,22 @@ fn master_mode_refuses_a_non_empty_target_and_a_target_too_old_for_the_sources_r
     ) else {
         return;
     };
+    let log = refused(&src62, &t60, &state);
+    assert!(log.contains("is newer than the target"), "{log}");
+    assert_eq!(role(&t60), "master");
+}
+
+/// A master-mode job from `source` into `target` that the precheck must refuse: its log.
+fn refused(source: &RedisServer, target: &RedisServer, state: &TempDir) -> String {
     let mut ferry = Ferry::sync(
-        &[src62.url()],
-        &t60.url(),
+        &[source.url()],
+        &target.url(),
         state.path(),
         &["--apply", "replication", "--once"],
     )
     .allowing(&["precheck failed"]);
     assert!(!ferry.wait(Duration::from_secs(30)).success());
-    let log = ferry.log();
-    assert!(log.contains("is newer than the target"), "{log}");
-    assert_eq!(role(&t60), "master");
+    ferry.log()
 }
 
 /// A server of `version` as a source (flags every version takes), or `None` (skip recorded).
