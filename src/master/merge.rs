@@ -62,11 +62,12 @@ impl SourcePos {
     }
 }
 
-/// The in-target checkpoint keys: their db, and one key per source (in source order).
+/// The in-target checkpoint keys: their db, and one key per source (in source order). Shared: the
+/// merger takes it once per transaction.
 #[derive(Clone, Debug, Default)]
 pub struct Checkpoints {
     pub db: u32,
-    pub keys: Vec<Bytes>,
+    pub keys: Arc<Vec<Bytes>>,
 }
 
 /// A run that continues where a previous ferry left the target: no full sync; the target asks `PSYNC` with

@@ -494,7 +494,7 @@ async fn run_once(
             .as_ref()
             .map(|(_, k)| bytes::Bytes::from(k.clone())),
         own_db: run.checkpoints.db,
-        own: run.checkpoints.keys.clone(),
+        own: run.checkpoints.keys.to_vec(),
     });
     let mut positions = run
         .resume
@@ -657,16 +657,17 @@ fn checkpoints_of(cfg: &SyncConfig, plan: &[PlannedSource]) -> Checkpoints {
     };
     Checkpoints {
         db: *db,
-        keys: plan
-            .iter()
-            .filter_map(|p| match &p.spec {
-                SourceSpec::Redis(addr) => Some(bytes::Bytes::from(format!(
-                    "{prefix}{}",
-                    crate::checkpoint::source_id(&addr.to_string())
-                ))),
-                _ => None,
-            })
-            .collect(),
+        keys: Arc::new(
+            plan.iter()
+                .filter_map(|p| match &p.spec {
+                    SourceSpec::Redis(addr) => Some(bytes::Bytes::from(format!(
+                        "{prefix}{}",
+                        crate::checkpoint::source_id(&addr.to_string())
+                    ))),
+                    _ => None,
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -819,7 +820,7 @@ async fn find_resume(
         }
     }
     let mut positions = Vec::with_capacity(ck.keys.len());
-    for key in &ck.keys {
+    for key in ck.keys.iter() {
         let v = match c.cmd_ok(&[b"GET", key]).await {
             Ok(v) => v,
             Err(e) => return no(format!("GET {}: {e}", String::from_utf8_lossy(key))),
@@ -881,6 +882,17 @@ impl FeedCtx {
             .map_err(|_| MERGER_GONE.to_string())
     }
 
+    /// The batcher of this source's stream from master offset `offset`, in source db `db`.
+    fn stream_at(&self, offset: i64, db: u32) -> StreamBatcher {
+        let filter = StreamFilter::new(
+            self.dbs.clone(),
+            self.shared_target,
+            self.skip.clone(),
+            self.label.clone(),
+        );
+        StreamBatcher::new(filter.in_db(db), offset)
+    }
+
     /// `--once`: the master offset this source's stream must reach (read now, and never below `from`).
     async fn once_goal(&self, from: i64) -> Result<i64, String> {
         let o = crate::source::master::master_offset(&self.shared.master(&self.addr))
@@ -926,16 +938,7 @@ async fn run_feed(
     let mut replid = String::new();
     if let Some(cp) = &ctx.resume {
         replid = cp.replid.clone();
-        stream = Some(StreamBatcher::new(
-            StreamFilter::new(
-                ctx.dbs.clone(),
-                ctx.shared_target,
-                ctx.skip.clone(),
-                ctx.label.clone(),
-            )
-            .in_db(cp.db),
-            cp.offset,
-        ));
+        stream = Some(ctx.stream_at(cp.offset, cp.db));
         ctx.status.set_state(SourceState::Streaming);
         if ctx.once {
             let t = ctx.once_goal(cp.offset).await?;
@@ -1062,15 +1065,7 @@ async fn run_feed(
                 )
                 .await?;
                 ctx.status.set_state(SourceState::Streaming);
-                stream = Some(StreamBatcher::new(
-                    StreamFilter::new(
-                        ctx.dbs.clone(),
-                        ctx.shared_target,
-                        ctx.skip.clone(),
-                        ctx.label.clone(),
-                    ),
-                    fullresync_offset,
-                ));
+                stream = Some(ctx.stream_at(fullresync_offset, 0));
                 if once_target.is_some_and(|t| t <= fullresync_offset) {
                     ctx.send(&tx, Piece::Done).await?;
                     ended = true;
